@@ -1,0 +1,270 @@
+"""`edge-sdk` commands. Each one translates flags into an API call and prints the result.
+
+Exit codes: 0 success, 1 an EdgeSdkError (message on stderr), 2 a usage error (click's own).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+import edge_sdk
+from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
+from edge_sdk.errors import DependencyError, EdgeSdkError
+
+
+class _UserError(click.ClickException):
+    exit_code = 1
+
+
+class _Group(click.Group):
+    """Turns the SDK's own errors into a one-line message and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeSdkError as exc:
+            raise _UserError(str(exc)) from exc
+
+
+@click.group(cls=_Group)
+@click.version_option(edge_sdk.__version__, prog_name="edge-sdk")
+@click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
+def cli(verbose: bool) -> None:
+    """Build adaptable ONNX bundles from Hugging Face models; personalize and run them on devices."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+# --- host -----------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to write the bundle to.")
+@click.option("--task", help="Task of a model folder (e.g. seq-cls); a recipe names its own.")
+@click.option("--labels", help="Comma-separated labels, or a file with one label per line.")
+@click.option("--rank", type=int, help="LoRA rank (default 8).")
+@click.option("--alpha", type=float, help="LoRA alpha (default 16).")
+@click.option("--target-modules", help="Comma-separated module names LoRA adapts (default: per architecture).")
+@click.option("--max-length", type=int, help="Maximum tokens per example (default 128).")
+@click.option("--profile", help="Execution-provider profile (default cpu).")
+@click.option("--seed", type=int, help="Seed for new weights (default 0).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+def build(source: Path, out: Path, task: str | None, labels: str | None, rank: int | None, alpha: float | None,
+          target_modules: str | None, max_length: int | None, profile: str | None, seed: int | None,
+          overwrite: bool, as_json: bool) -> None:
+    """Build a bundle from a model folder or a recipe (models/*.toml)."""
+    try:
+        from edge_sdk.host.build import build_bundle
+        from edge_sdk.host.config import BuildConfig, load_recipe
+        from edge_sdk.host.model_source import check_model_dir
+    except ImportError as exc:
+        raise DependencyError(
+            f"`edge-sdk build` runs on the host and needs torch, transformers and peft ({exc.name} is missing); "
+            "install them with `pip install edge-sdk[host]`"
+        ) from exc
+    from edge_sdk.tasks.seq_cls import parse_label_list
+
+    label_list = tuple(parse_label_list(labels)) if labels else None
+    targets = tuple(t.strip() for t in target_modules.split(",") if t.strip()) if target_modules else None
+    if source.suffix == ".toml":
+        config = load_recipe(source)
+    else:
+        if task is None:
+            raise click.UsageError("building from a model folder needs --task (e.g. --task seq-cls)")
+        config = BuildConfig(model_dir=check_model_dir(source), task=task, labels=label_list or (),
+                             source_description=str(source))
+    config = config.with_overrides(task=task, labels=label_list, rank=rank, alpha=alpha,
+                                   target_modules=targets, max_length=max_length, profile=profile, seed=seed)
+    path = build_bundle(config, out, overwrite=overwrite, progress=None if as_json else note)
+    from edge_sdk.bundle import open_bundle
+
+    manifest = open_bundle(path).manifest
+    size = sum(entry.size for entry in manifest.files)
+    if as_json:
+        emit_json({"bundle": str(path), "task": manifest.task, "labels": manifest.labels, "bytes": size,
+                   "seconds": manifest.build["seconds"], "validation": manifest.build["validation_max_abs_diff"]})
+    else:
+        click.echo(f"built {path} ({size / 1e6:.1f} MB, {manifest.build['seconds']} s)")
+
+
+# --- bundle ---------------------------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Show what a bundle holds."""
+    from dataclasses import asdict
+
+    from edge_sdk.bundle.store import open_bundle
+    from edge_sdk.device.adapters import AdapterStore
+
+    opened = open_bundle(bundle, verify=False)
+    manifest = opened.manifest
+    adapters = AdapterStore(opened).names()
+    if as_json:
+        emit_json(asdict(manifest) | {"adapters": adapters})
+        return
+    size = sum(entry.size for entry in manifest.files)
+    lines = [
+        f"bundle      {opened.root}",
+        f"task        {manifest.task}",
+        f"labels      {', '.join(manifest.labels)}",
+        f"model       {manifest.model['architecture']} ({manifest.model['parameters'] / 1e6:.1f}M parameters) "
+        f"from {manifest.model['source']}",
+        f"adapter     {manifest.peft['method']} r={manifest.peft['rank']} alpha={manifest.peft['alpha']} on "
+        f"{', '.join(manifest.peft['target_modules'])}; trains {manifest.peft['trainable_parameters']:,} parameters",
+        f"inputs      {', '.join(spec.name for spec in manifest.inputs)} (max length {manifest.max_length})",
+        f"backends    {', '.join(manifest.training['backends'])}",
+        f"profile     {manifest.profile['name']}",
+        f"files       {len(manifest.files)} ({size / 1e6:.1f} MB)",
+        f"adapters    {', '.join(adapters)}",
+        f"built with  edge-sdk {manifest.sdk_version}, schema {manifest.schema_version}",
+    ]
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+def verify(bundle: Path, as_json: bool) -> None:
+    """Check every bundle file against the sha256 in its manifest."""
+    from edge_sdk.bundle.store import verify_bundle
+
+    manifest = verify_bundle(bundle)
+    if as_json:
+        emit_json({"bundle": str(bundle), "ok": True, "files": len(manifest.files)})
+    else:
+        click.echo(f"ok: {len(manifest.files)} files match the manifest")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Archive to write (.tar.gz).")
+def pack(bundle: Path, out: Path) -> None:
+    """Verify a bundle and pack it into one .tar.gz file for shipping."""
+    from edge_sdk.bundle.store import pack_bundle
+
+    click.echo(f"packed {pack_bundle(bundle, out)}")
+
+
+# --- device ---------------------------------------------------------------------------------------------
+
+def _open(bundle: Path, threads: int | None):
+    from edge_sdk.device.runtime import DeviceBundle
+
+    return DeviceBundle.open(bundle, threads=threads)
+
+
+_threads_option = click.option("--threads", type=click.IntRange(min=0), help="Intra-op threads (default: profile).")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Training data (.jsonl or .csv).")
+@click.option("--eval-data", type=click.Path(path_type=Path), help="Held-out data scored after every epoch.")
+@click.option("--adapter", default="default", show_default=True, help="Name to save the adapter under.")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Fraction of steps spent warming up the learning rate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch shuffling.")
+@click.option("--backend", default="auto", show_default=True, help="Training backend: auto or ort-training.")
+@_threads_option
+@click.option("--json", "as_json", is_flag=True)
+def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
+                batch_size: int, warmup: float, seed: int, backend: str, threads: int | None, as_json: bool) -> None:
+    """Fine-tune the bundle's adapter on this device's data."""
+    from edge_sdk.device.personalize import EpochReport, StepReport, TrainingSettings
+
+    device_bundle = _open(bundle, threads)
+    settings = TrainingSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, warmup_fraction=warmup,
+                                seed=seed)
+    bar = None
+
+    def on_step(report: StepReport) -> None:
+        nonlocal bar
+        if as_json or not stderr_is_terminal():
+            return
+        if bar is None:
+            bar = click.progressbar(length=report.total_steps, label="training", file=click.get_text_stream("stderr"))
+            bar.__enter__()
+        bar.label = f"epoch {report.epoch} loss {report.loss:.4f}"
+        bar.update(1)
+
+    def on_epoch(report: EpochReport) -> None:
+        if as_json:
+            return
+        line = f"epoch {report.epoch}: train loss {report.train_loss:.4f}"
+        if report.eval_metrics:
+            metrics = report.eval_metrics
+            line += f", eval accuracy {metrics['accuracy']:.4f}, eval loss {metrics['loss']:.4f}"
+        note(("\n" if bar else "") + line)
+
+    try:
+        result = device_bundle.personalize(data, eval_data, adapter=adapter, settings=settings, backend=backend,
+                                           on_step=on_step, on_epoch=on_epoch)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    after = result.history[result.best_epoch - 1]["eval"]
+    summary = f"saved adapter {result.adapter!r} ({result.steps} steps on {result.examples} examples, {result.backend})"
+    if result.before and after:
+        summary += (f"; eval accuracy {result.before['accuracy']:.4f} -> {after['accuracy']:.4f} "
+                    f"(kept epoch {result.best_epoch})")
+    click.echo(summary)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled data (.jsonl or .csv).")
+@click.option("--adapter", help="Adapter to evaluate (default: 'default' if personalized, else 'initial').")
+@_threads_option
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None, as_json: bool) -> None:
+    """Score an adapter on labelled data."""
+    metrics = _open(bundle, threads).evaluate(data, adapter=adapter)
+    if as_json:
+        emit_json(metrics)
+    else:
+        click.echo(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  examples {metrics['examples']}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--text", "texts", multiple=True, help="Text to classify (repeatable).")
+@click.option("--file", "text_file", type=click.File("r", encoding="utf-8"), help="One text per line ('-' for stdin).")
+@click.option("--adapter", help="Adapter to use (default: 'default' if personalized, else 'initial').")
+@_threads_option
+@click.option("--json", "as_json", is_flag=True)
+def infer(bundle: Path, texts: tuple[str, ...], text_file, adapter: str | None, threads: int | None,
+          as_json: bool) -> None:
+    """Classify texts with the bundle and an adapter."""
+    inputs = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
+    if not inputs:
+        raise click.UsageError("give at least one --text or a --file")
+    predictions = _open(bundle, threads).infer(inputs, adapter=adapter)
+    if as_json:
+        emit_json({"predictions": [
+            {"text": text, "label": p.label, "score": p.score, "probabilities": p.probabilities}
+            for text, p in zip(inputs, predictions, strict=True)
+        ]})
+        return
+    for text, prediction in zip(inputs, predictions, strict=True):
+        click.echo(f"{prediction.label}\t{prediction.score:.3f}\t{text}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Device runtime: open a bundle, personalize its adapter and run inference with ONNX Runtime.
+
+Imports only onnxruntime, numpy, tokenizers and safetensors: it must run where torch is absent.
+"""
+
+from edge_sdk.device.personalize import EpochReport, PersonalizeResult, StepReport, TrainingSettings
+from edge_sdk.device.runtime import DeviceBundle, Prediction
+
+__all__ = ["DeviceBundle", "EpochReport", "PersonalizeResult", "Prediction", "StepReport", "TrainingSettings"]

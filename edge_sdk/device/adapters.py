@@ -1,0 +1,133 @@
+"""The bundle's adapter store: named adapters (one per user or skill) as single safetensors files.
+
+Each file carries its own metadata (which bundle it belongs to, how it was trained), so an adapter
+copied between devices is checked against the bundle it is loaded into. The base weights are never
+written: personalization only ever adds or replaces files here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from edge_sdk.bundle.store import Bundle
+from edge_sdk.errors import AdapterError
+
+INITIAL = "initial"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_METADATA_KEY = "edge_sdk"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: Path
+    metadata: dict[str, Any]
+
+
+def check_adapter_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise AdapterError(
+            f"adapter name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+class AdapterStore:
+    """Read and write the named adapters of one bundle."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.folder = bundle.root / "adapters"
+        manifest = bundle.manifest
+        self.base_id = manifest.file(manifest.inference["model"]).sha256
+        self._shapes = {spec.name: tuple(spec.shape) for spec in manifest.trainable}
+
+    def path(self, name: str) -> Path:
+        if name == INITIAL:
+            return self.bundle.path(self.bundle.manifest.inference["initial_adapter"])
+        return self.folder / f"{check_adapter_name(name)}.safetensors"
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def names(self) -> list[str]:
+        user = sorted(p.name[: -len(".safetensors")] for p in self.folder.glob("*.safetensors")
+                      if p.name != f"{INITIAL}.safetensors")
+        return [INITIAL, *user]
+
+    def info(self, name: str) -> AdapterInfo:
+        path = self.path(name)
+        if not path.is_file():
+            raise AdapterError(
+                f"no adapter named {name!r} in bundle {str(self.bundle.root)!r}; available: {', '.join(self.names())}"
+            )
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                raw = (handle.metadata() or {}).get(_METADATA_KEY)
+        except Exception as exc:  # safetensors raises its own error types for damaged headers
+            raise AdapterError(f"adapter file {str(path)!r} is not a readable safetensors file: {exc}") from exc
+        return AdapterInfo(name=name, path=path, metadata=json.loads(raw) if raw else {})
+
+    def load(self, name: str) -> dict[str, np.ndarray]:
+        """The adapter's weights, checked to belong to this bundle and to match its parameters."""
+        info = self.info(name)
+        base = info.metadata.get("base_id")
+        if name != INITIAL and base != self.base_id:
+            raise AdapterError(
+                f"adapter {name!r} was trained for another base model (base id {str(base)[:12]}…, this bundle "
+                f"{self.base_id[:12]}…); personalize this bundle again instead of copying the adapter"
+            )
+        weights = {}
+        with safe_open(str(info.path), framework="numpy") as handle:
+            for key in handle.keys():
+                weights[key] = handle.get_tensor(key)
+        missing = sorted(set(self._shapes) - set(weights))
+        extra = sorted(set(weights) - set(self._shapes))
+        wrong = [k for k, shape in self._shapes.items() if k in weights and tuple(weights[k].shape) != shape]
+        if missing or extra or wrong:
+            raise AdapterError(
+                f"adapter {name!r} does not fit this bundle: missing {missing[:3]}, unexpected {extra[:3]}, "
+                f"wrong shapes {wrong[:3]}"
+            )
+        return weights
+
+    def save(self, name: str, weights: dict[str, np.ndarray], training: dict[str, Any]) -> AdapterInfo:
+        """Write an adapter atomically (temp file + rename), replacing one of the same name."""
+        if name == INITIAL:
+            raise AdapterError(f"{INITIAL!r} is the bundle's built-in starting adapter; save under another name")
+        path = self.path(name)
+        manifest = self.bundle.manifest
+        metadata = {
+            "name": name,
+            "base_id": self.base_id,
+            "task": manifest.task,
+            "method": manifest.peft.get("method"),
+            "rank": manifest.peft.get("rank"),
+            "target_modules": manifest.peft.get("target_modules"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "sdk_version": manifest.sdk_version,
+            "training": training,
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        try:
+            save_file({key: np.ascontiguousarray(value, dtype=np.float32) for key, value in weights.items()},
+                      temporary, metadata={_METADATA_KEY: json.dumps(metadata)})
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return AdapterInfo(name=name, path=path, metadata=metadata)

@@ -1,0 +1,22 @@
+"""The interface every on-device training backend implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class TrainingBackend(Protocol):
+    """One optimizer step at a time over the bundle's trainable parameters."""
+
+    name: str
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Replace the trainable parameters (and reset the optimizer state)."""
+
+    def train_step(self, inputs: dict[str, np.ndarray], labels: np.ndarray, learning_rate: float) -> float:
+        """Forward, backward and one AdamW update at ``learning_rate``; returns the batch loss."""
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """A copy of the current trainable parameters."""

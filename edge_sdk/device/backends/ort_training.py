@@ -1,0 +1,69 @@
+"""The `ort-training` backend: ONNX Runtime's on-device training API over the bundle's four artifacts.
+
+`onnxruntime.training.api` imports torch, so the same classes are used through the compiled module,
+which the training build ships and which needs nothing but numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_sdk.bundle.store import Bundle
+from edge_sdk.errors import DependencyError
+from edge_sdk.profiles import profile_from_dict
+
+
+def _training_module():
+    from onnxruntime.capi import _pybind_state as capi
+
+    if not all(hasattr(capi, name) for name in ("Module", "Optimizer", "load_checkpoint")):
+        raise DependencyError(
+            "the ort-training backend needs the ONNX Runtime training build; install it with "
+            "`pip install edge-sdk[device-training]` (onnxruntime-training-cpu, Python <= 3.11, x86_64)"
+        )
+    return capi
+
+
+class OrtTrainingBackend:
+    name = "ort-training"
+
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+        self._capi = capi = _training_module()
+        files = bundle.manifest.training["ort-training"]
+        self._paths = {key: str(bundle.path(path)) for key, path in files.items()}
+        self._options = profile_from_dict(bundle.manifest.profile).session_options(threads)
+        self._device = capi.OrtDevice(capi.OrtDevice.cpu(), capi.OrtDevice.default_memory(), 0)
+        self._trainable = [spec.name for spec in bundle.manifest.trainable]
+        self._labels_input = bundle.manifest.training.get("labels_input", "labels")
+        self._input_order: list[str] = []
+        self._open(None)
+
+    def _open(self, weights: dict[str, np.ndarray] | None) -> None:
+        """Load the checkpoint, optionally overwrite its trainable values, and attach a fresh optimizer."""
+        capi = self._capi
+        self._state = state = capi.load_checkpoint(self._paths["checkpoint"])
+        # The module must exist before parameters are written: it gives the state its data-transfer
+        # manager (writing earlier crashes), and the optimizer created after it starts with zero moments.
+        self._module = capi.Module(self._paths["training_model"], state, self._paths["eval_model"], self._device,
+                                   self._options)
+        for name, value in (weights or {}).items():
+            array = np.ascontiguousarray(value, dtype=np.float32)
+            state.copy_parameter_from(name, capi.OrtValue.ortvalue_from_numpy(array, self._device))
+        self._optimizer = capi.Optimizer(self._paths["optimizer_model"], state, self._device, self._options)
+        self._input_order = list(self._module.input_names(True))
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self._open({name: weights[name] for name in self._trainable})
+
+    def train_step(self, inputs: dict[str, np.ndarray], labels: np.ndarray, learning_rate: float) -> float:
+        feeds = dict(inputs)
+        feeds[self._labels_input] = labels
+        fetches = self._capi.OrtValueVector()
+        self._optimizer.set_learning_rate(float(learning_rate))
+        self._module.train_step([feeds[name] for name in self._input_order], fetches)
+        self._optimizer.optimizer_step()
+        self._module.lazy_reset_grad()
+        return float(fetches[0].numpy())
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {name: self._state.get_parameter(name).data.numpy().copy() for name in self._trainable}

@@ -1,0 +1,129 @@
+"""The personalization loop: seeded batches, AdamW with warm-up and linear decay, per-epoch evaluation.
+
+The loop keeps the weights of the best epoch on the evaluation data (or the last epoch without it),
+so a late epoch that overfits a small personal data set does not overwrite a better adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge_sdk.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How an adapter is trained on the device."""
+
+    epochs: int = 3
+    learning_rate: float = 2e-3
+    batch_size: int = 16
+    warmup_fraction: float = 0.1
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if not self.learning_rate > 0 or not math.isfinite(self.learning_rate):
+            raise ConfigError(f"learning rate must be a positive number, got {self.learning_rate!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"warm-up fraction must be in [0, 1), got {self.warmup_fraction!r}")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int
+    train_loss: float
+    eval_metrics: dict[str, float] | None
+
+
+@dataclass
+class PersonalizeResult:
+    adapter: str
+    backend: str
+    steps: int
+    examples: int
+    best_epoch: int
+    before: dict[str, float] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def learning_rate_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
+    """Linear warm-up to ``peak`` then linear decay to zero (``step`` counts from 0)."""
+    warmup = max(1, int(round(total * warmup_fraction))) if warmup_fraction > 0 else 0
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    remaining = max(1, total - warmup)
+    return peak * max(0.0, (total - step) / remaining)
+
+
+def is_better(candidate: dict[str, float], best: dict[str, float] | None, metric: str) -> bool:
+    """Higher task metric wins; lower loss breaks ties."""
+    if best is None:
+        return True
+    if candidate[metric] != best[metric]:
+        return candidate[metric] > best[metric]
+    return candidate["loss"] < best["loss"]
+
+
+def run_training(
+    backend,
+    batches_for_epoch: Callable[[np.random.Generator], Sequence[tuple[dict[str, np.ndarray], np.ndarray]]],
+    steps_per_epoch: int,
+    settings: TrainingSettings,
+    evaluate: Callable[[dict[str, np.ndarray]], dict[str, float]] | None,
+    metric: str,
+    on_step: Callable[[StepReport], None] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> tuple[dict[str, np.ndarray], int, list[dict[str, Any]], list[float]]:
+    """Train for ``settings.epochs``; return (kept weights, kept epoch, per-epoch history, step losses)."""
+    rng = np.random.default_rng(settings.seed)
+    total = steps_per_epoch * settings.epochs
+    step = 0
+    history: list[dict[str, Any]] = []
+    losses: list[float] = []
+    best_weights, best_epoch, best_metrics = None, 0, None
+    for epoch in range(1, settings.epochs + 1):
+        epoch_losses = []
+        for inputs, labels in batches_for_epoch(rng):
+            lr = learning_rate_at(step, total, settings.learning_rate, settings.warmup_fraction)
+            loss = backend.train_step(inputs, labels, lr)
+            if not math.isfinite(loss):
+                raise ConfigError(
+                    f"training diverged at step {step + 1} (loss {loss}); lower the learning rate "
+                    f"(now {settings.learning_rate})"
+                )
+            step += 1
+            losses.append(loss)
+            epoch_losses.append(loss)
+            if on_step:
+                on_step(StepReport(step=step, total_steps=total, epoch=epoch, loss=loss, learning_rate=lr))
+        weights = backend.weights()
+        metrics = evaluate(weights) if evaluate else None
+        train_loss = float(np.mean(epoch_losses))
+        history.append({"epoch": epoch, "train_loss": train_loss, "eval": metrics})
+        if on_epoch:
+            on_epoch(EpochReport(epoch=epoch, train_loss=train_loss, eval_metrics=metrics))
+        if metrics is None or is_better(metrics, best_metrics, metric):
+            best_weights, best_epoch, best_metrics = weights, epoch, metrics
+    return best_weights, best_epoch, history, losses

@@ -1,0 +1,55 @@
+"""The bundle's tokenizer (the `tokenizers` library), producing exactly the graph's inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from edge_sdk.bundle.manifest import Manifest
+from edge_sdk.errors import BundleError
+
+
+class BundleTokenizer:
+    """Encodes texts into padded int64 batches named like the graph inputs."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
+            raise BundleError(f"cannot load the bundle tokenizer {str(path)!r}: {exc}") from exc
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=manifest.max_length)
+        self._pad_id = int(manifest.tokenizer["pad_token_id"])
+        self._left_pad = manifest.tokenizer.get("padding_side", "right") == "left"
+        self._input_names = [spec.name for spec in manifest.inputs]
+
+    def encode_full(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids, type ids) of each text; type ids matter for BERT-style models."""
+        return [(np.asarray(e.ids, dtype=np.int64), np.asarray(e.type_ids, dtype=np.int64))
+                for e in self._tokenizer.encode_batch(list(texts))]
+
+    def pad(self, encoded: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Pad a batch to its longest member and build every input the graph takes."""
+        length = max(len(ids) for ids, _ in encoded)
+        batch = len(encoded)
+        input_ids = np.full((batch, length), self._pad_id, dtype=np.int64)
+        type_ids = np.zeros((batch, length), dtype=np.int64)
+        mask = np.zeros((batch, length), dtype=np.int64)
+        for row, (ids, types) in enumerate(encoded):
+            span = slice(length - len(ids), length) if self._left_pad else slice(0, len(ids))
+            input_ids[row, span] = ids
+            type_ids[row, span] = types
+            mask[row, span] = 1
+        available = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "token_type_ids": type_ids,
+            "position_ids": np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int64),
+        }
+        return {name: available[name] for name in self._input_names}
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.pad(self.encode_full(texts))

@@ -1,0 +1,62 @@
+"""One exception tree for everything the SDK reports to a user.
+
+    EdgeSdkError                    base; the CLI prints its message and exits with 1
+    ├── ConfigError                 a flag, recipe or build setting is wrong (unknown task, bad rank, …)
+    │   └── TargetModuleError       a PEFT target module does not exist in the model
+    ├── ModelSourceError            the model folder or recipe source is missing or unreadable
+    ├── DataError                   a data file is missing, empty or malformed (names file and line)
+    ├── ExportError                 the ONNX export failed or disagrees with the PyTorch model
+    ├── BundleError                 a bundle cannot be opened or written
+    │   ├── BundleIntegrityError    a file is missing or its hash does not match the manifest
+    │   └── BundleVersionError      the bundle was written by a newer schema than this SDK reads
+    ├── AdapterError                an adapter is missing, malformed or was trained for another bundle
+    └── DependencyError             an optional dependency (host or training build) is not installed
+
+Messages say what happened, the offending value, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class EdgeSdkError(Exception):
+    """Base class of every error the SDK raises on purpose."""
+
+
+class ConfigError(EdgeSdkError):
+    """A build or run setting is invalid."""
+
+
+class TargetModuleError(ConfigError):
+    """A PEFT target module name matches nothing in the model."""
+
+
+class ModelSourceError(EdgeSdkError):
+    """The model source (folder, recipe, package) cannot be used."""
+
+
+class DataError(EdgeSdkError):
+    """A data file cannot be read as examples for the task."""
+
+
+class ExportError(EdgeSdkError):
+    """Exporting or validating an ONNX graph failed."""
+
+
+class BundleError(EdgeSdkError):
+    """A bundle cannot be opened, read or written."""
+
+
+class BundleIntegrityError(BundleError):
+    """A bundle file is missing or was modified after the build."""
+
+
+class BundleVersionError(BundleError):
+    """The bundle's schema is newer than this SDK understands."""
+
+
+class AdapterError(EdgeSdkError):
+    """An adapter cannot be found, read or applied to this bundle."""
+
+
+class DependencyError(EdgeSdkError):
+    """An optional dependency needed for this operation is not installed."""

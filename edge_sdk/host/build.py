@@ -1,0 +1,171 @@
+"""`edge-sdk build`: model + PEFT settings → a verified, self-contained bundle."""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+from safetensors.numpy import save_file
+
+import edge_sdk
+from edge_sdk.bundle import BundleWriter, Manifest, TensorSpec
+from edge_sdk.host.artifacts import LABELS_INPUT, build_training_artifacts
+from edge_sdk.host.config import BuildConfig
+from edge_sdk.host.export import (
+    compare_outputs,
+    export_training_graph,
+    model_input_names,
+    sample_batch,
+    torch_reference,
+)
+from edge_sdk.host.inference_graph import build_inference_graph
+from edge_sdk.host.model_loading import LoadedModel, load_for_task
+from edge_sdk.profiles import load_profile
+from edge_sdk.tasks.registry import TASKS
+
+INFERENCE_MODEL = "inference/model.onnx"
+INITIAL_ADAPTER = "adapters/initial.safetensors"
+TOKENIZER_DIR = "tokenizer"
+TRAINING_DIR = "training/ort"
+
+# Texts of different lengths: the export traces one batch, validation runs another, so dynamic
+# sequence length and padding are both exercised.
+_EXPORT_TEXTS = ["Edge devices adapt models to their users.", "A short one."]
+_VALIDATION_TEXTS = [
+    "The quarterly results beat expectations, and the shares rose sharply in early trading.",
+    "Rain later.",
+    "Researchers released a new open model that runs on phones without a network connection.",
+]
+
+Progress = Callable[[str], None]
+
+
+def _trainable_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {name: p.detach().numpy().copy() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _perturbed(weights: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    # Zero-initialised LoRA B would hide a broken adapter path, so validation uses non-zero weights.
+    rng = np.random.default_rng(seed)
+    return {name: (value + rng.normal(0.0, 0.05, value.shape)).astype(np.float32) for name, value in weights.items()}
+
+
+def _load_weights(model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(torch.from_numpy(value))
+
+
+def _validate(loaded: LoadedModel, forward_path: Path, inference_path: Path, batch: dict[str, np.ndarray],
+              output_name: str, trainable: list[str], seed: int) -> dict[str, float]:
+    """Check both ONNX graphs against PyTorch; return the max differences for the manifest."""
+    model = loaded.model
+    initial = _trainable_weights(model)
+    reference = torch_reference(model, batch, output_name)
+    forward = onnxruntime.InferenceSession(str(forward_path), providers=["CPUExecutionProvider"])
+    exported = forward.run([output_name], batch)[0]
+    diffs = {"forward." + k: v for k, v in compare_outputs(
+        {output_name: reference}, {output_name: exported}, "the exported training graph").items()}
+
+    perturbed = _perturbed(initial, seed)
+    _load_weights(model, perturbed)
+    try:
+        reference = torch_reference(model, batch, output_name)
+    finally:
+        _load_weights(model, initial)
+    inference = onnxruntime.InferenceSession(str(inference_path), providers=["CPUExecutionProvider"])
+    feeds = dict(batch) | {name: perturbed[name] for name in trainable}
+    optimized = inference.run([output_name], feeds)[0]
+    diffs |= {"inference." + k: v for k, v in compare_outputs(
+        {output_name: reference}, {output_name: optimized}, "the optimized inference graph").items()}
+    return diffs
+
+
+def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
+                 progress: Progress | None = None) -> Path:
+    """Build a bundle for ``config`` at ``out`` (atomically: on failure nothing is left at ``out``)."""
+    report = progress or (lambda _message: None)
+    started = time.perf_counter()
+    config.validate()
+    profile = load_profile(config.profile)
+    task = TASKS[config.task]
+
+    with BundleWriter(out, overwrite=overwrite) as writer, tempfile.TemporaryDirectory() as scratch:
+        report(f"loading {config.model_dir} and applying LoRA r={config.lora.rank}")
+        loaded = load_for_task(config)
+        input_names = model_input_names(loaded.model, loaded.tokenizer, loaded.model_type)
+        export_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _EXPORT_TEXTS)
+        validation_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _VALIDATION_TEXTS)
+
+        report("exporting the training-safe ONNX graph")
+        graph = export_training_graph(loaded.model, export_batch, task.output_name, Path(scratch) / "forward.onnx",
+                                      config.opset)
+        report("building ONNX Runtime training artifacts")
+        training_files = build_training_artifacts(graph, task.loss, writer.folder(TRAINING_DIR))
+        report(f"optimizing the inference graph for profile {profile.name!r}")
+        inference_path = writer.path(INFERENCE_MODEL)
+        build_inference_graph(graph.path, graph.trainable, profile, inference_path)
+        report("validating the ONNX graphs against PyTorch")
+        diffs = _validate(loaded, graph.path, inference_path, validation_batch, task.output_name, graph.trainable,
+                          config.seed)
+
+        loaded.tokenizer.save_pretrained(str(writer.folder(TOKENIZER_DIR)))
+        initial = _trainable_weights(loaded.model)
+        save_file(initial, str(writer.path(INITIAL_ADAPTER)), metadata={"format": "edge-sdk-adapter"})
+
+        manifest = Manifest(
+            task=config.task,
+            labels=list(config.labels),
+            model={
+                "source": config.source_description or str(config.model_dir),
+                "model_type": loaded.model_type,
+                "architecture": type(loaded.model.get_base_model()).__name__,
+                "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
+            },
+            tokenizer={
+                "file": f"{TOKENIZER_DIR}/tokenizer.json",
+                "pad_token_id": int(loaded.tokenizer.pad_token_id),
+                "padding_side": loaded.tokenizer.padding_side,
+            },
+            max_length=config.max_length,
+            inputs=[TensorSpec(name, "int64", ["batch", "sequence"]) for name in input_names],
+            outputs=[TensorSpec(task.output_name, "float32", ["batch", len(config.labels)])],
+            trainable=[TensorSpec(name, "float32", list(initial[name].shape)) for name in graph.trainable],
+            peft={
+                "method": config.lora.method,
+                "rank": config.lora.rank,
+                "alpha": config.lora.alpha,
+                "target_modules": loaded.target_modules,
+                "modules_to_save": loaded.modules_to_save,
+                "trainable_parameters": int(sum(v.size for v in initial.values())),
+            },
+            training={
+                "backends": ["ort-training"],
+                "loss": task.loss,
+                "labels_input": LABELS_INPUT,
+                "ort-training": {key: f"{TRAINING_DIR}/{name}" for key, name in training_files.items()},
+            },
+            inference={"model": INFERENCE_MODEL, "initial_adapter": INITIAL_ADAPTER},
+            profile=profile.to_dict(),
+            build={
+                "seed": config.seed,
+                "opset": config.opset,
+                "validation_max_abs_diff": diffs,
+                "seconds": round(time.perf_counter() - started, 1),
+                "host": {
+                    "python": platform.python_version(),
+                    "torch": torch.__version__,
+                    "onnxruntime": onnxruntime.__version__,
+                },
+            },
+            sdk_version=edge_sdk.__version__,
+        )
+        report("writing the bundle")
+        return writer.commit(manifest)

@@ -1,0 +1,157 @@
+"""Training-safe ONNX export of a PEFT model and its check against PyTorch.
+
+Why the TorchScript exporter in TRAINING mode without constant folding: in EVAL mode it merges
+initializers with equal values (every zero-initialised LoRA B matrix becomes one tensor), which breaks
+gradient building; see DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+from edge_sdk.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+_WRAPPER_PREFIX = "model."
+
+
+def model_input_names(peft_model: torch.nn.Module, tokenizer, model_type: str) -> list[str]:
+    """Inputs the exported graph takes: what the tokenizer produces and the model's forward accepts.
+
+    Decoder-only models also get explicit ``position_ids``: transformers computes them (and the mask)
+    with ops the exporter cannot trace.
+    """
+    forward = inspect.signature(peft_model.get_base_model().forward).parameters
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in tokenizer.model_input_names and "token_type_ids" in forward:
+        names.append("token_type_ids")
+    if (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+            and "position_ids" in forward):
+        names.append("position_ids")
+    return names
+
+
+def position_ids_from_mask(attention_mask: np.ndarray) -> np.ndarray:
+    return np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0).astype(np.int64)
+
+
+def sample_batch(tokenizer, input_names: list[str], max_length: int, texts: list[str]) -> dict[str, np.ndarray]:
+    """Tokenize sample texts into int64 arrays (padded, so the mask path is exercised)."""
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    batch = {name: np.asarray(encoded[name], dtype=np.int64) for name in input_names if name in encoded}
+    if "token_type_ids" in input_names and "token_type_ids" not in batch:
+        batch["token_type_ids"] = np.zeros_like(batch["input_ids"])
+    if "position_ids" in input_names:
+        batch["position_ids"] = position_ids_from_mask(batch["attention_mask"])
+    return batch
+
+
+class _ForwardWrapper(torch.nn.Module):
+    """Positional inputs in a fixed order and only the task output, as the ONNX graph exposes them."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output_name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.input_names = input_names
+        self.output_name = output_name
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model(**dict(zip(self.input_names, inputs, strict=True))), self.output_name)
+
+
+@dataclass
+class ExportedGraph:
+    path: Path
+    input_names: list[str]
+    output_name: str
+    trainable: list[str]          # ONNX initializer names of the trainable parameters, in model order
+    frozen: list[str]
+
+
+def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarray], output_name: str,
+                          path: Path, opset: int) -> ExportedGraph:
+    """Export the PEFT model's forward pass with parameter names kept, ready for gradient building."""
+    input_names = list(batch)
+    wrapper = _ForwardWrapper(peft_model, input_names, output_name)
+    wrapper.train()  # TRAINING mode export; dropout was zeroed when the model was loaded
+    args = tuple(torch.from_numpy(batch[name]) for name in input_names)
+    dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dynamic_axes[output_name] = {0: "batch"}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, args, str(path), input_names=input_names, output_names=[output_name],
+                dynamic_axes=dynamic_axes, opset_version=opset, training=torch.onnx.TrainingMode.TRAINING,
+                do_constant_folding=False, export_params=True, dynamo=False,
+            )
+    except Exception as exc:  # the exporter raises a zoo of types; the message is what helps
+        raise ExportError(f"ONNX export of the model failed: {exc}") from exc
+
+    model_proto = onnx.load(str(path))
+    _strip_prefix_from_initializers(model_proto)
+    onnx.save(model_proto, str(path))
+    initializers = [init.name for init in model_proto.graph.initializer]
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    present = set(initializers)
+    missing = [name for name in trainable if name not in present]
+    if missing:
+        raise ExportError(
+            "trainable parameters are missing from the exported graph (renamed or folded by the exporter): "
+            + ", ".join(missing[:10])
+        )
+    trainable_set = set(trainable)
+    frozen = [name for name in initializers if name not in trainable_set]
+    return ExportedGraph(path=path, input_names=input_names, output_name=output_name,
+                         trainable=trainable, frozen=frozen)
+
+
+def _strip_prefix_from_initializers(model_proto: onnx.ModelProto) -> None:
+    """Name graph parameters exactly like the PEFT model's ``named_parameters`` (drop the wrapper's prefix)."""
+    renames = {init.name: init.name[len(_WRAPPER_PREFIX):] for init in model_proto.graph.initializer
+               if init.name.startswith(_WRAPPER_PREFIX)}
+    for init in model_proto.graph.initializer:
+        init.name = renames.get(init.name, init.name)
+    for node in model_proto.graph.node:
+        for index, name in enumerate(node.input):
+            if name in renames:
+                node.input[index] = renames[name]
+
+
+def torch_reference(peft_model: torch.nn.Module, batch: dict[str, np.ndarray], output_name: str) -> np.ndarray:
+    peft_model.eval()
+    with torch.no_grad():
+        result = peft_model(**{name: torch.from_numpy(value) for name, value in batch.items()})
+    return getattr(result, output_name).numpy()
+
+
+def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], what: str,
+                    atol: float = 1e-4, rtol: float = 1e-3) -> dict[str, float]:
+    """Per-output max absolute difference; raise naming each output beyond tolerance."""
+    differences = {}
+    failures = []
+    for name, reference in expected.items():
+        value = actual[name]
+        if value.shape != reference.shape:
+            failures.append(f"{name}: shape {list(value.shape)} vs PyTorch {list(reference.shape)}")
+            continue
+        diff = float(np.max(np.abs(value - reference))) if reference.size else 0.0
+        differences[name] = diff
+        if not np.allclose(value, reference, atol=atol, rtol=rtol):
+            failures.append(f"{name}: max abs difference {diff:.3g}")
+    if failures:
+        raise ExportError(
+            f"{what} disagrees with the PyTorch model beyond tolerance (atol={atol}, rtol={rtol}): "
+            + "; ".join(failures)
+        )
+    return differences

@@ -1,0 +1,58 @@
+"""The inference graph: the exported forward pass with the adapter weights as graph inputs.
+
+Adapter weights are inputs rather than initializers so that one loaded session serves every adapter
+in the store: switching users or skills feeds other tensors, it never reloads the base weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from edge_sdk.profiles import Profile
+
+
+def _promote_to_inputs(model: onnx.ModelProto, names: list[str]) -> None:
+    wanted = set(names)
+    kept = []
+    promoted = {}
+    for init in model.graph.initializer:
+        if init.name in wanted:
+            promoted[init.name] = helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+        else:
+            kept.append(init)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    # Graph inputs follow the order of ``names`` so that the manifest order and the graph agree.
+    model.graph.input.extend(promoted[name] for name in names)
+
+
+def _drop_dropout(model: onnx.ModelProto) -> None:
+    """A training-mode export keeps Dropout nodes (ratio 0); at inference they are identities."""
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "Dropout":
+            nodes.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def build_inference_graph(forward_path: Path, trainable: list[str], profile: Profile, out_path: Path) -> None:
+    """Write the profile-optimized inference graph for the exported forward pass at ``forward_path``."""
+    import onnxruntime
+
+    model = onnx.load(str(forward_path))
+    _promote_to_inputs(model, trainable)
+    _drop_dropout(model)
+    plain_path = out_path.with_suffix(".plain.onnx")
+    onnx.save(model, str(plain_path))
+    try:
+        options = profile.session_options()
+        options.optimized_model_filepath = str(out_path)
+        onnxruntime.InferenceSession(str(plain_path), options, providers=profile.providers)
+    finally:
+        plain_path.unlink(missing_ok=True)

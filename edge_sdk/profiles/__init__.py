@@ -1,0 +1,68 @@
+"""Execution-provider profiles: small frozen specs, one TOML file each, shared by host and device."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any
+
+from edge_sdk.errors import ConfigError
+
+_LEVELS = ("disabled", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How graphs are optimized at build time and run on the device."""
+
+    name: str
+    description: str
+    providers: list[str]
+    graph_optimization_level: str
+    intra_op_threads: int
+
+    def session_options(self, threads: int | None = None):
+        """ONNX Runtime session options for this profile (``threads`` overrides the profile's)."""
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = {
+            "disabled": onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.graph_optimization_level]
+        options.intra_op_num_threads = self.intra_op_threads if threads is None else threads
+        options.log_severity_level = 3
+        return options
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_profiles() -> list[str]:
+    return sorted(entry.name[:-5] for entry in resources.files(__package__).iterdir() if entry.name.endswith(".toml"))
+
+
+def load_profile(name: str) -> Profile:
+    """Load a bundled profile by name (``cpu``, …)."""
+    names = available_profiles()
+    if name not in names:
+        raise ConfigError(f"unknown profile {name!r}; available profiles: {', '.join(names)}")
+    data = tomllib.loads(resources.files(__package__).joinpath(f"{name}.toml").read_text(encoding="utf-8"))
+    level = data.get("graph_optimization_level", "extended")
+    if level not in _LEVELS:
+        raise ConfigError(f"profile {name!r}: graph_optimization_level {level!r} is not one of {', '.join(_LEVELS)}")
+    return Profile(
+        name=name,
+        description=data.get("description", ""),
+        providers=list(data.get("providers", ["CPUExecutionProvider"])),
+        graph_optimization_level=level,
+        intra_op_threads=int(data.get("intra_op_threads", 0)),
+    )
+
+
+def profile_from_dict(data: dict[str, Any]) -> Profile:
+    """Rebuild the profile a bundle was built for from its manifest entry."""
+    return Profile(**data)

@@ -1,0 +1,42 @@
+"""Shared fixtures. Device tests get bundles built by the host (tests/make_fixtures.py): from
+EDGE_SDK_FIXTURES when set (the torch-free device environment), otherwise built once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    prebuilt = os.environ.get("EDGE_SDK_FIXTURES")
+    if prebuilt:
+        path = Path(prebuilt)
+        if not (path / "tiny-seq-cls" / "manifest.json").is_file():
+            pytest.fail(f"EDGE_SDK_FIXTURES={prebuilt} holds no fixtures; run `python tests/make_fixtures.py {prebuilt}`")
+        return path
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pytest.fail("no torch here and EDGE_SDK_FIXTURES is not set: build fixtures on the host first (make test)")
+    from make_fixtures import make_fixtures
+
+    return make_fixtures(tmp_path_factory.mktemp("fixtures"))
+
+
+@pytest.fixture
+def tiny_bundle(fixtures_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny text-classification bundle (tests may write adapters or tamper)."""
+    return Path(shutil.copytree(fixtures_dir / "tiny-seq-cls", tmp_path / "bundle"))
+
+
+@pytest.fixture
+def tiny_data(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "data"

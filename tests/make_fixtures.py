@@ -1,0 +1,61 @@
+"""Build the bundles and data files the device test suite runs on (host side: needs torch).
+
+    python tests/make_fixtures.py DIR
+
+`make test` runs this with the host environment, then runs tests/device in the torch-free device
+environment against DIR. Running the suite in the host environment builds the same fixtures itself.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_models import WORDS, make_tiny_bert  # noqa: E402
+
+LABELS = ("business", "sport", "tech")
+TOPIC_WORDS = {
+    "business": WORDS[WORDS.index("market"):WORDS.index("match")],
+    "sport": WORDS[WORDS.index("match"):WORDS.index("film")],
+    "tech": WORDS[WORDS.index("phone"):WORDS.index("election")],
+}
+FILLER = WORDS[:WORDS.index("market")]
+
+
+def write_topic_data(path: Path, count: int, seed: int) -> Path:
+    """Short texts whose label is given by which topic's words they contain."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(count):
+            label = rng.choice(LABELS)
+            words = rng.choices(TOPIC_WORDS[label], k=4) + rng.choices(FILLER, k=4)
+            rng.shuffle(words)
+            handle.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
+    return path
+
+
+def make_fixtures(root: Path) -> Path:
+    """Write ``tiny-model/``, ``tiny-seq-cls/`` (bundle), ``other-seq-cls/`` and ``data/`` under ``root``."""
+    from edge_sdk.host.build import build_bundle
+    from edge_sdk.host.config import BuildConfig
+
+    root = Path(root)
+    model = make_tiny_bert(root / "tiny-model", seed=0)
+    build_bundle(BuildConfig(model_dir=model, task="seq-cls", labels=LABELS, max_length=32), root / "tiny-seq-cls",
+                 overwrite=True)
+    # Same model, another seed: a different base id, for "adapter trained for another bundle" checks.
+    other = make_tiny_bert(root / "other-model", seed=1)
+    build_bundle(BuildConfig(model_dir=other, task="seq-cls", labels=LABELS, max_length=32), root / "other-seq-cls",
+                 overwrite=True)
+    write_topic_data(root / "data" / "train.jsonl", 96, seed=1)
+    write_topic_data(root / "data" / "dev.jsonl", 48, seed=2)
+    return root
+
+
+if __name__ == "__main__":
+    print(make_fixtures(Path(sys.argv[1])))
