@@ -17,14 +17,12 @@ WORDS = (
 ).split()
 
 
-def make_tiny_bert(folder: Path, seed: int = 0) -> Path:
-    """A 2-layer BERT (hidden 32) with a WordPiece tokenizer over ``WORDS``, saved like a hub model."""
-    import torch
+def _save_tokenizer(folder: Path) -> int:
+    """A WordPiece tokenizer over ``WORDS`` with BERT's special tokens; returns the vocabulary size."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
-    folder.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = {token: index for index, token in enumerate(specials + list(WORDS))}
     tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
@@ -38,10 +36,38 @@ def make_tiny_bert(folder: Path, seed: int = 0) -> Path:
     fast = BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     fast.save_pretrained(folder)
+    return len(vocab)
 
+
+def make_tiny_bert(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer BERT (hidden 32) with a WordPiece tokenizer over ``WORDS``, saved like a hub model."""
+    return make_tiny_model(folder, "bert", seed)
+
+
+def make_tiny_model(folder: Path, kind: str, seed: int = 0) -> Path:
+    """A tiny seeded base model of architecture ``kind`` (bert, roberta, distilbert, llama) plus tokenizer.
+
+    The architectures differ in what the build must get right: token type ids (BERT), offset position
+    ids (RoBERTa), no PEFT default targets (DistilBERT), decoder-only with explicit positions (Llama).
+    """
+    import torch
+    from transformers import AutoModel, BertConfig, DistilBertConfig, LlamaConfig, RobertaConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = _save_tokenizer(folder)
+    # Wider init than the usual 0.02: random features that a tiny adapter can learn from in tests.
+    common = {"vocab_size": vocab_size, "pad_token_id": 0, "initializer_range": 0.2}
+    configs = {
+        "bert": lambda: BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                   max_position_embeddings=128, **common),
+        "roberta": lambda: RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64, max_position_embeddings=130, type_vocab_size=1,
+                                         **common),
+        "distilbert": lambda: DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                                               max_position_embeddings=128, **common),
+        "llama": lambda: LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128, **common),
+    }
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128, pad_token_id=0,
-                        initializer_range=0.2)  # wider than BERT's 0.02: random features that a tiny adapter can learn from
-    BertModel(config).save_pretrained(folder)
+    AutoModel.from_config(configs[kind]()).save_pretrained(folder)
     return folder
