@@ -21,7 +21,34 @@ from edge_sdk.errors import (
 
 __version__ = "0.1.0"
 
+# Lazy re-exports: `import edge_sdk` must not load ONNX Runtime, and the host names must not load torch
+# on a device that only ever touches the device runtime.
+_LAZY = {
+    "DeviceBundle": "edge_sdk.device.runtime",
+    "TrainingSettings": "edge_sdk.device.personalize",
+    "open_bundle": "edge_sdk.bundle.store",
+    "verify_bundle": "edge_sdk.bundle.store",
+    "build_bundle": "edge_sdk.host.build",
+    "BuildConfig": "edge_sdk.host.config",
+    "load_recipe": "edge_sdk.host.config",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'edge_sdk' has no attribute {name!r}")
+
 __all__ = [
+    "BuildConfig",
+    "DeviceBundle",
+    "TrainingSettings",
+    "build_bundle",
+    "load_recipe",
+    "open_bundle",
+    "verify_bundle",
     "AdapterError",
     "BundleError",
     "BundleIntegrityError",

@@ -20,7 +20,9 @@ def fixtures_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if prebuilt:
         path = Path(prebuilt)
         if not (path / "tiny-seq-cls" / "manifest.json").is_file():
-            pytest.fail(f"EDGE_SDK_FIXTURES={prebuilt} holds no fixtures; run `python tests/make_fixtures.py {prebuilt}`")
+            pytest.fail(
+                f"EDGE_SDK_FIXTURES={prebuilt} holds no fixtures; run `python tests/make_fixtures.py {prebuilt}`"
+            )
         return path
     try:
         import torch  # noqa: F401

@@ -46,6 +46,8 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
     root = Path(root)
     if not root.exists():
         raise BundleError(f"bundle folder {str(root)!r} does not exist; build one with `edge-sdk build`")
+    if not root.is_dir():
+        raise BundleError(f"{str(root)!r} is a file; pass the bundle folder (the one holding {MANIFEST_NAME})")
     manifest_path = root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise BundleError(
@@ -89,18 +91,22 @@ class BundleWriter:
 
     def __init__(self, destination: str | os.PathLike, overwrite: bool = False) -> None:
         self.destination = Path(destination).resolve()
-        if self.destination.exists() and not overwrite:
-            raise BundleError(
-                f"output folder {str(self.destination)!r} already exists; choose another --out or pass --overwrite"
-            )
-        if self.destination.exists() and not (self.destination / MANIFEST_NAME).is_file():
-            if any(self.destination.iterdir()):
+        where = str(self.destination)
+        if self.destination.exists():
+            if not self.destination.is_dir():
+                raise BundleError(f"output path {where!r} is a file; choose a folder path for --out")
+            if not overwrite:
+                raise BundleError(f"output folder {where!r} already exists; choose another --out or pass --overwrite")
+            if not (self.destination / MANIFEST_NAME).is_file() and any(self.destination.iterdir()):
                 raise BundleError(
-                    f"output folder {str(self.destination)!r} exists, is not empty and is not a bundle; "
-                    "refusing to replace it, choose another --out"
+                    f"output folder {where!r} exists, is not empty and is not a bundle; refusing to replace it, "
+                    "choose another --out"
                 )
-        self.destination.parent.mkdir(parents=True, exist_ok=True)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent))
+        try:
+            self.destination.parent.mkdir(parents=True, exist_ok=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent))
+        except OSError as exc:
+            raise BundleError(f"cannot create the output folder {where!r}: {exc.strerror or exc}") from exc
         self._committed = False
 
     def __enter__(self) -> BundleWriter:
@@ -158,16 +164,26 @@ class BundleWriter:
 
 
 def pack_bundle(root: str | os.PathLike, archive: str | os.PathLike) -> Path:
-    """Verify a bundle and write it as one ``.tar.gz`` file for shipping (written atomically)."""
+    """Verify a bundle and write it as one ``.tar.gz`` file for shipping (written atomically).
+
+    Only the manifest and the files it lists are packed: adapters personalized on a device are that
+    user's data, not part of the shipped bundle.
+    """
     root = Path(root)
-    verify_bundle(root)
+    manifest = verify_bundle(root)
     archive = Path(archive)
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", dir=archive.parent)
+    if archive.is_dir():
+        raise BundleError(f"--out {str(archive)!r} is a folder; give the archive's file name, e.g. bundle.tar.gz")
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", dir=archive.parent)
+    except OSError as exc:
+        raise BundleError(f"cannot write the archive {str(archive)!r}: {exc.strerror or exc}") from exc
     os.close(fd)
     try:
         with tarfile.open(temporary, "w:gz") as tar:
-            tar.add(root, arcname=root.name)
+            for relative in [MANIFEST_NAME, *(entry.path for entry in manifest.files)]:
+                tar.add(root / relative, arcname=f"{root.name}/{relative}")
         os.replace(temporary, archive)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

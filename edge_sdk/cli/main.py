@@ -93,6 +93,13 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, rank: i
 
 # --- bundle ---------------------------------------------------------------------------------------------
 
+def _count(number: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if number >= scale:
+            return f"{number / scale:.1f}{suffix}"
+    return str(number)
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
@@ -114,7 +121,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
         f"bundle      {opened.root}",
         f"task        {manifest.task}",
         f"labels      {', '.join(manifest.labels)}",
-        f"model       {manifest.model['architecture']} ({manifest.model['parameters'] / 1e6:.1f}M parameters) "
+        f"model       {manifest.model['architecture']} ({_count(manifest.model['parameters'])} parameters) "
         f"from {manifest.model['source']}",
         f"adapter     {manifest.peft['method']} r={manifest.peft['rank']} alpha={manifest.peft['alpha']} on "
         f"{', '.join(manifest.peft['target_modules'])}; trains {manifest.peft['trainable_parameters']:,} parameters",

@@ -110,3 +110,26 @@ def test_pack_writes_one_archive_that_unpacks_to_a_valid_bundle(tmp_path: Path) 
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
     assert len(verify_bundle(tmp_path / "unpacked" / "b").files) == 2
+
+
+def test_unusable_destinations_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BundleError, match="is a file; choose a folder path"):
+        BundleWriter(tmp_path / "afile", overwrite=True)
+    with pytest.raises(BundleError, match="cannot create the output folder"):
+        BundleWriter(tmp_path / "afile" / "sub")
+    root = _write(tmp_path / "b")
+    with pytest.raises(BundleError, match="is a folder; give the archive's file name"):
+        pack_bundle(root, tmp_path)
+    with pytest.raises(BundleError, match="cannot write the archive"):
+        pack_bundle(root, tmp_path / "afile" / "b.tar.gz")
+    with pytest.raises(BundleError, match="is a file; pass the bundle folder"):
+        open_bundle(root / "manifest.json")
+
+
+def test_pack_leaves_out_files_the_manifest_does_not_list(tmp_path: Path) -> None:
+    root = _write(tmp_path / "b")
+    (root / "adapters").mkdir()
+    (root / "adapters" / "alice.safetensors").write_bytes(b"personal")
+    with tarfile.open(pack_bundle(root, tmp_path / "b.tar.gz")) as tar:
+        assert sorted(tar.getnames()) == ["b/inference/model.onnx", "b/manifest.json", "b/tok.json"]

@@ -96,7 +96,8 @@ def test_default_adapter_is_used_once_personalized(tiny_bundle: Path, tiny_data:
 def test_label_outside_the_label_map_names_file_and_line(tiny_bundle: Path, tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "goal", "label": "sport"}\n{"text": "film star", "label": "movies"}\n')
-    with pytest.raises(DataError, match=r"d\.jsonl:2: unknown label 'movies'; allowed labels: 'business', 'sport', 'tech'"):
+    allowed = "allowed labels: 'business', 'sport', 'tech'"
+    with pytest.raises(DataError, match=rf"d\.jsonl:2: unknown label 'movies'; {allowed}"):
         DeviceBundle.open(tiny_bundle).personalize(data, adapter="x", settings=FAST)
     assert not (tiny_bundle / "adapters" / "x.safetensors").exists()
 

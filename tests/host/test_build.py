@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_models import make_tiny_model
 
 from edge_sdk.bundle import open_bundle
 from edge_sdk.device import DeviceBundle, TrainingSettings
@@ -18,7 +19,6 @@ from edge_sdk.host.build import build_bundle
 from edge_sdk.host.config import BuildConfig, LoraSettings, load_recipe
 from edge_sdk.host.export import compare_outputs
 from edge_sdk.host.model_loading import load_for_task
-from tiny_models import make_tiny_model
 
 LABELS = ("business", "sport", "tech")
 TEXTS = ["market shares and profit", "the team won the cup", "phone chip", "a b c d e f g the of to and in on for"]
@@ -38,9 +38,8 @@ def _torch_logits(config: BuildConfig, texts: list[str], weights: dict[str, np.n
             for name, value in weights.items():
                 params[name].copy_(torch.from_numpy(value))
     batch = loaded.tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt")
-    inputs = {k: v for k, v in batch.items() if k != "token_type_ids" or "token_type_ids" in loaded.tokenizer.model_input_names}
     with torch.no_grad():
-        return model(**inputs).logits.numpy()
+        return model(**batch).logits.numpy()
 
 
 def test_bundle_manifest_describes_everything(fixtures_dir: Path) -> None:
@@ -150,7 +149,8 @@ def test_disagreement_with_pytorch_fails_with_per_output_differences(fixtures_di
 
 def test_compare_outputs_reports_each_output() -> None:
     reference = {"a": np.zeros(3, np.float32), "b": np.ones((2, 2), np.float32)}
-    with pytest.raises(ExportError, match=r"atol=0\.001.*a: max abs difference 0\.5; b: shape \[4\] vs PyTorch \[2, 2\]"):
+    expected = r"atol=0\.001.*a: max abs difference 0\.5; b: shape \[4\] vs PyTorch \[2, 2\]"
+    with pytest.raises(ExportError, match=expected):
         compare_outputs(reference, {"a": np.array([0, 0.5, 0], np.float32), "b": np.ones(4, np.float32)}, "graph",
                         atol=1e-3)
     assert compare_outputs(reference, reference, "graph") == {"a": 0.0, "b": 0.0}
