@@ -21,7 +21,7 @@ from edge_sdk.device.personalize import (
     run_training,
 )
 from edge_sdk.device.tokenizer import BundleTokenizer
-from edge_sdk.errors import BundleError, DataError
+from edge_sdk.errors import AdapterError, BundleError
 from edge_sdk.profiles import profile_from_dict
 from edge_sdk.tasks import seq_cls
 
@@ -161,7 +161,7 @@ class DeviceBundle:
         settings.validate()
         check_adapter_name(adapter)
         if adapter == INITIAL:
-            raise DataError(f"{INITIAL!r} is the bundle's built-in adapter; personalize into another name")
+            raise AdapterError(f"{INITIAL!r} is the bundle's built-in adapter; personalize into another name")
         start = start_from or (adapter if self.adapters.exists(adapter) else INITIAL)
         initial_weights = self.adapters.load(start)
         encoded, gold = self._load_labelled(data)
@@ -180,8 +180,11 @@ class DeviceBundle:
         before = evaluate(initial_weights) if evaluate else None
         steps_per_epoch = -(-len(gold) // settings.batch_size)
         started = time.perf_counter()
-        weights, best_epoch, history, losses = run_training(
-            trainer, batches, steps_per_epoch, settings, evaluate, "accuracy", on_step, on_epoch)
+        try:
+            weights, best_epoch, history, losses = run_training(
+                trainer, batches, steps_per_epoch, settings, evaluate, "accuracy", on_step, on_epoch)
+        finally:
+            trainer.close()
         seconds = time.perf_counter() - started
         summary = {
             "backend": trainer.name,

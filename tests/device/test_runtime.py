@@ -144,10 +144,33 @@ def test_unknown_adapter_and_bad_names(tiny_bundle: Path, tiny_data: Path) -> No
         bundle.infer(["goal"], adapter="nobody")
     with pytest.raises(AdapterError, match="not allowed"):
         bundle.personalize(tiny_data / "train.jsonl", adapter="../escape", settings=FAST)
-    with pytest.raises(DataError, match="built-in adapter"):
+    with pytest.raises(AdapterError, match="built-in adapter"):
         bundle.personalize(tiny_data / "train.jsonl", adapter="initial", settings=FAST)
 
 
 def test_unknown_backend_is_a_config_error(tiny_bundle: Path, tiny_data: Path) -> None:
     with pytest.raises(ConfigError, match="unknown training backend 'cuda'"):
         DeviceBundle.open(tiny_bundle).personalize(tiny_data / "train.jsonl", backend="cuda", settings=FAST)
+
+
+def test_reloading_weights_many_times_does_not_corrupt_memory(tiny_bundle: Path) -> None:
+    """Regression: replacing the checkpoint state under a live module/optimizer aborted the process
+    at exit now and then (heap corruption). Run it in a child process so a crash fails this test."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edge_sdk.device import DeviceBundle\n"
+        "from edge_sdk.device.backends import create_backend\n"
+        f"bundle = DeviceBundle.open({str(tiny_bundle)!r})\n"
+        "weights = bundle.adapters.load('initial')\n"
+        "for _ in range(3):\n"
+        "    backend = create_backend('auto', bundle.bundle)\n"
+        "    for _ in range(8):\n"
+        "        backend.load_weights(weights)\n"
+        "print('done')\n"
+    )
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert (result.returncode, result.stdout.strip()) == (0, "done"), result.stderr[-500:]

@@ -20,3 +20,6 @@ class TrainingBackend(Protocol):
 
     def weights(self) -> dict[str, np.ndarray]:
         """A copy of the current trainable parameters."""
+
+    def close(self) -> None:
+        """Release the runtime's sessions and state."""

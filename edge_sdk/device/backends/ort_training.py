@@ -36,11 +36,13 @@ class OrtTrainingBackend:
         self._trainable = [spec.name for spec in bundle.manifest.trainable]
         self._labels_input = bundle.manifest.training.get("labels_input", "labels")
         self._input_order: list[str] = []
+        self._optimizer = self._module = self._state = None
         self._open(None)
 
     def _open(self, weights: dict[str, np.ndarray] | None) -> None:
         """Load the checkpoint, optionally overwrite its trainable values, and attach a fresh optimizer."""
         capi = self._capi
+        self._release()
         self._state = state = capi.load_checkpoint(self._paths["checkpoint"])
         # The module must exist before parameters are written: it gives the state its data-transfer
         # manager (writing earlier crashes), and the optimizer created after it starts with zero moments.
@@ -51,6 +53,20 @@ class OrtTrainingBackend:
             state.copy_parameter_from(name, capi.OrtValue.ortvalue_from_numpy(array, self._device))
         self._optimizer = capi.Optimizer(self._paths["optimizer_model"], state, self._device, self._options)
         self._input_order = list(self._module.input_names(True))
+
+    def _release(self) -> None:
+        # The optimizer and module hold raw pointers into the checkpoint state: free them first, in
+        # that order. Replacing the state while they live corrupts the heap (seen as aborts at exit).
+        self._optimizer = None
+        self._module = None
+        self._state = None
+
+    def close(self) -> None:
+        """Free the ONNX Runtime objects now, in a safe order (also done when the backend is collected)."""
+        self._release()
+
+    def __del__(self) -> None:
+        self._release()
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         self._open({name: weights[name] for name in self._trainable})
