@@ -1,15 +1,17 @@
-# Two environments: the host (torch, exporter, training build of ONNX Runtime) and the device
-# (ONNX Runtime + numpy + tokenizers only, no torch), so device code is tested where torch is absent.
+# Three environments: the host (torch, exporter, training build of ONNX Runtime); the device with
+# ONNX Runtime's training build; and the device with the newest stock onnxruntime. Neither device
+# environment has torch, so device code is tested where torch is absent.
 PYTHON ?= python3
 HOST := .venv
 DEVICE := .venv-device
+STOCK := .venv-stock
 FIXTURES := build/test-fixtures
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup quickstart test test-host test-device test-slow lint clean
+.PHONY: setup quickstart test test-host test-device test-stock test-slow lint clean
 
-setup: $(HOST)/.installed $(DEVICE)/.installed
+setup: $(HOST)/.installed $(DEVICE)/.installed $(STOCK)/.installed
 
 $(HOST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(HOST)
@@ -23,10 +25,16 @@ $(DEVICE)/.installed: pyproject.toml
 	$(DEVICE)/bin/pip install --quiet -e ".[device-training,dev]"
 	touch $@
 
+$(STOCK)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(STOCK)
+	$(STOCK)/bin/pip install --quiet --upgrade pip
+	$(STOCK)/bin/pip install --quiet -e ".[device,dev]"
+	touch $@
+
 quickstart: setup
 	$(HOST)/bin/python tools/quickstart.py
 
-test: setup lint test-host test-device test-slow
+test: setup lint test-host test-device test-stock test-slow
 
 test-host:
 	$(HOST)/bin/python -m pytest -m "not slow" -q
@@ -34,7 +42,11 @@ test-host:
 # The device suite runs on bundles the host built (tests/make_fixtures.py), in the torch-free env.
 test-device:
 	$(HOST)/bin/python tests/make_fixtures.py $(FIXTURES)
-	EDGE_SDK_DEVICE_ENV=1 EDGE_SDK_FIXTURES=$(FIXTURES) $(DEVICE)/bin/python -m pytest -q tests/common tests/device
+	EDGE_SDK_DEVICE_ENV=training EDGE_SDK_FIXTURES=$(FIXTURES) $(DEVICE)/bin/python -m pytest -q tests/common tests/device
+
+# Stock onnxruntime (newest release): personalization runs on the portable training step.
+test-stock: test-device
+	EDGE_SDK_DEVICE_ENV=stock EDGE_SDK_FIXTURES=$(FIXTURES) $(STOCK)/bin/python -m pytest -q tests/common tests/device
 
 test-slow:
 	$(HOST)/bin/python -m pytest -m slow -q
@@ -43,4 +55,4 @@ lint: $(HOST)/.installed
 	$(HOST)/bin/ruff check edge_sdk tests tools
 
 clean:
-	rm -rf build $(HOST) $(DEVICE)
+	rm -rf build $(HOST) $(DEVICE) $(STOCK)

@@ -54,7 +54,27 @@ def make_fixtures(root: Path) -> Path:
                  overwrite=True)
     write_topic_data(root / "data" / "train.jsonl", 96, seed=1)
     write_topic_data(root / "data" / "dev.jsonl", 48, seed=2)
+    record_reference_losses(root)
     return root
+
+
+# The run whose per-step losses every backend must reproduce (tests/device/test_portable.py).
+REFERENCE_RUN = {"epochs": 2, "learning_rate": 1e-2, "batch_size": 8, "seed": 7}
+
+
+def record_reference_losses(root: Path) -> None:
+    """Per-step losses of the ort-training backend, so environments without it can compare against them."""
+    import shutil
+    import tempfile
+
+    from edge_sdk.device import DeviceBundle, TrainingSettings
+
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = shutil.copytree(root / "tiny-seq-cls", Path(scratch) / "bundle")
+        result = DeviceBundle.open(copy).personalize(root / "data" / "train.jsonl", adapter="reference",
+                                                     settings=TrainingSettings(**REFERENCE_RUN),
+                                                     backend="ort-training")
+    (root / "reference_losses.json").write_text(json.dumps({"settings": REFERENCE_RUN, "losses": result.losses}))
 
 
 if __name__ == "__main__":

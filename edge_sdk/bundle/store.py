@@ -140,8 +140,12 @@ class BundleWriter:
         target.write_bytes(data)
         return target
 
-    def commit(self, manifest: Manifest) -> Path:
-        """Hash every staged file into ``manifest``, write it, and move the bundle into place."""
+    def staged(self, manifest: Manifest) -> Bundle:
+        """The staged files as an opened bundle (hashes filled in), to test them before committing."""
+        self._hash_files(manifest)
+        return Bundle(root=self.staging, manifest=manifest)
+
+    def _hash_files(self, manifest: Manifest) -> None:
         entries = []
         for file_path in sorted(p for p in self.staging.rglob("*") if p.is_file()):
             relative = file_path.relative_to(self.staging).as_posix()
@@ -149,6 +153,10 @@ class BundleWriter:
                 continue
             entries.append(FileEntry(path=relative, sha256=sha256_file(file_path), size=file_path.stat().st_size))
         manifest.files = entries
+
+    def commit(self, manifest: Manifest) -> Path:
+        """Hash every staged file into ``manifest``, write it, and move the bundle into place."""
+        self._hash_files(manifest)
         (self.staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         if self.destination.exists():
             # Swap via a backup name so that an interrupted replace leaves either the old or the new bundle.

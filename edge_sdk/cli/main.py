@@ -181,7 +181,9 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
 @click.option("--warmup", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Fraction of steps spent warming up the learning rate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch shuffling.")
-@click.option("--backend", default="auto", show_default=True, help="Training backend: auto or ort-training.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Training backend: auto (ort-training when the training build is installed, else portable), "
+                   "ort-training or portable.")
 @_threads_option
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,

@@ -7,6 +7,7 @@ written: personalization only ever adds or replaces files here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.errors import AdapterError
 
@@ -44,6 +46,13 @@ def check_adapter_name(name: str) -> str:
     return name
 
 
+def base_id(manifest: Manifest) -> str:
+    """Identity of the frozen base an adapter belongs to: the inference graph and its weights."""
+    parts = [manifest.inference["model"], manifest.inference.get("weights")]
+    digests = "".join(manifest.file(path).sha256 for path in parts if path)
+    return hashlib.sha256(digests.encode()).hexdigest()
+
+
 class AdapterStore:
     """Read and write the named adapters of one bundle."""
 
@@ -51,7 +60,7 @@ class AdapterStore:
         self.bundle = bundle
         self.folder = bundle.root / "adapters"
         manifest = bundle.manifest
-        self.base_id = manifest.file(manifest.inference["model"]).sha256
+        self.base_id = base_id(manifest)
         self._shapes = {spec.name: tuple(spec.shape) for spec in manifest.trainable}
 
     def path(self, name: str) -> Path:

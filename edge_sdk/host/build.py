@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 from safetensors.numpy import save_file
@@ -24,12 +25,18 @@ from edge_sdk.host.export import (
     sample_batch,
     torch_reference,
 )
-from edge_sdk.host.inference_graph import build_inference_graph
+from edge_sdk.host.inference_graph import inference_model
 from edge_sdk.host.model_loading import LoadedModel, load_for_task
+from edge_sdk.host.portable.assemble import build_train_step, state_names
+from edge_sdk.host.portable.validate import validate_portable_step
+from edge_sdk.host.portable.weights import save_with_shared_weights
 from edge_sdk.profiles import load_profile
 from edge_sdk.tasks.registry import TASKS
 
-INFERENCE_MODEL = "inference/model.onnx"
+PORTABLE_DIR = "portable"
+INFERENCE_MODEL = f"{PORTABLE_DIR}/inference.onnx"
+TRAIN_STEP_MODEL = f"{PORTABLE_DIR}/train_step.onnx"
+BASE_WEIGHTS = f"{PORTABLE_DIR}/base.weights"
 INITIAL_ADAPTER = "adapters/initial.safetensors"
 TOKENIZER_DIR = "tokenizer"
 TRAINING_DIR = "training/ort"
@@ -109,9 +116,18 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
                                       config.opset)
         report("building ONNX Runtime training artifacts")
         training_files = build_training_artifacts(graph, task.loss, writer.folder(TRAINING_DIR))
-        report(f"optimizing the inference graph for profile {profile.name!r}")
-        inference_path = writer.path(INFERENCE_MODEL)
-        build_inference_graph(graph.path, graph.trainable, profile, inference_path)
+        report("lowering the training graph to a portable standard-ONNX training step")
+        training_dir = writer.folder(TRAINING_DIR)
+        forward = onnx.load(str(graph.path))
+        train_step = build_train_step(
+            onnx.load(str(training_dir / training_files["training_model"])),
+            onnx.load(str(training_dir / training_files["optimizer_model"])),
+            frozen_values={init.name: init for init in forward.graph.initializer},
+            trainable=graph.trainable, batch_inputs=[*input_names, LABELS_INPUT],
+        )
+        inference_path, train_step_path = writer.path(INFERENCE_MODEL), writer.path(TRAIN_STEP_MODEL)
+        save_with_shared_weights({inference_path: inference_model(graph.path, graph.trainable),
+                                  train_step_path: train_step}, writer.path(BASE_WEIGHTS))
         report("validating the ONNX graphs against PyTorch")
         diffs = _validate(loaded, graph.path, inference_path, validation_batch, task.output_name, graph.trainable,
                           config.seed)
@@ -147,12 +163,14 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
                 "trainable_parameters": int(sum(v.size for v in initial.values())),
             },
             training={
-                "backends": ["ort-training"],
+                "backends": ["ort-training", "portable"],
                 "loss": task.loss,
                 "labels_input": LABELS_INPUT,
                 "ort-training": {key: f"{TRAINING_DIR}/{name}" for key, name in training_files.items()},
+                "portable": {"model": TRAIN_STEP_MODEL, "weights": BASE_WEIGHTS,
+                             "names": state_names(graph.trainable, train_step)},
             },
-            inference={"model": INFERENCE_MODEL, "initial_adapter": INITIAL_ADAPTER},
+            inference={"model": INFERENCE_MODEL, "weights": BASE_WEIGHTS, "initial_adapter": INITIAL_ADAPTER},
             profile=profile.to_dict(),
             build={
                 "seed": config.seed,
@@ -167,5 +185,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             },
             sdk_version=edge_sdk.__version__,
         )
+        report("checking the portable step against ONNX Runtime training, step by step")
+        manifest.build["portable_max_relative_loss_difference"] = validate_portable_step(
+            writer.staged(manifest), validation_batch, config.seed)
         report("writing the bundle")
         return writer.commit(manifest)

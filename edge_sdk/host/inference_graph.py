@@ -11,8 +11,6 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from edge_sdk.profiles import Profile
-
 
 def _promote_to_inputs(model: onnx.ModelProto, names: list[str]) -> None:
     wanted = set(names)
@@ -41,18 +39,13 @@ def _drop_dropout(model: onnx.ModelProto) -> None:
     model.graph.node.extend(nodes)
 
 
-def build_inference_graph(forward_path: Path, trainable: list[str], profile: Profile, out_path: Path) -> None:
-    """Write the profile-optimized inference graph for the exported forward pass at ``forward_path``."""
-    import onnxruntime
+def inference_model(forward_path: Path, trainable: list[str]) -> onnx.ModelProto:
+    """The inference graph for the exported forward pass at ``forward_path``.
 
+    It is stored unoptimized: ONNX Runtime applies the profile's graph optimizations when the device
+    opens it, and an unoptimized graph keeps the parameter names the portable training step shares.
+    """
     model = onnx.load(str(forward_path))
     _promote_to_inputs(model, trainable)
     _drop_dropout(model)
-    plain_path = out_path.with_suffix(".plain.onnx")
-    onnx.save(model, str(plain_path))
-    try:
-        options = profile.session_options()
-        options.optimized_model_filepath = str(out_path)
-        onnxruntime.InferenceSession(str(plain_path), options, providers=profile.providers)
-    finally:
-        plain_path.unlink(missing_ok=True)
+    return model

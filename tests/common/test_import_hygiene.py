@@ -49,8 +49,22 @@ def test_device_runtime_and_cli_load_without_host_libraries() -> None:
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.skipif(os.environ.get("EDGE_SDK_DEVICE_ENV") != "1", reason="only in the device environment")
+@pytest.mark.skipif(not os.environ.get("EDGE_SDK_DEVICE_ENV"), reason="only in the device environments")
 def test_device_environment_has_no_torch() -> None:
     import importlib.util
 
     assert [name for name in ("torch", "transformers", "peft") if importlib.util.find_spec(name)] == []
+
+
+@pytest.mark.skipif(os.environ.get("EDGE_SDK_DEVICE_ENV") != "stock", reason="only in the stock-onnxruntime env")
+def test_stock_environment_has_the_stock_onnxruntime() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import onnxruntime
+
+    from edge_sdk.device.backends import training_build_installed
+
+    assert not training_build_installed()
+    with pytest.raises(PackageNotFoundError):
+        version("onnxruntime-training-cpu")
+    assert int(onnxruntime.__version__.split(".")[1]) >= 20

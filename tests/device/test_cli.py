@@ -13,9 +13,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from edge_sdk.cli.main import cli
+from edge_sdk.device.backends import training_build_installed
 
 LABELS = ["business", "sport", "tech"]
 TRAIN = ["--epochs", "2", "--lr", "1e-2", "--batch-size", "16"]
+
+# What `--backend auto` picks in this environment.
+AUTO_BACKEND = "ort-training" if training_build_installed() else "portable"
 
 
 def run(*args: str | Path) -> Result:
@@ -60,7 +64,7 @@ def test_personalize_json_reports_history_and_saves_the_named_adapter(tiny_bundl
     report = ok_json("personalize", tiny_bundle, "--data", tiny_data / "train.jsonl",
                      "--eval-data", tiny_data / "dev.jsonl", "--adapter", "alice", *TRAIN)
     assert report["adapter"] == "alice"
-    assert report["backend"] == "ort-training"
+    assert report["backend"] == AUTO_BACKEND
     assert report["examples"] == 96
     assert report["steps"] == 12  # 96 examples / batch 16 = 6 steps, 2 epochs
     assert len(report["losses"]) == 12
@@ -90,7 +94,7 @@ def test_personalize_json_reports_history_and_saves_the_named_adapter(tiny_bundl
 
 def test_personalize_without_json_keeps_stdout_to_one_summary_line(tiny_bundle: Path, tiny_data: Path) -> None:
     result = ok("personalize", tiny_bundle, "--data", tiny_data / "train.jsonl", *TRAIN)
-    assert result.stdout.splitlines() == ["saved adapter 'default' (12 steps on 96 examples, ort-training)"]
+    assert result.stdout.splitlines() == [f"saved adapter 'default' (12 steps on 96 examples, {AUTO_BACKEND})"]
     assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["epoch 1", "epoch 2"]
     assert adapter_files(tiny_bundle) == ["default.safetensors", "initial.safetensors"]
 
@@ -196,14 +200,14 @@ def test_verify_ok_and_json(tiny_bundle: Path) -> None:
 
 
 def test_tampered_file_fails_verify_infer_and_pack_naming_the_file(tiny_bundle: Path, tmp_path: Path) -> None:
-    with open(tiny_bundle / "inference" / "model.onnx", "r+b") as handle:
+    with open(tiny_bundle / "portable" / "base.weights", "r+b") as handle:
         handle.seek(100)
         handle.write(b"\x00\x01\x02")
-    assert "inference/model.onnx: content changed" in fails("verify", tiny_bundle)
-    assert "inference/model.onnx" in fails("verify", tiny_bundle, "--json")
-    assert "inference/model.onnx" in fails("infer", tiny_bundle, "--text", "goal")
+    assert "portable/base.weights: content changed" in fails("verify", tiny_bundle)
+    assert "portable/base.weights" in fails("verify", tiny_bundle, "--json")
+    assert "portable/base.weights" in fails("infer", tiny_bundle, "--text", "goal")
     out = tmp_path / "shipped"
-    assert "inference/model.onnx" in fails("pack", tiny_bundle, "--out", out / "bundle.tar.gz")
+    assert "portable/base.weights" in fails("pack", tiny_bundle, "--out", out / "bundle.tar.gz")
     assert not out.exists() or list(out.iterdir()) == []  # no archive, no half-written temporary
 
 

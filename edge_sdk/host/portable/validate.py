@@ -1,0 +1,41 @@
+"""Build-time check that the portable step trains exactly like ONNX Runtime's training build."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_sdk.bundle.store import Bundle
+from edge_sdk.device.backends.ort_training import OrtTrainingBackend
+from edge_sdk.device.backends.portable import PortableBackend
+from edge_sdk.errors import ExportError
+
+STEPS = 4
+TOLERANCE = 1e-4
+
+
+def validate_portable_step(bundle: Bundle, batch: dict[str, np.ndarray], seed: int) -> float:
+    """Train both backends a few steps on ``batch`` with random labels; return the max relative loss gap."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(bundle.manifest.labels), size=len(batch["input_ids"])).astype(np.int64)
+    reference, portable = OrtTrainingBackend(bundle), PortableBackend(bundle)
+    try:
+        gaps = []
+        for step in range(STEPS):
+            expected = reference.train_step(batch, labels, 1e-2)
+            actual = portable.train_step(batch, labels, 1e-2)
+            gaps.append(abs(actual - expected) / max(abs(expected), 1e-12))
+            if gaps[-1] > TOLERANCE:
+                raise ExportError(
+                    f"the portable training step disagrees with ONNX Runtime training at step {step + 1}: "
+                    f"loss {actual:.6g} vs {expected:.6g} (relative {gaps[-1]:.2g} > {TOLERANCE})"
+                )
+        reference_weights, portable_weights = reference.weights(), portable.weights()
+        for name, value in reference_weights.items():
+            if not np.allclose(portable_weights[name], value, rtol=1e-3, atol=1e-5):
+                worst = float(np.max(np.abs(portable_weights[name] - value)))
+                raise ExportError(f"after {STEPS} steps the portable step's {name} differs from ONNX Runtime "
+                                  f"training's by up to {worst:.3g}")
+        return max(gaps)
+    finally:
+        reference.close()
+        portable.close()
