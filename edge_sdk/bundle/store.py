@@ -21,6 +21,17 @@ from edge_sdk.errors import BundleError, BundleIntegrityError
 _CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_permissions(path: Path) -> None:
+    """Give a file or folder made by mkstemp/mkdtemp (private by design) the usual permissions."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -158,6 +169,8 @@ class BundleWriter:
         """Hash every staged file into ``manifest``, write it, and move the bundle into place."""
         self._hash_files(manifest)
         (self.staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        for path in [self.staging, *self.staging.rglob("*")]:
+            default_permissions(path)
         if self.destination.exists():
             # Swap via a backup name so that an interrupted replace leaves either the old or the new bundle.
             backup = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.old.", dir=self.destination.parent))
@@ -192,6 +205,7 @@ def pack_bundle(root: str | os.PathLike, archive: str | os.PathLike) -> Path:
         with tarfile.open(temporary, "w:gz") as tar:
             for relative in [MANIFEST_NAME, *(entry.path for entry in manifest.files)]:
                 tar.add(root / relative, arcname=f"{root.name}/{relative}")
+        default_permissions(Path(temporary))
         os.replace(temporary, archive)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

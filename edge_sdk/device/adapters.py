@@ -22,7 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from edge_sdk.bundle.manifest import Manifest
-from edge_sdk.bundle.store import Bundle
+from edge_sdk.bundle.store import Bundle, default_permissions
 from edge_sdk.errors import AdapterError
 
 INITIAL = "initial"
@@ -135,6 +135,7 @@ class AdapterStore:
         try:
             save_file({key: np.ascontiguousarray(value, dtype=np.float32) for key, value in weights.items()},
                       temporary, metadata={_METADATA_KEY: json.dumps(metadata)})
+            default_permissions(Path(temporary))
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

@@ -7,12 +7,13 @@ so a late epoch that overfits a small personal data set does not overwrite a bet
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from edge_sdk.device.checkpoints import TrainingProgress
 from edge_sdk.errors import ConfigError
 
 
@@ -88,22 +89,29 @@ def is_better(candidate: dict[str, float], best: dict[str, float] | None, metric
 
 def run_training(
     backend,
-    batches_for_epoch: Callable[[np.random.Generator], Sequence[tuple[dict[str, np.ndarray], np.ndarray]]],
+    batches_for_epoch: Callable[[np.random.Generator], Iterable[tuple[dict[str, np.ndarray], np.ndarray]]],
     steps_per_epoch: int,
     settings: TrainingSettings,
     evaluate: Callable[[dict[str, np.ndarray]], dict[str, float]] | None,
     metric: str,
     on_step: Callable[[StepReport], None] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
-) -> tuple[dict[str, np.ndarray], int, list[dict[str, Any]], list[float]]:
-    """Train for ``settings.epochs``; return (kept weights, kept epoch, per-epoch history, step losses)."""
+    checkpoint: Callable[[TrainingProgress, dict[str, np.ndarray] | None], None] | None = None,
+    resume: tuple[TrainingProgress, dict[str, np.ndarray] | None] | None = None,
+) -> tuple[dict[str, np.ndarray], TrainingProgress]:
+    """Train for ``settings.epochs``; return the kept weights and the final progress.
+
+    ``checkpoint`` is called after every epoch; ``resume`` continues a checkpointed run: the backend
+    already holds its state, and the shuffling generator is replayed to the same position.
+    """
     rng = np.random.default_rng(settings.seed)
     total = steps_per_epoch * settings.epochs
-    step = 0
-    history: list[dict[str, Any]] = []
-    losses: list[float] = []
-    best_weights, best_epoch, best_metrics = None, 0, None
-    for epoch in range(1, settings.epochs + 1):
+    progress, best_weights = resume if resume else (TrainingProgress(), None)
+    for _ in range(progress.epoch):
+        for _batch in batches_for_epoch(rng):  # replay the shuffles of the epochs already done
+            pass
+    step = len(progress.losses)
+    for epoch in range(progress.epoch + 1, settings.epochs + 1):
         epoch_losses = []
         for inputs, labels in batches_for_epoch(rng):
             lr = learning_rate_at(step, total, settings.learning_rate, settings.warmup_fraction)
@@ -114,16 +122,19 @@ def run_training(
                     f"(now {settings.learning_rate})"
                 )
             step += 1
-            losses.append(loss)
+            progress.losses.append(loss)
             epoch_losses.append(loss)
             if on_step:
                 on_step(StepReport(step=step, total_steps=total, epoch=epoch, loss=loss, learning_rate=lr))
         weights = backend.weights()
         metrics = evaluate(weights) if evaluate else None
         train_loss = float(np.mean(epoch_losses))
-        history.append({"epoch": epoch, "train_loss": train_loss, "eval": metrics})
+        progress.history.append({"epoch": epoch, "train_loss": train_loss, "eval": metrics})
+        if metrics is None or is_better(metrics, progress.best_metrics, metric):
+            best_weights, progress.best_epoch, progress.best_metrics = weights, epoch, metrics
+        progress.epoch = epoch
+        if checkpoint and epoch < settings.epochs:
+            checkpoint(progress, best_weights)
         if on_epoch:
             on_epoch(EpochReport(epoch=epoch, train_loss=train_loss, eval_metrics=metrics))
-        if metrics is None or is_better(metrics, best_metrics, metric):
-            best_weights, best_epoch, best_metrics = weights, epoch, metrics
-    return best_weights, best_epoch, history, losses
+    return best_weights, progress

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,7 @@ import numpy as np
 from edge_sdk.bundle.store import Bundle, open_bundle
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
+from edge_sdk.device.checkpoints import CheckpointStore, file_sha256
 from edge_sdk.device.personalize import (
     EpochReport,
     PersonalizeResult,
@@ -151,11 +152,13 @@ class DeviceBundle:
         start_from: str | None = None,
         on_step: Callable[[StepReport], None] | None = None,
         on_epoch: Callable[[EpochReport], None] | None = None,
+        resume: bool = False,
     ) -> PersonalizeResult:
         """Train an adapter on ``data`` and save it as ``adapter`` in the bundle's store.
 
         Training starts from ``start_from`` (default: the adapter of the same name if it exists, so a
-        user's adapter keeps learning, otherwise the bundle's initial adapter).
+        user's adapter keeps learning, otherwise the bundle's initial adapter). Every epoch but the last
+        is checkpointed; ``resume=True`` continues an interrupted run of the same adapter, data and settings.
         """
         settings = settings or TrainingSettings()
         settings.validate()
@@ -169,6 +172,21 @@ class DeviceBundle:
 
         trainer = create_backend(backend, self.bundle, threads=self.threads)
         trainer.load_weights(initial_weights)
+        checkpoints = CheckpointStore(self.adapters.folder, adapter)
+        identity = {
+            "base_id": self.adapters.base_id,
+            "backend": trainer.name,
+            "started_from": start,
+            "settings": asdict(settings),
+            "data_sha256": file_sha256(data),
+            "eval_data_sha256": file_sha256(eval_data) if eval_data is not None else None,
+        }
+        try:
+            resumed = checkpoints.load(trainer, identity) if resume else None
+            resumed_after = resumed[0].epoch if resumed else None  # run_training advances the progress object
+        except BaseException:
+            trainer.close()
+            raise
 
         def batches(rng: np.random.Generator):
             order = rng.permutation(len(gold))
@@ -181,11 +199,13 @@ class DeviceBundle:
         steps_per_epoch = -(-len(gold) // settings.batch_size)
         started = time.perf_counter()
         try:
-            weights, best_epoch, history, losses = run_training(
-                trainer, batches, steps_per_epoch, settings, evaluate, "accuracy", on_step, on_epoch)
+            weights, progress = run_training(
+                trainer, batches, steps_per_epoch, settings, evaluate, "accuracy", on_step, on_epoch,
+                checkpoint=lambda done, best: checkpoints.save(trainer, done, best, identity), resume=resumed)
         finally:
             trainer.close()
         seconds = time.perf_counter() - started
+        best_epoch, history, losses = progress.best_epoch, progress.history, progress.losses
         summary = {
             "backend": trainer.name,
             "started_from": start,
@@ -201,6 +221,9 @@ class DeviceBundle:
             "eval_before": before,
             "eval_after": history[best_epoch - 1]["eval"],
         }
+        if resumed_after is not None:
+            summary["resumed_after_epoch"] = resumed_after
         self.adapters.save(adapter, weights, summary)
+        checkpoints.remove()
         return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(gold),
                                  best_epoch=best_epoch, before=before, history=history, losses=losses)

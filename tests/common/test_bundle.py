@@ -133,3 +133,14 @@ def test_pack_leaves_out_files_the_manifest_does_not_list(tmp_path: Path) -> Non
     (root / "adapters" / "alice.safetensors").write_bytes(b"personal")
     with tarfile.open(pack_bundle(root, tmp_path / "b.tar.gz")) as tar:
         assert sorted(tar.getnames()) == ["b/inference/model.onnx", "b/manifest.json", "b/tok.json"]
+
+
+def test_published_bundle_has_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    root = _write(tmp_path / "b")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's private 0o700
+    assert stat.S_IMODE((root / "manifest.json").stat().st_mode) == 0o666 & ~umask

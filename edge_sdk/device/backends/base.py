@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -20,6 +21,12 @@ class TrainingBackend(Protocol):
 
     def weights(self) -> dict[str, np.ndarray]:
         """A copy of the current trainable parameters."""
+
+    def save_state(self, folder: Path) -> None:
+        """Write parameters and optimizer state (moments, step) into ``folder`` for a later resume."""
+
+    def load_state(self, folder: Path) -> None:
+        """Restore what :meth:`save_state` wrote."""
 
     def close(self) -> None:
         """Release the runtime's sessions and state."""

@@ -6,11 +6,15 @@ which the training build ships and which needs nothing but numpy.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.errors import DependencyError
 from edge_sdk.profiles import profile_from_dict
+
+_STATE_FILE = "ort-training.ckpt"
 
 
 def _training_module():
@@ -39,11 +43,12 @@ class OrtTrainingBackend:
         self._optimizer = self._module = self._state = None
         self._open(None)
 
-    def _open(self, weights: dict[str, np.ndarray] | None) -> None:
-        """Load the checkpoint, optionally overwrite its trainable values, and attach a fresh optimizer."""
+    def _open(self, weights: dict[str, np.ndarray] | None, checkpoint: str | None = None) -> None:
+        """Load a checkpoint (the bundle's by default), optionally overwrite its trainable values, and
+        attach an optimizer (fresh, unless the checkpoint carries optimizer state)."""
         capi = self._capi
         self._release()
-        self._state = state = capi.load_checkpoint(self._paths["checkpoint"])
+        self._state = state = capi.load_checkpoint(checkpoint or self._paths["checkpoint"])
         # The module must exist before parameters are written: it gives the state its data-transfer
         # manager (writing earlier crashes), and the optimizer created after it starts with zero moments.
         self._module = capi.Module(self._paths["training_model"], state, self._paths["eval_model"], self._device,
@@ -67,6 +72,13 @@ class OrtTrainingBackend:
 
     def __del__(self) -> None:
         self._release()
+
+    def save_state(self, folder: Path) -> None:
+        """Parameters and AdamW state, in ONNX Runtime's checkpoint format."""
+        self._capi.save_checkpoint(self._state, str(folder / _STATE_FILE), True)
+
+    def load_state(self, folder: Path) -> None:
+        self._open(None, checkpoint=str(folder / _STATE_FILE))
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         self._open({name: weights[name] for name in self._trainable})

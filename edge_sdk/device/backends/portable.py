@@ -7,11 +7,16 @@ the state never round-trips through numpy during training.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.profiles import profile_from_dict
+
+_STATE_FILE = "portable-state.safetensors"
 
 
 class PortableBackend:
@@ -59,6 +64,21 @@ class PortableBackend:
             for moment in ("first_moment", "second_moment"):
                 current[self._names[moment][name]].update_inplace(np.zeros(self._shapes[name], np.float32))
         self._step = 0
+
+    def save_state(self, folder: Path) -> None:
+        """Parameters, AdamW moments and the step count, as one safetensors file."""
+        current = self._buffers[self._current]
+        save_file({name: current[name].numpy() for name, _ in self._state_names}, str(folder / _STATE_FILE),
+                  metadata={"step": str(self._step)})
+
+    def load_state(self, folder: Path) -> None:
+        path = str(folder / _STATE_FILE)
+        values = load_file(path)
+        current = self._buffers[self._current]
+        for name, _ in self._state_names:
+            current[name].update_inplace(np.ascontiguousarray(values[name]))
+        with safe_open(path, framework="numpy") as handle:
+            self._step = int(handle.metadata()["step"])
 
     def train_step(self, inputs: dict[str, np.ndarray], labels: np.ndarray, learning_rate: float) -> float:
         source, target = self._buffers[self._current], self._buffers[1 - self._current]
