@@ -9,7 +9,7 @@ FIXTURES := build/test-fixtures
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup quickstart test test-host test-device test-stock test-slow lint clean
+.PHONY: setup quickstart test test-host test-device test-stock test-slow lint bench clean
 
 setup: $(HOST)/.installed $(DEVICE)/.installed $(STOCK)/.installed
 
@@ -56,3 +56,7 @@ lint: $(HOST)/.installed
 
 clean:
 	rm -rf build $(HOST) $(DEVICE) $(STOCK)
+
+# Training-step time: PyTorch eager + PEFT vs ort-training vs portable (training build and stock).
+bench: setup
+	$(HOST)/bin/python tools/bench.py

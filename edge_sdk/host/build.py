@@ -70,13 +70,19 @@ def _load_weights(model: torch.nn.Module, weights: dict[str, np.ndarray]) -> Non
             params[name].copy_(torch.from_numpy(value))
 
 
+def _session(path: Path) -> onnxruntime.InferenceSession:
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # the export's unused dropout constants are expected, not news
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def _validate(loaded: LoadedModel, forward_path: Path, inference_path: Path, batch: dict[str, np.ndarray],
               output_name: str, trainable: list[str], seed: int) -> dict[str, float]:
     """Check both ONNX graphs against PyTorch; return the max differences for the manifest."""
     model = loaded.model
     initial = _trainable_weights(model)
     reference = torch_reference(model, batch, output_name)
-    forward = onnxruntime.InferenceSession(str(forward_path), providers=["CPUExecutionProvider"])
+    forward = _session(forward_path)
     exported = forward.run([output_name], batch)[0]
     diffs = {"forward." + k: v for k, v in compare_outputs(
         {output_name: reference}, {output_name: exported}, "the exported training graph").items()}
@@ -87,7 +93,7 @@ def _validate(loaded: LoadedModel, forward_path: Path, inference_path: Path, bat
         reference = torch_reference(model, batch, output_name)
     finally:
         _load_weights(model, initial)
-    inference = onnxruntime.InferenceSession(str(inference_path), providers=["CPUExecutionProvider"])
+    inference = _session(inference_path)
     feeds = dict(batch) | {name: perturbed[name] for name in trainable}
     optimized = inference.run([output_name], feeds)[0]
     diffs |= {"inference." + k: v for k, v in compare_outputs(
