@@ -39,8 +39,36 @@ def write_topic_data(path: Path, count: int, seed: int) -> Path:
     return path
 
 
+PEOPLE = ("alice", "bob", "carol", "dave")
+PLACES = ("paris", "london", "berlin", "tokyo")
+NER_TAGS = ("O", "B-LOC", "I-LOC", "B-PER", "I-PER")
+
+
+def write_ner_data(path: Path, count: int, seed: int) -> Path:
+    """Sentences of filler words with people (one or two names: B-PER I-PER) and places (B-LOC)."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(count):
+            tokens, tags = [], []
+            for _ in range(rng.randint(4, 9)):
+                roll = rng.random()
+                if roll < 0.15:
+                    names = rng.sample(PEOPLE, rng.choice((1, 2)))
+                    tokens += names
+                    tags += ["B-PER"] + ["I-PER"] * (len(names) - 1)
+                elif roll < 0.3:
+                    tokens.append(rng.choice(PLACES))
+                    tags.append("B-LOC")
+                else:
+                    tokens.append(rng.choice(FILLER + TOPIC_WORDS["sport"]))
+                    tags.append("O")
+            handle.write(json.dumps({"tokens": tokens, "tags": tags}) + "\n")
+    return path
+
+
 def make_fixtures(root: Path) -> Path:
-    """Write ``tiny-model/``, ``tiny-seq-cls/`` (bundle), ``other-seq-cls/`` and ``data/`` under ``root``."""
+    """Write ``tiny-model/``, bundles ``tiny-seq-cls/``, ``other-seq-cls/``, ``tiny-token-cls/`` and ``data/``."""
     from edge_sdk.host.build import build_bundle
     from edge_sdk.host.config import BuildConfig
 
@@ -52,6 +80,10 @@ def make_fixtures(root: Path) -> Path:
     other = make_tiny_bert(root / "other-model", seed=1)
     build_bundle(BuildConfig(model_dir=other, task="seq-cls", labels=LABELS, max_length=32), root / "other-seq-cls",
                  overwrite=True)
+    build_bundle(BuildConfig(model_dir=model, task="token-cls", labels=NER_TAGS, max_length=32),
+                 root / "tiny-token-cls", overwrite=True)
+    write_ner_data(root / "data" / "ner-train.jsonl", 96, seed=3)
+    write_ner_data(root / "data" / "ner-dev.jsonl", 48, seed=4)
     write_topic_data(root / "data" / "train.jsonl", 96, seed=1)
     write_topic_data(root / "data" / "dev.jsonl", 48, seed=2)
     record_reference_losses(root)

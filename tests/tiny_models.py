@@ -13,7 +13,8 @@ WORDS = (
     "match team goal season player win cup coach league score "
     "film music star award show actor band album festival cinema "
     "phone software computer internet data chip network users app device "
-    "election minister party vote government policy tax law parliament leader"
+    "election minister party vote government policy tax law parliament leader "
+    "alice bob carol dave paris london berlin tokyo"
 ).split()
 
 

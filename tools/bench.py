@@ -60,10 +60,10 @@ def measure_sdk(bundle: str, backend: str, batch: int, seq: int, threads: int, w
 
     opened = open_bundle(bundle)
     inputs, labels = _batch(str(opened.path(opened.manifest.tokenizer["file"])), batch, seq)
-    inputs = {spec.name: inputs[spec.name] for spec in opened.manifest.inputs}
-    labels = labels % len(opened.manifest.labels)
+    feeds = {spec.name: inputs[spec.name] for spec in opened.manifest.inputs}
+    feeds["labels"] = labels % len(opened.manifest.labels)
     trainer = create_backend(backend, opened, threads=threads)
-    times = _time(lambda: trainer.train_step(inputs, labels, 1e-3), warmup, steps)
+    times = _time(lambda: trainer.train_step(feeds, 1e-3), warmup, steps)
     return {"backend": backend, "median_s": statistics.median(times), "times_s": times}
 
 

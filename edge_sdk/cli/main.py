@@ -213,8 +213,8 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
             return
         line = f"epoch {report.epoch}: train loss {report.train_loss:.4f}"
         if report.eval_metrics:
-            metrics = report.eval_metrics
-            line += f", eval accuracy {metrics['accuracy']:.4f}, eval loss {metrics['loss']:.4f}"
+            line += "".join(f", eval {key} {value:.4f}" for key, value in report.eval_metrics.items()
+                            if isinstance(value, float))
         note(("\n" if bar else "") + line)
 
     try:
@@ -229,7 +229,8 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
     after = result.history[result.best_epoch - 1]["eval"]
     summary = f"saved adapter {result.adapter!r} ({result.steps} steps on {result.examples} examples, {result.backend})"
     if result.before and after:
-        summary += (f"; eval accuracy {result.before['accuracy']:.4f} -> {after['accuracy']:.4f} "
+        metric = device_bundle.task.metric
+        summary += (f"; eval {metric} {result.before[metric]:.4f} -> {after[metric]:.4f} "
                     f"(kept epoch {result.best_epoch})")
     click.echo(summary)
 
@@ -246,7 +247,8 @@ def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None,
     if as_json:
         emit_json(metrics)
     else:
-        click.echo(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  examples {metrics['examples']}")
+        click.echo("  ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+                             for key, value in metrics.items()))
 
 
 @cli.command()
@@ -264,13 +266,11 @@ def infer(bundle: Path, texts: tuple[str, ...], text_file, adapter: str | None, 
         raise click.UsageError("give at least one --text or a --file")
     predictions = _open(bundle, threads).infer(inputs, adapter=adapter)
     if as_json:
-        emit_json({"predictions": [
-            {"text": text, "label": p.label, "score": p.score, "probabilities": p.probabilities}
-            for text, p in zip(inputs, predictions, strict=True)
-        ]})
+        emit_json({"predictions": [{"text": text} | p.to_dict()
+                                   for text, p in zip(inputs, predictions, strict=True)]})
         return
     for text, prediction in zip(inputs, predictions, strict=True):
-        click.echo(f"{prediction.label}\t{prediction.score:.3f}\t{text}")
+        click.echo(f"{prediction.to_text()}\t{text}")
 
 
 def main() -> None:

@@ -4,6 +4,6 @@ Imports only onnxruntime, numpy, tokenizers and safetensors: it must run where t
 """
 
 from edge_sdk.device.personalize import EpochReport, PersonalizeResult, StepReport, TrainingSettings
-from edge_sdk.device.runtime import DeviceBundle, Prediction
+from edge_sdk.device.runtime import DeviceBundle
 
-__all__ = ["DeviceBundle", "EpochReport", "PersonalizeResult", "Prediction", "StepReport", "TrainingSettings"]
+__all__ = ["DeviceBundle", "EpochReport", "PersonalizeResult", "StepReport", "TrainingSettings"]

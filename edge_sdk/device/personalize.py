@@ -89,7 +89,7 @@ def is_better(candidate: dict[str, float], best: dict[str, float] | None, metric
 
 def run_training(
     backend,
-    batches_for_epoch: Callable[[np.random.Generator], Iterable[tuple[dict[str, np.ndarray], np.ndarray]]],
+    batches_for_epoch: Callable[[np.random.Generator], Iterable[dict[str, np.ndarray]]],
     steps_per_epoch: int,
     settings: TrainingSettings,
     evaluate: Callable[[dict[str, np.ndarray]], dict[str, float]] | None,
@@ -113,9 +113,9 @@ def run_training(
     step = len(progress.losses)
     for epoch in range(progress.epoch + 1, settings.epochs + 1):
         epoch_losses = []
-        for inputs, labels in batches_for_epoch(rng):
+        for feeds in batches_for_epoch(rng):
             lr = learning_rate_at(step, total, settings.learning_rate, settings.warmup_fraction)
-            loss = backend.train_step(inputs, labels, lr)
+            loss = backend.train_step(feeds, lr)
             if not math.isfinite(loss):
                 raise ConfigError(
                     f"training diverged at step {step + 1} (loss {loss}); lower the learning rate "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,51 +22,29 @@ from edge_sdk.device.personalize import (
     run_training,
 )
 from edge_sdk.device.tokenizer import BundleTokenizer
-from edge_sdk.errors import AdapterError, BundleError
+from edge_sdk.errors import AdapterError
 from edge_sdk.profiles import profile_from_dict
-from edge_sdk.tasks import seq_cls
+from edge_sdk.tasks.base import TaskData
+from edge_sdk.tasks.registry import device_task
 
 DEFAULT_ADAPTER = "default"
 _EVAL_BATCH = 32
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    score: float
-    probabilities: dict[str, float]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
-def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(labels)), labels].mean())
-
-
 class DeviceBundle:
-    """A bundle opened on the device: one inference session shared by every adapter."""
+    """A bundle opened on the device: one inference session shared by every adapter and task."""
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         manifest = bundle.manifest
-        if manifest.task != seq_cls.TASK_NAME:
-            raise BundleError(
-                f"bundle task {manifest.task!r} is not supported by this device runtime (supports "
-                f"{seq_cls.TASK_NAME!r}); upgrade edge-sdk"
-            )
         self.bundle = bundle
         self.manifest = manifest
         self.labels = list(manifest.labels)
         self.threads = threads
         self.tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer["file"]), manifest)
+        self.task = device_task(manifest, self.tokenizer)
         self.adapters = AdapterStore(bundle)
         self._session = None
-        self._output = manifest.outputs[0].name
+        self._output = manifest.outputs[0]
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = True, threads: int | None = None) -> DeviceBundle:
@@ -95,50 +73,36 @@ class DeviceBundle:
             )
         return self._session
 
-    def logits(self, encoded: Sequence[tuple[np.ndarray, np.ndarray]], weights: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits for pre-tokenized examples, batched by length to keep padding small."""
+    def outputs(self, encoded: Sequence[tuple[np.ndarray, np.ndarray]],
+                weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The graph output for each pre-tokenized example (per-token outputs cut to the example's length),
+        run in batches of similar length to keep padding small."""
         session = self._inference_session()
+        per_token = "sequence" in self._output.shape
         order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
-        out = np.empty((len(encoded), len(self.labels)), dtype=np.float32)
+        results: list[np.ndarray] = [None] * len(encoded)  # type: ignore[list-item]
         for start in range(0, len(order), _EVAL_BATCH):
             rows = order[start:start + _EVAL_BATCH]
             feeds = self.tokenizer.pad([encoded[i] for i in rows]) | weights
-            out[rows] = session.run([self._output], feeds)[0]
-        return out
+            batch = session.run([self._output.name], feeds)[0]
+            for position, row in enumerate(rows):
+                results[row] = batch[position, :len(encoded[row][0])] if per_token else batch[position]
+        return results
 
-    def infer(self, texts: Sequence[str], adapter: str | None = None) -> list[Prediction]:
-        """Classify ``texts`` with the named adapter."""
+    def infer(self, texts: Sequence[str], adapter: str | None = None) -> list:
+        """Run the task on raw texts with the named adapter (labels, entities, … per the task)."""
         if not texts:
             return []
         weights = self.adapters.load(self.resolve_adapter(adapter))
-        probabilities = softmax(self.logits(self.tokenizer.encode_full(texts), weights))
-        predictions = []
-        for row in probabilities:
-            best = int(row.argmax())
-            predictions.append(Prediction(
-                label=self.labels[best], score=float(row[best]),
-                probabilities={label: float(p) for label, p in zip(self.labels, row, strict=True)},
-            ))
-        return predictions
+        data = self.task.from_texts(texts)
+        return self.task.predict(data, self.outputs(data.encoded, weights))
 
-    def _score(self, encoded, gold: np.ndarray, weights: dict[str, np.ndarray]) -> dict[str, float]:
-        logits = self.logits(encoded, weights)
-        return {
-            "accuracy": seq_cls.accuracy(logits.argmax(axis=-1).tolist(), gold.tolist()),
-            "loss": cross_entropy(logits, gold),
-            "examples": len(gold),
-        }
-
-    def _load_labelled(self, path: str | os.PathLike):
-        examples = seq_cls.load_text_examples(path, self.labels)
-        encoded = self.tokenizer.encode_full([example.text for example in examples])
-        gold = np.asarray([example.label for example in examples], dtype=np.int64)
-        return encoded, gold
+    def _score(self, data: TaskData, weights: dict[str, np.ndarray]) -> dict[str, float]:
+        return self.task.score(data, self.outputs(data.encoded, weights))
 
     def evaluate(self, data: str | os.PathLike, adapter: str | None = None) -> dict[str, float]:
-        """Accuracy, mean loss and example count of the named adapter on a labelled data file."""
-        encoded, gold = self._load_labelled(data)
-        return self._score(encoded, gold, self.adapters.load(self.resolve_adapter(adapter)))
+        """The task metric(s), mean loss and example count of the named adapter on a labelled data file."""
+        return self._score(self.task.load(data), self.adapters.load(self.resolve_adapter(adapter)))
 
     # --- personalization ------------------------------------------------------------------------------
 
@@ -167,8 +131,8 @@ class DeviceBundle:
             raise AdapterError(f"{INITIAL!r} is the bundle's built-in adapter; personalize into another name")
         start = start_from or (adapter if self.adapters.exists(adapter) else INITIAL)
         initial_weights = self.adapters.load(start)
-        encoded, gold = self._load_labelled(data)
-        eval_set = self._load_labelled(eval_data) if eval_data is not None else None
+        train = self.task.load(data)
+        eval_set = self.task.load(eval_data) if eval_data is not None else None
 
         trainer = create_backend(backend, self.bundle, threads=self.threads)
         trainer.load_weights(initial_weights)
@@ -189,18 +153,19 @@ class DeviceBundle:
             raise
 
         def batches(rng: np.random.Generator):
-            order = rng.permutation(len(gold))
+            order = rng.permutation(len(train))
             for begin in range(0, len(order), settings.batch_size):
                 rows = order[begin:begin + settings.batch_size]
-                yield self.tokenizer.pad([encoded[i] for i in rows]), gold[rows]
+                inputs = self.tokenizer.pad([train.encoded[i] for i in rows])
+                yield inputs | self.task.targets(train, rows, inputs["input_ids"].shape[1])
 
-        evaluate = (lambda weights: self._score(eval_set[0], eval_set[1], weights)) if eval_set else None
+        evaluate = (lambda weights: self._score(eval_set, weights)) if eval_set else None
         before = evaluate(initial_weights) if evaluate else None
-        steps_per_epoch = -(-len(gold) // settings.batch_size)
+        steps_per_epoch = -(-len(train) // settings.batch_size)
         started = time.perf_counter()
         try:
             weights, progress = run_training(
-                trainer, batches, steps_per_epoch, settings, evaluate, "accuracy", on_step, on_epoch,
+                trainer, batches, steps_per_epoch, settings, evaluate, self.task.metric, on_step, on_epoch,
                 checkpoint=lambda done, best: checkpoints.save(trainer, done, best, identity), resume=resumed)
         finally:
             trainer.close()
@@ -210,7 +175,7 @@ class DeviceBundle:
             "backend": trainer.name,
             "started_from": start,
             "data": Path(data).name,
-            "examples": len(gold),
+            "examples": len(train),
             "epochs": settings.epochs,
             "steps": len(losses),
             "best_epoch": best_epoch,
@@ -225,5 +190,5 @@ class DeviceBundle:
             summary["resumed_after_epoch"] = resumed_after
         self.adapters.save(adapter, weights, summary)
         checkpoints.remove()
-        return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(gold),
+        return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(train),
                                  best_epoch=best_epoch, before=before, history=history, losses=losses)

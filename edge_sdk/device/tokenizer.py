@@ -31,6 +31,16 @@ class BundleTokenizer:
         return [(np.asarray(e.ids, dtype=np.int64), np.asarray(e.type_ids, dtype=np.int64))
                 for e in self._tokenizer.encode_batch(list(texts))]
 
+    def encode_words(self, sentences: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray, list[int | None]]]:
+        """(ids, type ids, word index of each token or None for special tokens) of pre-split sentences."""
+        encodings = self._tokenizer.encode_batch([list(words) for words in sentences], is_pretokenized=True)
+        return [(np.asarray(e.ids, dtype=np.int64), np.asarray(e.type_ids, dtype=np.int64), list(e.word_ids))
+                for e in encodings]
+
+    @property
+    def left_padding(self) -> bool:
+        return self._left_pad
+
     def pad(self, encoded: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
         """Pad a batch to its longest member and build every input the graph takes."""
         length = max(len(ids) for ids, _ in encoded)

@@ -21,7 +21,6 @@ TRAINING_FILES = {
     "optimizer_model": "optimizer_model.onnx",
     "checkpoint": "checkpoint",
 }
-LABELS_INPUT = "labels"
 
 
 @contextlib.contextmanager
@@ -44,20 +43,17 @@ def _native_stderr_captured(sink: Path):
             os.close(saved)
 
 
-def build_training_artifacts(graph: ExportedGraph, loss: str, directory: Path) -> dict[str, str]:
-    """Write the four ORT training artifacts for ``graph`` with ``loss`` into ``directory``."""
+def build_training_artifacts(graph: ExportedGraph, loss, directory: Path) -> dict[str, str]:
+    """Write the four ORT training artifacts for ``graph`` with the onnxblock ``loss`` into ``directory``."""
     from onnxruntime.training import artifacts
 
-    losses = {"cross_entropy": artifacts.LossType.CrossEntropyLoss}
-    if loss not in losses:
-        raise ExportError(f"no training loss named {loss!r}; known: {', '.join(losses)}")
     directory.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(graph.path))
     native_log = directory.parent / "artifacts.log"
     try:
         with _native_stderr_captured(native_log):
             artifacts.generate_artifacts(
-                model, requires_grad=graph.trainable, frozen_params=graph.frozen, loss=losses[loss],
+                model, requires_grad=graph.trainable, frozen_params=graph.frozen, loss=loss,
                 optimizer=artifacts.OptimType.AdamW, artifact_directory=str(directory),
                 additional_output_names=[graph.output_name],
             )

@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 
 import edge_sdk
 from edge_sdk.bundle import BundleWriter, Manifest, TensorSpec
-from edge_sdk.host.artifacts import LABELS_INPUT, build_training_artifacts
+from edge_sdk.host.artifacts import build_training_artifacts
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.export import (
     compare_outputs,
@@ -30,8 +30,8 @@ from edge_sdk.host.model_loading import LoadedModel, load_for_task
 from edge_sdk.host.portable.assemble import build_train_step, state_names
 from edge_sdk.host.portable.validate import validate_portable_step
 from edge_sdk.host.portable.weights import save_with_shared_weights
+from edge_sdk.host.tasks import host_task
 from edge_sdk.profiles import load_profile
-from edge_sdk.tasks.registry import TASKS
 
 PORTABLE_DIR = "portable"
 INFERENCE_MODEL = f"{PORTABLE_DIR}/inference.onnx"
@@ -108,7 +108,7 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
     started = time.perf_counter()
     config.validate()
     profile = load_profile(config.profile)
-    task = TASKS[config.task]
+    task = host_task(config.task)
 
     with BundleWriter(out, overwrite=overwrite) as writer, tempfile.TemporaryDirectory() as scratch:
         report(f"loading {config.model_dir} and applying LoRA r={config.lora.rank}")
@@ -118,10 +118,11 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
         validation_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _VALIDATION_TEXTS)
 
         report("exporting the training-safe ONNX graph")
-        graph = export_training_graph(loaded.model, export_batch, task.output_name, Path(scratch) / "forward.onnx",
+        graph = export_training_graph(loaded.model, export_batch, task.output, Path(scratch) / "forward.onnx",
                                       config.opset)
         report("building ONNX Runtime training artifacts")
-        training_files = build_training_artifacts(graph, task.loss, writer.folder(TRAINING_DIR))
+        training_files = build_training_artifacts(graph, task.loss_block(len(config.labels)),
+                                                  writer.folder(TRAINING_DIR))
         report("lowering the training graph to a portable standard-ONNX training step")
         training_dir = writer.folder(TRAINING_DIR)
         forward = onnx.load(str(graph.path))
@@ -129,13 +130,13 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             onnx.load(str(training_dir / training_files["training_model"])),
             onnx.load(str(training_dir / training_files["optimizer_model"])),
             frozen_values={init.name: init for init in forward.graph.initializer},
-            trainable=graph.trainable, batch_inputs=[*input_names, LABELS_INPUT],
+            trainable=graph.trainable, batch_inputs=[*input_names, *task.target_inputs],
         )
         inference_path, train_step_path = writer.path(INFERENCE_MODEL), writer.path(TRAIN_STEP_MODEL)
         save_with_shared_weights({inference_path: inference_model(graph.path, graph.trainable),
                                   train_step_path: train_step}, writer.path(BASE_WEIGHTS))
         report("validating the ONNX graphs against PyTorch")
-        diffs = _validate(loaded, graph.path, inference_path, validation_batch, task.output_name, graph.trainable,
+        diffs = _validate(loaded, graph.path, inference_path, validation_batch, task.output, graph.trainable,
                           config.seed)
 
         loaded.tokenizer.save_pretrained(str(writer.folder(TOKENIZER_DIR)))
@@ -158,7 +159,9 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             },
             max_length=config.max_length,
             inputs=[TensorSpec(name, "int64", ["batch", "sequence"]) for name in input_names],
-            outputs=[TensorSpec(task.output_name, "float32", ["batch", len(config.labels)])],
+            outputs=[TensorSpec(task.output, "float32",
+                                ["batch", "sequence", len(config.labels)] if task.per_token
+                                else ["batch", len(config.labels)])],
             trainable=[TensorSpec(name, "float32", list(initial[name].shape)) for name in graph.trainable],
             peft={
                 "method": config.lora.method,
@@ -170,8 +173,9 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             },
             training={
                 "backends": ["ort-training", "portable"],
-                "loss": task.loss,
-                "labels_input": LABELS_INPUT,
+                "loss": "cross_entropy",
+                "targets": [{"name": name, "dtype": "int64", "shape": shape}
+                            for name, shape in task.target_inputs.items()],
                 "ort-training": {key: f"{TRAINING_DIR}/{name}" for key, name in training_files.items()},
                 "portable": {"model": TRAIN_STEP_MODEL, "weights": BASE_WEIGHTS,
                              "names": state_names(graph.trainable, train_step)},
@@ -193,6 +197,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
         )
         report("checking the portable step against ONNX Runtime training, step by step")
         manifest.build["portable_max_relative_loss_difference"] = validate_portable_step(
-            writer.staged(manifest), validation_batch, config.seed)
+            writer.staged(manifest),
+            validation_batch | task.sample_targets(validation_batch, len(config.labels),
+                                                   np.random.default_rng(config.seed)))
         report("writing the bundle")
         return writer.commit(manifest)

@@ -55,11 +55,17 @@ class BuildConfig:
     def validate(self) -> None:
         if self.task not in TASK_NAMES:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
-        if self.task == "seq-cls" and len(self.labels) < 2:
+        if len(self.labels) < 2:
             raise ConfigError(
-                f"text classification needs at least two labels, got {list(self.labels)!r}; "
+                f"task {self.task} needs at least two labels, got {list(self.labels)!r}; "
                 "pass --labels a,b,... or a label file"
             )
+        if self.task == "token-cls":
+            not_bio = [label for label in self.labels if label != "O" and label[:2] not in ("B-", "I-")]
+            if not_bio:
+                raise ConfigError(
+                    f"token-cls labels must be BIO tags ('O', 'B-TYPE', 'I-TYPE'); not BIO: {', '.join(not_bio)}"
+                )
         duplicates = sorted({label for label in self.labels if self.labels.count(label) > 1})
         if duplicates:
             raise ConfigError(f"labels must be unique; repeated: {', '.join(duplicates)}")

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from edge_sdk.errors import ConfigError, ModelSourceError, TargetModuleError
 from edge_sdk.host.config import BuildConfig
+from edge_sdk.host.tasks import host_task
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
         hf_config = AutoConfig.from_pretrained(model_dir)
     except Exception as exc:
         raise ModelSourceError(f"cannot read the model config in {str(model_dir)!r}: {exc}") from exc
+    task = host_task(config.task)
     _zero_dropout_config(hf_config)
     labels = list(config.labels)
     hf_config.num_labels = len(labels)
@@ -129,12 +131,14 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
         hf_config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(config.seed)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
+        model, info = task.auto_model.from_pretrained(
             model_dir, config=hf_config, attn_implementation="eager", ignore_mismatched_sizes=True,
             output_loading_info=True, dtype=torch.float32,
         )
     except ValueError as exc:
-        raise ConfigError(f"model type {hf_config.model_type!r} has no sequence-classification head: {exc}") from exc
+        raise ConfigError(
+            f"model type {hf_config.model_type!r} has no {config.task} head in transformers: {exc}"
+        ) from exc
     except Exception as exc:
         raise ModelSourceError(f"cannot load the model weights in {str(model_dir)!r}: {exc}") from exc
     _zero_dropout_modules(model)
@@ -151,7 +155,7 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
                                model)
     log.info("LoRA targets %s; newly initialised modules that train too: %s", targets, new_modules)
     lora_config = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=0.0,
+        task_type=task.peft_task_type, r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=0.0,
         target_modules=targets, modules_to_save=new_modules or None,
     )
     with warnings.catch_warnings():

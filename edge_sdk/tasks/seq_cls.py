@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from edge_sdk.errors import ConfigError, DataError
+from edge_sdk.tasks.base import TaskData, cross_entropy, softmax
 from edge_sdk.tasks.data import Record, read_records
 
 TASK_NAME = "seq-cls"
@@ -147,3 +150,59 @@ def _label_index(raw: object, index_of: dict[str, int], names: list[str], record
 
 def _allowed(names: list[str]) -> str:
     return ", ".join(repr(name) for name in names)
+
+
+@dataclass(frozen=True)
+class ClassPrediction:
+    label: str
+    score: float
+    probabilities: dict[str, float]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"label": self.label, "score": self.score, "probabilities": self.probabilities}
+
+    def to_text(self) -> str:
+        return f"{self.label}\t{self.score:.3f}"
+
+
+class SeqClsTask:
+    """Text classification on the device: one label per text, scored by accuracy."""
+
+    name = TASK_NAME
+    metric = "accuracy"
+
+    def __init__(self, labels: Sequence[str], tokenizer) -> None:
+        self.labels = list(labels)
+        self.tokenizer = tokenizer
+
+    def load(self, path: str | os.PathLike[str], require_targets: bool = True) -> TaskData:
+        examples = load_text_examples(path, self.labels, require_labels=require_targets)
+        labels = [example.label for example in examples]
+        return TaskData(encoded=self.tokenizer.encode_full([example.text for example in examples]),
+                        targets=labels if require_targets else None,
+                        context=[example.text for example in examples])
+
+    def from_texts(self, texts: Sequence[str]) -> TaskData:
+        return TaskData(encoded=self.tokenizer.encode_full(list(texts)), targets=None, context=list(texts))
+
+    def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]:
+        return {"labels": np.asarray([data.targets[row] for row in rows], dtype=np.int64)}
+
+    def score(self, data: TaskData, outputs: list[np.ndarray]) -> dict[str, float]:
+        logits = np.stack(outputs)
+        gold = np.asarray(data.targets, dtype=np.int64)
+        return {
+            "accuracy": accuracy(logits.argmax(axis=-1).tolist(), gold.tolist()),
+            "loss": cross_entropy(logits, gold),
+            "examples": len(gold),
+        }
+
+    def predict(self, data: TaskData, outputs: list[np.ndarray]) -> list[ClassPrediction]:
+        predictions = []
+        for row in softmax(np.stack(outputs)):
+            best = int(row.argmax())
+            predictions.append(ClassPrediction(
+                label=self.labels[best], score=float(row[best]),
+                probabilities={label: float(p) for label, p in zip(self.labels, row, strict=True)},
+            ))
+        return predictions

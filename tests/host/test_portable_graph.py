@@ -21,7 +21,7 @@ def _step_feeds(bundle_path: Path, data: Path) -> dict[str, np.ndarray]:
     names = manifest.training["portable"]["names"]
     rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()[:4]]
     feeds = device.tokenizer([row["text"] for row in rows])
-    feeds[manifest.training["labels_input"]] = np.asarray([device.labels.index(r["label"]) for r in rows], np.int64)
+    feeds["labels"] = np.asarray([device.labels.index(r["label"]) for r in rows], np.int64)
     rng = np.random.default_rng(0)
     for name, value in device.adapters.load("initial").items():
         feeds[name] = value

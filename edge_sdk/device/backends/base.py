@@ -16,8 +16,10 @@ class TrainingBackend(Protocol):
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Replace the trainable parameters (and reset the optimizer state)."""
 
-    def train_step(self, inputs: dict[str, np.ndarray], labels: np.ndarray, learning_rate: float) -> float:
-        """Forward, backward and one AdamW update at ``learning_rate``; returns the batch loss."""
+    def train_step(self, feeds: dict[str, np.ndarray], learning_rate: float) -> float:
+        """Forward, backward and one AdamW update at ``learning_rate``; returns the batch loss.
+
+        ``feeds`` holds the model inputs and the task's target inputs (e.g. ``labels``) by name."""
 
     def weights(self) -> dict[str, np.ndarray]:
         """A copy of the current trainable parameters."""

@@ -38,7 +38,6 @@ class OrtTrainingBackend:
         self._options = profile_from_dict(bundle.manifest.profile).session_options(threads)
         self._device = capi.OrtDevice(capi.OrtDevice.cpu(), capi.OrtDevice.default_memory(), 0)
         self._trainable = [spec.name for spec in bundle.manifest.trainable]
-        self._labels_input = bundle.manifest.training.get("labels_input", "labels")
         self._input_order: list[str] = []
         self._optimizer = self._module = self._state = None
         self._open(None)
@@ -83,9 +82,7 @@ class OrtTrainingBackend:
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         self._open({name: weights[name] for name in self._trainable})
 
-    def train_step(self, inputs: dict[str, np.ndarray], labels: np.ndarray, learning_rate: float) -> float:
-        feeds = dict(inputs)
-        feeds[self._labels_input] = labels
+    def train_step(self, feeds: dict[str, np.ndarray], learning_rate: float) -> float:
         fetches = self._capi.OrtValueVector()
         self._optimizer.set_learning_rate(float(learning_rate))
         self._module.train_step([feeds[name] for name in self._input_order], fetches)

@@ -34,7 +34,6 @@ class PortableBackend:
         self._names = spec["names"]
         self._trainable = [tensor.name for tensor in manifest.trainable]
         self._shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in manifest.trainable}
-        self._labels_input = manifest.training.get("labels_input", "labels")
         # Each state tensor: (input name, output name). Parameters, then both moments.
         self._state_names = [(name, self._names["updated"][name]) for name in self._trainable]
         for name in self._trainable:
@@ -80,12 +79,11 @@ class PortableBackend:
         with safe_open(path, framework="numpy") as handle:
             self._step = int(handle.metadata()["step"])
 
-    def train_step(self, inputs: dict[str, np.ndarray], labels: np.ndarray, learning_rate: float) -> float:
+    def train_step(self, feeds: dict[str, np.ndarray], learning_rate: float) -> float:
         source, target = self._buffers[self._current], self._buffers[1 - self._current]
         binding = self._session.io_binding()
-        for name, value in inputs.items():
+        for name, value in feeds.items():
             binding.bind_cpu_input(name, value)
-        binding.bind_cpu_input(self._labels_input, labels)
         binding.bind_cpu_input(self._names["step"], np.asarray(self._step, dtype=np.int64))
         binding.bind_cpu_input(self._names["learning_rate"], np.asarray(learning_rate, dtype=np.float32))
         for input_name, output_name in self._state_names:

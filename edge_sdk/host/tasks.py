@@ -1,0 +1,81 @@
+"""Host side of each task: which transformers head to load, how PEFT treats it, the training loss
+added to the exported graph, and sample targets for build-time checks. One entry per task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from peft import TaskType
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+from edge_sdk.errors import ConfigError
+
+IGNORE_INDEX = -100  # targets at padding and non-first sub-tokens: no loss, no gradient
+
+
+@dataclass(frozen=True)
+class HostTask:
+    name: str
+    auto_model: type
+    peft_task_type: TaskType
+    output: str
+    per_token: bool                       # the output has a sequence axis: [batch, sequence, classes]
+    target_inputs: dict[str, list]        # graph inputs the loss reads, with their symbolic shapes
+    loss_block: Callable[[int], object]   # num classes -> onnxblock loss
+    sample_targets: Callable[[dict[str, np.ndarray], int, np.random.Generator], dict[str, np.ndarray]]
+
+
+def _cross_entropy_block(num_classes: int, flatten: bool):
+    """Mean cross-entropy over the last axis; token tasks flatten [batch, sequence, classes] first
+    (ONNX's SoftmaxCrossEntropyLoss wants classes on axis 1) and skip IGNORE_INDEX targets."""
+    from onnxruntime.training import onnxblock
+
+    class _CrossEntropy(onnxblock.Block):
+        def build(self, scores: str) -> str:
+            if not flatten:
+                return onnxblock.loss.CrossEntropyLoss(ignore_index=IGNORE_INDEX)(scores, "labels")
+            graph = self.base.graph
+            graph.input.append(onnx.helper.make_tensor_value_info("labels", onnx.TensorProto.INT64,
+                                                                  ["batch", "sequence"]))
+            graph.initializer.extend([
+                onnx.numpy_helper.from_array(np.asarray([-1, num_classes], np.int64), "loss.scores_shape"),
+                onnx.numpy_helper.from_array(np.asarray([-1], np.int64), "loss.labels_shape"),
+            ])
+            graph.node.extend([
+                onnx.helper.make_node("Reshape", [scores, "loss.scores_shape"], ["loss.scores_flat"]),
+                onnx.helper.make_node("Reshape", ["labels", "loss.labels_shape"], ["loss.labels_flat"]),
+            ])
+            graph.value_info.append(onnx.helper.make_tensor_value_info(
+                "loss.scores_flat", onnx.TensorProto.FLOAT, ["tokens", num_classes]))
+            return onnxblock.loss.CrossEntropyLoss(ignore_index=IGNORE_INDEX)("loss.scores_flat", "loss.labels_flat")
+
+    return _CrossEntropy()
+
+
+def _sequence_labels(batch: dict[str, np.ndarray], classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"labels": rng.integers(0, classes, size=len(batch["input_ids"])).astype(np.int64)}
+
+
+def _token_labels(batch: dict[str, np.ndarray], classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    labels = rng.integers(0, classes, size=batch["input_ids"].shape).astype(np.int64)
+    labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+    return {"labels": labels}
+
+
+TASKS: dict[str, HostTask] = {
+    task.name: task for task in (
+        HostTask("seq-cls", AutoModelForSequenceClassification, TaskType.SEQ_CLS, "logits", False,
+                 {"labels": ["batch"]}, lambda n: _cross_entropy_block(n, flatten=False), _sequence_labels),
+        HostTask("token-cls", AutoModelForTokenClassification, TaskType.TOKEN_CLS, "logits", True,
+                 {"labels": ["batch", "sequence"]}, lambda n: _cross_entropy_block(n, flatten=True), _token_labels),
+    )
+}
+
+
+def host_task(name: str) -> HostTask:
+    if name not in TASKS:
+        raise ConfigError(f"task {name!r} cannot be built by this SDK yet; buildable: {', '.join(TASKS)}")
+    return TASKS[name]

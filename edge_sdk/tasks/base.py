@@ -1,0 +1,67 @@
+"""What every task gives the device runtime: data → features, targets per batch, metrics, predictions.
+
+Device-safe: numpy only. The runtime owns tokenization, batching, the inference session and training;
+a task only knows its data schema and what its outputs mean.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class TaskData:
+    """Examples tokenized for the graph: (ids, type ids) per example, the task's targets (None when
+    unlabelled) and whatever the task needs to turn outputs back into answers."""
+
+    encoded: list[tuple[np.ndarray, np.ndarray]]
+    targets: list[Any] | None
+    context: list[Any] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+
+class Prediction(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def to_text(self) -> str: ...
+
+
+class DeviceTask(Protocol):
+    """One task's device-side behaviour (see seq_cls.py, token_cls.py)."""
+
+    name: str
+    metric: str  # the score (higher is better) that picks the epoch to keep
+
+    def load(self, path: str | os.PathLike, require_targets: bool = True) -> TaskData: ...
+
+    def from_texts(self, texts: Sequence[str]) -> TaskData: ...
+
+    def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]: ...
+
+    def score(self, data: TaskData, outputs: list[np.ndarray]) -> dict[str, float]: ...
+
+    def predict(self, data: TaskData, outputs: list[np.ndarray]) -> list[Prediction]: ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100) -> float:
+    """Mean cross-entropy over the rows whose label is not ``ignore_index`` (as the training graph)."""
+    keep = labels != ignore_index
+    logits, labels = logits[keep], labels[keep]
+    if not len(labels):
+        return 0.0
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())

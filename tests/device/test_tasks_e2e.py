@@ -1,0 +1,100 @@
+"""Every registered task, end to end on the device: personalize, evaluate (task metric), infer, CLI.
+
+Adding a task to the registry without adding it here fails `test_every_registered_task_is_covered`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_sdk.cli.main import cli
+from edge_sdk.device import DeviceBundle, TrainingSettings
+from edge_sdk.tasks.registry import TASK_NAMES
+
+# task -> (fixture bundle, train file, dev file, metric keys of `evaluate`, a text to infer on)
+CASES = {
+    "seq-cls": ("tiny-seq-cls", "train.jsonl", "dev.jsonl", {"accuracy"}, "goal in the cup match"),
+    "token-cls": ("tiny-token-cls", "ner-train.jsonl", "ner-dev.jsonl", {"f1", "precision", "recall"},
+                  "alice and bob flew to paris"),
+}
+SETTINGS = TrainingSettings(epochs=3, learning_rate=2e-2, batch_size=16, seed=1)
+
+
+def test_every_registered_task_is_covered() -> None:
+    assert set(CASES) == set(TASK_NAMES)
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request, fixtures_dir: Path, tmp_path: Path):
+    import shutil
+
+    bundle, train, dev, metrics, text = CASES[request.param]
+    copy = Path(shutil.copytree(fixtures_dir / bundle, tmp_path / bundle))
+    return request.param, copy, fixtures_dir / "data" / train, fixtures_dir / "data" / dev, metrics, text
+
+
+def test_personalize_evaluate_infer(case) -> None:
+    task, bundle_path, train, dev, metrics, text = case
+    bundle = DeviceBundle.open(bundle_path)
+    assert bundle.manifest.task == task and bundle.task.name == task
+    before = bundle.evaluate(dev, adapter="initial")
+    result = bundle.personalize(train, dev, adapter="user", settings=SETTINGS)
+    after = bundle.evaluate(dev, adapter="user")
+    assert set(before) == set(after) == metrics | {"loss", "examples"}
+    assert np.mean(result.losses[-3:]) < result.losses[0]
+    assert after["loss"] < before["loss"]
+    assert result.history[result.best_epoch - 1]["eval"][bundle.task.metric] == pytest.approx(after[bundle.task.metric])
+    prediction = bundle.infer([text], adapter="user")[0]
+    assert json.loads(json.dumps(prediction.to_dict()))  # JSON-serialisable
+    assert isinstance(prediction.to_text(), str)
+
+
+def test_cli_round_trip(case) -> None:
+    task, bundle_path, train, dev, metrics, text = case
+    runner = CliRunner()
+    trained = runner.invoke(cli, ["personalize", str(bundle_path), "--data", str(train), "--epochs", "1", "--json"])
+    assert trained.exit_code == 0, trained.output
+    evaluated = runner.invoke(cli, ["evaluate", str(bundle_path), "--data", str(dev), "--json"])
+    assert evaluated.exit_code == 0 and set(json.loads(evaluated.stdout)) == metrics | {"loss", "examples"}
+    inferred = runner.invoke(cli, ["infer", str(bundle_path), "--text", text, "--json"])
+    assert inferred.exit_code == 0
+    assert json.loads(inferred.stdout)["predictions"][0]["text"] == text
+
+
+def test_token_cls_entities_come_back_as_spans(fixtures_dir: Path) -> None:
+    bundle = DeviceBundle.open(fixtures_dir / "tiny-token-cls")
+    data = bundle.task.from_texts(["alice met bob in paris"])
+    words, word_ids = data.context[0]
+    assert words == ["alice", "met", "bob", "in", "paris"]
+    # Force the logits: B-PER on alice, I-PER nowhere, B-PER on bob, B-LOC on paris.
+    labels = bundle.labels
+    logits = np.zeros((len(word_ids), len(labels)), np.float32)
+    wanted = {0: "B-PER", 1: "O", 2: "B-PER", 3: "O", 4: "B-LOC"}
+    for position, word in enumerate(word_ids):
+        logits[position, labels.index(wanted[word] if word is not None else "O")] = 5.0
+    predicted = bundle.task.predict(data, [logits])[0]
+    assert predicted.tags == ["B-PER", "O", "B-PER", "O", "B-LOC"]
+    assert predicted.entities == [
+        {"type": "PER", "text": "alice", "start": 0, "end": 1},
+        {"type": "PER", "text": "bob", "start": 2, "end": 3},
+        {"type": "LOC", "text": "paris", "start": 4, "end": 5},
+    ]
+    assert predicted.to_text() == "PER: alice; PER: bob; LOC: paris"
+
+
+def test_token_cls_data_errors_name_file_and_line(fixtures_dir: Path, tmp_path: Path) -> None:
+    from edge_sdk.errors import DataError
+
+    bundle = DeviceBundle.open(fixtures_dir / "tiny-token-cls")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"tokens": ["alice"], "tags": ["B-PER"]}\n{"tokens": ["a", "b"], "tags": ["O"]}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2"):
+        bundle.evaluate(bad)
+    bad.write_text('{"tokens": ["alice"], "tags": ["B-ORG"]}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:1.*B-ORG"):
+        bundle.evaluate(bad)
