@@ -184,12 +184,13 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
 @click.option("--backend", default="auto", show_default=True,
               help="Training backend: auto (ort-training when the training build is installed, else portable), "
                    "ort-training or portable.")
+@click.option("--start-from", help="Adapter to start from (default: --adapter itself if it exists, else 'initial').")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of this adapter (same data and flags).")
 @_threads_option
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
-                batch_size: int, warmup: float, seed: int, backend: str, resume: bool, threads: int | None,
-                as_json: bool) -> None:
+                batch_size: int, warmup: float, seed: int, backend: str, start_from: str | None, resume: bool,
+                threads: int | None, as_json: bool) -> None:
     """Fine-tune the bundle's adapter on this device's data."""
     from edge_sdk.device.personalize import EpochReport, StepReport, TrainingSettings
 
@@ -219,7 +220,7 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
 
     try:
         result = device_bundle.personalize(data, eval_data, adapter=adapter, settings=settings, backend=backend,
-                                           on_step=on_step, on_epoch=on_epoch, resume=resume)
+                                           start_from=start_from, on_step=on_step, on_epoch=on_epoch, resume=resume)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
@@ -227,7 +228,8 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
         emit_json(result.to_dict())
         return
     after = result.history[result.best_epoch - 1]["eval"]
-    summary = f"saved adapter {result.adapter!r} ({result.steps} steps on {result.examples} examples, {result.backend})"
+    summary = f"saved adapter {result.adapter!r} ({result.steps} steps on {result.examples} examples, {result.backend}"
+    summary += f", continued from {result.started_from!r})" if result.started_from != "initial" else ")"
     if result.before and after:
         metric = device_bundle.task.metric
         summary += (f"; eval {metric} {result.before[metric]:.4f} -> {after[metric]:.4f} "

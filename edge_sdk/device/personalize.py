@@ -62,6 +62,7 @@ class PersonalizeResult:
     examples: int
     best_epoch: int
     before: dict[str, float] | None
+    started_from: str
     history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
 

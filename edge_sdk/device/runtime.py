@@ -191,4 +191,5 @@ class DeviceBundle:
         self.adapters.save(adapter, weights, summary)
         checkpoints.remove()
         return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(train),
-                                 best_epoch=best_epoch, before=before, history=history, losses=losses)
+                                 best_epoch=best_epoch, before=before, started_from=start, history=history,
+                                 losses=losses)

@@ -272,3 +272,11 @@ def test_label_outside_the_label_map_names_label_and_allowed_labels(tiny_bundle:
     assert "allowed labels: 'business', 'sport', 'tech'" in message
     assert adapter_files(tiny_bundle) == ["initial.safetensors"]
     assert not (tiny_bundle / "adapters" / "x.safetensors").exists()
+
+
+def test_personalizing_an_existing_adapter_says_it_continues(tiny_bundle: Path, tiny_data: Path) -> None:
+    train = ["personalize", tiny_bundle, "--data", tiny_data / "train.jsonl", "--adapter", "bo", "--epochs", "1"]
+    assert "continued from" not in ok(*train).stdout
+    assert ok(*train).stdout.strip().endswith(f"{AUTO_BACKEND}, continued from 'bo')")
+    restarted = ok_json(*train, "--start-from", "initial")
+    assert restarted["started_from"] == "initial"
