@@ -205,3 +205,17 @@ def test_shipped_recipes_parse(tmp_path: Path) -> None:
     assert (topics.model_dir / "config.json").is_file()
     assert json.loads((topics.model_dir / "config.json").read_text())["model_type"] == "bert"
     assert load_recipe(root / "minilm-seq-cls.toml").labels == ()
+
+
+def test_every_registered_task_can_be_built() -> None:
+    from edge_sdk.host.tasks import TASKS
+    from edge_sdk.tasks.registry import TASK_NAMES
+
+    assert set(TASKS) == set(TASK_NAMES)
+
+
+def test_token_cls_labels_must_be_bio(fixtures_dir: Path, tmp_path: Path) -> None:
+    config = BuildConfig(model_dir=fixtures_dir / "tiny-model", task="token-cls", labels=("O", "PER", "B-LOC"))
+    with pytest.raises(ConfigError, match="not BIO: PER"):
+        build_bundle(config, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
