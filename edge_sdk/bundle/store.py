@@ -32,6 +32,21 @@ def default_permissions(path: Path) -> None:
     os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
+def replace_folder(staging: Path, destination: Path) -> None:
+    """Move a fully written ``staging`` folder to ``destination``, replacing what is there.
+
+    The old folder is first renamed aside, so an interruption leaves either the old or the new one.
+    """
+    if destination.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
+        backup.rmdir()
+        os.replace(destination, backup)
+        os.replace(staging, destination)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(staging, destination)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -171,15 +186,7 @@ class BundleWriter:
         (self.staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         for path in [self.staging, *self.staging.rglob("*")]:
             default_permissions(path)
-        if self.destination.exists():
-            # Swap via a backup name so that an interrupted replace leaves either the old or the new bundle.
-            backup = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.old.", dir=self.destination.parent))
-            backup.rmdir()
-            os.replace(self.destination, backup)
-            os.replace(self.staging, self.destination)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(self.staging, self.destination)
+        replace_folder(self.staging, self.destination)
         self._committed = True
         return self.destination
 

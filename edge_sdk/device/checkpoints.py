@@ -9,9 +9,7 @@ and the data file's hash so a resume on other data is refused). It is replaced a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from edge_sdk.bundle.store import replace_folder
 from edge_sdk.errors import AdapterError
 
 _PROGRESS = "progress.json"
@@ -36,14 +35,6 @@ class TrainingProgress:
     losses: list[float] = field(default_factory=list)
     best_epoch: int = 0
     best_metrics: dict[str, float] | None = None
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class CheckpointStore:
@@ -66,14 +57,7 @@ class CheckpointStore:
             if best_weights is not None:
                 save_file({k: np.ascontiguousarray(v) for k, v in best_weights.items()}, str(staging / _BEST))
             (staging / _PROGRESS).write_text(json.dumps({"identity": identity, "progress": asdict(progress)}))
-            if self.folder.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{self.adapter}.old.", dir=self.root))
-                retired.rmdir()
-                os.replace(self.folder, retired)
-                os.replace(staging, self.folder)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, self.folder)
+            replace_folder(staging, self.folder)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

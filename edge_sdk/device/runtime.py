@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_sdk.bundle.store import Bundle, open_bundle
+from edge_sdk.bundle.store import Bundle, open_bundle, sha256_file
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
-from edge_sdk.device.checkpoints import CheckpointStore, file_sha256
+from edge_sdk.device.checkpoints import CheckpointStore
 from edge_sdk.device.personalize import (
     EpochReport,
     PersonalizeResult,
@@ -142,8 +142,8 @@ class DeviceBundle:
             "backend": trainer.name,
             "started_from": start,
             "settings": asdict(settings),
-            "data_sha256": file_sha256(data),
-            "eval_data_sha256": file_sha256(eval_data) if eval_data is not None else None,
+            "data_sha256": sha256_file(Path(data)),
+            "eval_data_sha256": sha256_file(Path(eval_data)) if eval_data is not None else None,
         }
         try:
             resumed = checkpoints.load(trainer, identity) if resume else None

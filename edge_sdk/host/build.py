@@ -121,10 +121,9 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
         graph = export_training_graph(loaded.model, export_batch, task.output, Path(scratch) / "forward.onnx",
                                       config.opset)
         report("building ONNX Runtime training artifacts")
-        training_files = build_training_artifacts(graph, task.loss_block(len(config.labels)),
-                                                  writer.folder(TRAINING_DIR))
-        report("lowering the training graph to a portable standard-ONNX training step")
         training_dir = writer.folder(TRAINING_DIR)
+        training_files = build_training_artifacts(graph, task.loss_block(len(config.labels)), training_dir)
+        report("lowering the training graph to a portable standard-ONNX training step")
         forward = onnx.load(str(graph.path))
         train_step = build_train_step(
             onnx.load(str(training_dir / training_files["training_model"])),
@@ -133,7 +132,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             trainable=graph.trainable, batch_inputs=[*input_names, *task.target_inputs],
         )
         inference_path, train_step_path = writer.path(INFERENCE_MODEL), writer.path(TRAIN_STEP_MODEL)
-        save_with_shared_weights({inference_path: inference_model(graph.path, graph.trainable),
+        # The step copied its frozen initializers, so the forward graph itself can become the inference graph.
+        save_with_shared_weights({inference_path: inference_model(forward, graph.trainable),
                                   train_step_path: train_step}, writer.path(BASE_WEIGHTS))
         report("validating the ONNX graphs against PyTorch")
         diffs = _validate(loaded, graph.path, inference_path, validation_batch, task.output, graph.trainable,

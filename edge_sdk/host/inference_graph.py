@@ -6,8 +6,6 @@ in the store: switching users or skills feeds other tensors, it never reloads th
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 from onnx import helper
 
@@ -39,13 +37,12 @@ def _drop_dropout(model: onnx.ModelProto) -> None:
     model.graph.node.extend(nodes)
 
 
-def inference_model(forward_path: Path, trainable: list[str]) -> onnx.ModelProto:
-    """The inference graph for the exported forward pass at ``forward_path``.
+def inference_model(model: onnx.ModelProto, trainable: list[str]) -> onnx.ModelProto:
+    """Turn the exported forward pass ``model`` into the inference graph (in place) and return it.
 
     It is stored unoptimized: ONNX Runtime applies the profile's graph optimizations when the device
     opens it, and an unoptimized graph keeps the parameter names the portable training step shares.
     """
-    model = onnx.load(str(forward_path))
     _promote_to_inputs(model, trainable)
     _drop_dropout(model)
     return model

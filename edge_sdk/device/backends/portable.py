@@ -34,26 +34,21 @@ class PortableBackend:
         self._names = spec["names"]
         self._trainable = [tensor.name for tensor in manifest.trainable]
         self._shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in manifest.trainable}
-        # Each state tensor: (input name, output name). Parameters, then both moments.
-        self._state_names = [(name, self._names["updated"][name]) for name in self._trainable]
-        for name in self._trainable:
-            for moment in ("first_moment", "second_moment"):
-                moment_name = self._names[moment][name]
-                self._state_names.append((moment_name, self._names["updated"][moment_name]))
+        # Each state tensor (a parameter and its two moments, all of the parameter's shape):
+        # (input name, output name, shape).
+        self._state_names = [
+            (state, self._names["updated"][state], self._shapes[name])
+            for name in self._trainable
+            for state in (name, self._names["first_moment"][name], self._names["second_moment"][name])
+        ]
         self._buffers = [self._allocate(), self._allocate()]
         self._current = 0
         self._step = 0
         self.load_weights(load_file(str(bundle.path(manifest.inference["initial_adapter"]))))
 
-    def _shape_of(self, state_name: str) -> list[int]:
-        for name in self._trainable:
-            if state_name in (name, self._names["first_moment"][name], self._names["second_moment"][name]):
-                return self._shapes[name]
-        raise KeyError(state_name)
-
     def _allocate(self) -> dict[str, object]:
-        return {name: self._ort.OrtValue.ortvalue_from_shape_and_type(self._shape_of(name), np.float32, "cpu", 0)
-                for name, _ in self._state_names}
+        return {name: self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu", 0)
+                for name, _, shape in self._state_names}
 
     def load_weights(self, weights: dict[str, np.ndarray]) -> None:
         """Set the parameters, zero both AdamW moments and the step count (a fresh optimizer)."""
@@ -67,14 +62,14 @@ class PortableBackend:
     def save_state(self, folder: Path) -> None:
         """Parameters, AdamW moments and the step count, as one safetensors file."""
         current = self._buffers[self._current]
-        save_file({name: current[name].numpy() for name, _ in self._state_names}, str(folder / _STATE_FILE),
+        save_file({name: current[name].numpy() for name, _, _ in self._state_names}, str(folder / _STATE_FILE),
                   metadata={"step": str(self._step)})
 
     def load_state(self, folder: Path) -> None:
         path = str(folder / _STATE_FILE)
         values = load_file(path)
         current = self._buffers[self._current]
-        for name, _ in self._state_names:
+        for name, _, _ in self._state_names:
             current[name].update_inplace(np.ascontiguousarray(values[name]))
         with safe_open(path, framework="numpy") as handle:
             self._step = int(handle.metadata()["step"])
@@ -86,7 +81,7 @@ class PortableBackend:
             binding.bind_cpu_input(name, value)
         binding.bind_cpu_input(self._names["step"], np.asarray(self._step, dtype=np.int64))
         binding.bind_cpu_input(self._names["learning_rate"], np.asarray(learning_rate, dtype=np.float32))
-        for input_name, output_name in self._state_names:
+        for input_name, output_name, _ in self._state_names:
             binding.bind_ortvalue_input(input_name, source[input_name])
             binding.bind_ortvalue_output(output_name, target[input_name])
         binding.bind_output(self._names["loss"], "cpu")
