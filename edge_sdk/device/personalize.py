@@ -79,12 +79,13 @@ def learning_rate_at(step: int, total: int, peak: float, warmup_fraction: float)
     return peak * max(0.0, (total - step) / remaining)
 
 
-def is_better(candidate: dict[str, float], best: dict[str, float] | None, metric: str) -> bool:
-    """Higher task metric wins; lower loss breaks ties."""
+def is_better(candidate: dict[str, float], best: dict[str, float] | None, metric: str,
+              higher_is_better: bool = True) -> bool:
+    """The better task metric wins (higher, or lower for e.g. perplexity); lower loss breaks ties."""
     if best is None:
         return True
     if candidate[metric] != best[metric]:
-        return candidate[metric] > best[metric]
+        return (candidate[metric] > best[metric]) == higher_is_better
     return candidate["loss"] < best["loss"]
 
 
@@ -99,6 +100,7 @@ def run_training(
     on_epoch: Callable[[EpochReport], None] | None = None,
     checkpoint: Callable[[TrainingProgress, dict[str, np.ndarray] | None], None] | None = None,
     resume: tuple[TrainingProgress, dict[str, np.ndarray] | None] | None = None,
+    higher_is_better: bool = True,
 ) -> tuple[dict[str, np.ndarray], TrainingProgress]:
     """Train for ``settings.epochs``; return the kept weights and the final progress.
 
@@ -131,7 +133,7 @@ def run_training(
         metrics = evaluate(weights) if evaluate else None
         train_loss = float(np.mean(epoch_losses))
         progress.history.append({"epoch": epoch, "train_loss": train_loss, "eval": metrics})
-        if metrics is None or is_better(metrics, progress.best_metrics, metric):
+        if metrics is None or is_better(metrics, progress.best_metrics, metric, higher_is_better):
             best_weights, progress.best_epoch, progress.best_metrics = weights, epoch, metrics
         progress.epoch = epoch
         if checkpoint and epoch < settings.epochs:

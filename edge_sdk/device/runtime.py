@@ -22,13 +22,14 @@ from edge_sdk.device.personalize import (
     run_training,
 )
 from edge_sdk.device.tokenizer import BundleTokenizer
-from edge_sdk.errors import AdapterError
+from edge_sdk.errors import AdapterError, ConfigError
 from edge_sdk.profiles import profile_from_dict
-from edge_sdk.tasks.base import TaskData
+from edge_sdk.tasks.base import TaskData, reject_context
 from edge_sdk.tasks.registry import device_task
 
 DEFAULT_ADAPTER = "default"
 _EVAL_BATCH = 32
+_MAX_OUTPUT_VALUES = 1 << 24
 
 
 class DeviceBundle:
@@ -44,7 +45,7 @@ class DeviceBundle:
         self.task = device_task(manifest, self.tokenizer)
         self.adapters = AdapterStore(bundle)
         self._session = None
-        self._output = manifest.outputs[0]
+        self._decoder = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = True, threads: int | None = None) -> DeviceBundle:
@@ -73,32 +74,88 @@ class DeviceBundle:
             )
         return self._session
 
-    def outputs(self, encoded: Sequence[tuple[np.ndarray, np.ndarray]],
-                weights: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The graph output for each pre-tokenized example (per-token outputs cut to the example's length),
-        run in batches of similar length to keep padding small."""
+    def _rows_per_batch(self, length: int) -> int:
+        # A language model's logits are [rows, length, vocabulary]: cap a batch's output near 64 MB.
+        classes = next((dim for dim in self.manifest.outputs[0].shape[2:] if isinstance(dim, int)), 1)
+        return int(max(1, min(_EVAL_BATCH, _MAX_OUTPUT_VALUES // max(1, length * classes))))
+
+    def outputs(self, data: TaskData, weights: dict[str, np.ndarray]) -> list:
+        """The task's reduction of the graph outputs of each pre-tokenized example (per-token outputs cut to
+        the example's own tokens), run in batches of similar length to keep padding small."""
+        encoded = data.encoded
         session = self._inference_session()
-        per_token = "sequence" in self._output.shape
+        names = [spec.name for spec in self.manifest.outputs]
+        per_token = {spec.name: "sequence" in spec.shape for spec in self.manifest.outputs}
+        left = self.tokenizer.left_padding
         order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
-        results: list[np.ndarray] = [None] * len(encoded)  # type: ignore[list-item]
-        for start in range(0, len(order), _EVAL_BATCH):
-            rows = order[start:start + _EVAL_BATCH]
+        results: list = [None] * len(encoded)
+        start = 0
+        while start < len(order):
+            longest = len(encoded[order[min(start + _EVAL_BATCH, len(order)) - 1]][0])  # sorted by length
+            rows = order[start:start + self._rows_per_batch(longest)]
+            start += len(rows)
             feeds = self.tokenizer.pad([encoded[i] for i in rows]) | weights
-            batch = session.run([self._output.name], feeds)[0]
+            batch = dict(zip(names, session.run(names, feeds), strict=True))
             for position, row in enumerate(rows):
-                results[row] = batch[position, :len(encoded[row][0])] if per_token else batch[position]
+                length = len(encoded[row][0])
+                span = slice(batch[names[0]].shape[1] - length, None) if left else slice(0, length)
+                results[row] = self.task.reduce_output(data, row, {
+                    name: value[position, span] if per_token[name] else value[position]
+                    for name, value in batch.items()})
         return results
 
-    def infer(self, texts: Sequence[str], adapter: str | None = None) -> list:
-        """Run the task on raw texts with the named adapter (labels, entities, … per the task)."""
+    def infer(self, texts: Sequence[str], adapter: str | None = None, context: str | None = None) -> list:
+        """Run the task on raw texts with the named adapter (labels, entities, answers … per the task);
+        ``context`` is the text a qa bundle answers the questions ``texts`` from."""
         if not texts:
             return []
+        if self.generates:
+            reject_context(self.manifest.task, context)
+            return [self.generate(text, adapter=adapter) for text in texts]
         weights = self.adapters.load(self.resolve_adapter(adapter))
-        data = self.task.from_texts(texts)
-        return self.task.predict(data, self.outputs(data.encoded, weights))
+        data = self.task.from_texts(texts, context)
+        return self.task.predict(data, self.outputs(data, weights))
+
+    # --- generation -----------------------------------------------------------------------------------
+
+    @property
+    def generates(self) -> bool:
+        """Whether this bundle's task produces text (causal-lm) rather than labels, tags or spans."""
+        return "generation" in self.manifest.inference
+
+    def _generator(self):
+        if self._decoder is None:
+            import onnxruntime
+
+            from edge_sdk.device.generation import CausalGenerator
+
+            spec = self.manifest.inference["generation"]
+            profile = profile_from_dict(self.manifest.profile)
+            session = onnxruntime.InferenceSession(str(self.bundle.path(spec["model"])),
+                                                   profile.session_options(self.threads), providers=profile.providers)
+            self._decoder = CausalGenerator(session, spec, set(spec["eos_token_ids"]), self.tokenizer.decode)
+        return self._decoder
+
+    def generate(self, prompt: str, settings=None, adapter: str | None = None, chat: bool = True,
+                 on_text: Callable[[str], None] | None = None):
+        """Generate a reply to ``prompt`` (through the model's chat template unless ``chat=False``), calling
+        ``on_text`` with each new piece of text as it is produced."""
+        from edge_sdk.device.generation import GenerationSettings
+
+        if not self.generates:
+            raise ConfigError(f"this bundle's task is {self.manifest.task}; only causal-lm bundles generate text")
+        settings = settings or GenerationSettings()
+        settings.validate()
+        prompt_ids = self.task.prompt_ids(prompt, chat)
+        limit = self.manifest.inference["generation"]["max_positions"]
+        if len(prompt_ids) + settings.max_new_tokens > limit:
+            raise ConfigError(f"the prompt is {len(prompt_ids)} tokens; with {settings.max_new_tokens} new tokens "
+                              f"that exceeds the model's {limit} positions; shorten the prompt or --max-new-tokens")
+        weights = self.adapters.load(self.resolve_adapter(adapter))
+        return self._generator().generate(prompt_ids, weights, settings, on_text)
 
     def _score(self, data: TaskData, weights: dict[str, np.ndarray]) -> dict[str, float]:
-        return self.task.score(data, self.outputs(data.encoded, weights))
+        return self.task.score(data, self.outputs(data, weights))
 
     def evaluate(self, data: str | os.PathLike, adapter: str | None = None) -> dict[str, float]:
         """The task metric(s), mean loss and example count of the named adapter on a labelled data file."""
@@ -166,7 +223,8 @@ class DeviceBundle:
         try:
             weights, progress = run_training(
                 trainer, batches, steps_per_epoch, settings, evaluate, self.task.metric, on_step, on_epoch,
-                checkpoint=lambda done, best: checkpoints.save(trainer, done, best, identity), resume=resumed)
+                checkpoint=lambda done, best: checkpoints.save(trainer, done, best, identity), resume=resumed,
+                higher_is_better=self.task.higher_is_better)
         finally:
             trainer.close()
         seconds = time.perf_counter() - started

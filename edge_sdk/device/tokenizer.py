@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from edge_sdk.bundle.manifest import Manifest
-from edge_sdk.errors import BundleError
+from edge_sdk.errors import BundleError, DataError
+
+
+@dataclass(frozen=True)
+class Window:
+    """One piece of a tokenized (question, context) pair: ids, type ids, each token's character span in
+    its own text, and which text each token came from (0 question, 1 context, None special)."""
+
+    ids: np.ndarray
+    type_ids: np.ndarray
+    offsets: list[tuple[int, int]]
+    sequence_ids: list[int | None]
 
 
 class BundleTokenizer:
@@ -21,6 +33,7 @@ class BundleTokenizer:
         except Exception as exc:  # tokenizers raises plain Exception subclasses from Rust
             raise BundleError(f"cannot load the bundle tokenizer {str(path)!r}: {exc}") from exc
         self._tokenizer.no_padding()
+        self._max_length = manifest.max_length
         self._tokenizer.enable_truncation(max_length=manifest.max_length)
         self._pad_id = int(manifest.tokenizer["pad_token_id"])
         self._left_pad = manifest.tokenizer.get("padding_side", "right") == "left"
@@ -36,6 +49,32 @@ class BundleTokenizer:
         encodings = self._tokenizer.encode_batch([list(words) for words in sentences], is_pretokenized=True)
         return [(np.asarray(e.ids, dtype=np.int64), np.asarray(e.type_ids, dtype=np.int64), list(e.word_ids))
                 for e in encodings]
+
+    def encode_pairs(self, questions: Sequence[str], contexts: Sequence[str], stride: int) -> list[list[Window]]:
+        """Each (question, context) pair as windows of at most the bundle's max length: the question whole
+        in every window, the context cut into pieces that overlap by ``stride`` tokens."""
+        self._tokenizer.enable_truncation(max_length=self._max_length, stride=stride, strategy="only_second")
+        try:
+            encodings = self._tokenizer.encode_batch(list(zip(questions, contexts, strict=True)))
+        except Exception as exc:  # raised from Rust, e.g. when the question alone fills the window
+            raise DataError(f"cannot split a question and its context into windows of {self._max_length} "
+                            f"tokens: {exc}; shorten the question") from exc
+        finally:
+            self._tokenizer.enable_truncation(max_length=self._max_length)
+        return [[Window(np.asarray(e.ids, dtype=np.int64), np.asarray(e.type_ids, dtype=np.int64), list(e.offsets),
+                        list(e.sequence_ids)) for e in (first, *first.overflowing)] for first in encodings]
+
+    def encode_plain(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids of each text without the special tokens the tokenizer would add around it (a chat
+        template writes those itself)."""
+        return [np.asarray(e.ids, dtype=np.int64)
+                for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def token_id(self, token: str) -> int | None:
+        return self._tokenizer.token_to_id(token)
 
     @property
     def left_padding(self) -> bool:

@@ -55,7 +55,7 @@ def build_training_artifacts(graph: ExportedGraph, loss, directory: Path) -> dic
             artifacts.generate_artifacts(
                 model, requires_grad=graph.trainable, frozen_params=graph.frozen, loss=loss,
                 optimizer=artifacts.OptimType.AdamW, artifact_directory=str(directory),
-                additional_output_names=[graph.output_name],
+                additional_output_names=list(graph.output_names),
             )
     except Exception as exc:  # gradient building errors come as RuntimeError/Fail from the C++ side
         tail = native_log.read_text(errors="replace").strip().splitlines()[-5:]

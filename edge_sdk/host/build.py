@@ -77,28 +77,51 @@ def _session(path: Path) -> onnxruntime.InferenceSession:
 
 
 def _validate(loaded: LoadedModel, forward_path: Path, inference_path: Path, batch: dict[str, np.ndarray],
-              output_name: str, trainable: list[str], seed: int) -> dict[str, float]:
+              output_names: list[str], trainable: list[str], seed: int) -> dict[str, float]:
     """Check both ONNX graphs against PyTorch; return the max differences for the manifest."""
     model = loaded.model
     initial = _trainable_weights(model)
-    reference = torch_reference(model, batch, output_name)
-    forward = _session(forward_path)
-    exported = forward.run([output_name], batch)[0]
-    diffs = {"forward." + k: v for k, v in compare_outputs(
-        {output_name: reference}, {output_name: exported}, "the exported training graph").items()}
+    reference = torch_reference(model, batch, output_names)
+    exported = dict(zip(output_names, _session(forward_path).run(output_names, batch), strict=True))
+    diffs = {"forward." + k: v for k, v in compare_outputs(reference, exported, "the exported training graph").items()}
 
     perturbed = _perturbed(initial, seed)
     _load_weights(model, perturbed)
     try:
-        reference = torch_reference(model, batch, output_name)
+        reference = torch_reference(model, batch, output_names)
     finally:
         _load_weights(model, initial)
-    inference = _session(inference_path)
     feeds = dict(batch) | {name: perturbed[name] for name in trainable}
-    optimized = inference.run([output_name], feeds)[0]
+    optimized = dict(zip(output_names, _session(inference_path).run(output_names, feeds), strict=True))
     diffs |= {"inference." + k: v for k, v in compare_outputs(
-        {output_name: reference}, {output_name: optimized}, "the optimized inference graph").items()}
+        reference, optimized, "the optimized inference graph").items()}
     return diffs
+
+
+def _tokenizer_info(tokenizer) -> dict:
+    """What the device tokenizer cannot read from tokenizer.json: padding, the special tokens a chat
+    template names, and the template itself."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    return {
+        "file": f"{TOKENIZER_DIR}/tokenizer.json",
+        "pad_token_id": int(tokenizer.pad_token_id),
+        "padding_side": tokenizer.padding_side,
+        "bos_token": tokenizer.bos_token,
+        "bos_token_id": tokenizer.bos_token_id,
+        # Whether plain text starts with the begin-of-text token (Llama's tokenizers add it, SmolLM2's not).
+        "adds_bos": tokenizer.bos_token_id is not None and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id],
+        "eos_token": tokenizer.eos_token,
+        "eos_token_id": tokenizer.eos_token_id,
+        "chat_template": template,
+    }
+
+
+def _classes(config: BuildConfig, loaded: LoadedModel) -> int:
+    """Size of the outputs' class axis: the user's labels, or the vocabulary of a language model."""
+    if host_task(config.task).uses_labels:
+        return len(config.labels)
+    head = loaded.model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else 0
 
 
 def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
@@ -118,11 +141,12 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
         validation_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _VALIDATION_TEXTS)
 
         report("exporting the training-safe ONNX graph")
-        graph = export_training_graph(loaded.model, export_batch, task.output, Path(scratch) / "forward.onnx",
-                                      config.opset)
+        graph = export_training_graph(loaded.model, export_batch, list(task.outputs), Path(scratch) / "forward.onnx",
+                                      config.opset, per_token=task.per_token)
+        classes = _classes(config, loaded)
         report("building ONNX Runtime training artifacts")
         training_dir = writer.folder(TRAINING_DIR)
-        training_files = build_training_artifacts(graph, task.loss_block(len(config.labels)), training_dir)
+        training_files = build_training_artifacts(graph, task.loss_block(classes), training_dir)
         report("lowering the training graph to a portable standard-ONNX training step")
         forward = onnx.load(str(graph.path))
         train_step = build_train_step(
@@ -136,7 +160,7 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
         save_with_shared_weights({inference_path: inference_model(forward, graph.trainable),
                                   train_step_path: train_step}, writer.path(BASE_WEIGHTS))
         report("validating the ONNX graphs against PyTorch")
-        diffs = _validate(loaded, graph.path, inference_path, validation_batch, task.output, graph.trainable,
+        diffs = _validate(loaded, graph.path, inference_path, validation_batch, list(task.outputs), graph.trainable,
                           config.seed)
 
         loaded.tokenizer.save_pretrained(str(writer.folder(TOKENIZER_DIR)))
@@ -152,16 +176,10 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
                 "architecture": type(loaded.model.get_base_model()).__name__,
                 "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
             },
-            tokenizer={
-                "file": f"{TOKENIZER_DIR}/tokenizer.json",
-                "pad_token_id": int(loaded.tokenizer.pad_token_id),
-                "padding_side": loaded.tokenizer.padding_side,
-            },
+            tokenizer=_tokenizer_info(loaded.tokenizer),
             max_length=config.max_length,
             inputs=[TensorSpec(name, "int64", ["batch", "sequence"]) for name in input_names],
-            outputs=[TensorSpec(task.output, "float32",
-                                ["batch", "sequence", len(config.labels)] if task.per_token
-                                else ["batch", len(config.labels)])],
+            outputs=[TensorSpec(name, "float32", task.output_shape(classes)) for name in task.outputs],
             trainable=[TensorSpec(name, "float32", list(initial[name].shape)) for name in graph.trainable],
             peft={
                 "method": config.lora.method,
@@ -198,7 +216,6 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
         report("checking the portable step against ONNX Runtime training, step by step")
         manifest.build["portable_max_relative_loss_difference"] = validate_portable_step(
             writer.staged(manifest),
-            validation_batch | task.sample_targets(validation_batch, len(config.labels),
-                                                   np.random.default_rng(config.seed)))
+            validation_batch | task.sample_targets(validation_batch, classes, np.random.default_rng(config.seed)))
         report("writing the bundle")
         return writer.commit(manifest)

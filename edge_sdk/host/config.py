@@ -51,11 +51,17 @@ class BuildConfig:
     seed: int = 0
     opset: int = 14
     source_description: str = ""
+    gguf_file: str | None = None  # the model is this GGUF file in model_dir (dequantized when loaded)
 
     def validate(self) -> None:
         if self.task not in TASK_NAMES:
             raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
-        if len(self.labels) < 2:
+        from edge_sdk.host.tasks import host_task
+
+        if not host_task(self.task).uses_labels:
+            if self.labels:
+                raise ConfigError(f"task {self.task} takes no labels (got {', '.join(self.labels)}); drop --labels")
+        elif len(self.labels) < 2:
             raise ConfigError(
                 f"task {self.task} needs at least two labels, got {list(self.labels)!r}; "
                 "pass --labels a,b,... or a label file"
@@ -123,7 +129,7 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         alpha=peft.get("alpha", 16.0),
         target_modules=tuple(targets) if targets is not None else None,
     )
-    model_dir, description = resolve_model_source(data["model"], recipe_dir=path.parent, recipe=path)
+    model_dir, description, gguf_file = resolve_model_source(data["model"], recipe_dir=path.parent, recipe=path)
     return BuildConfig(
         model_dir=model_dir,
         task=data["task"],
@@ -134,4 +140,5 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         seed=data.get("seed", 0),
         opset=data.get("opset", 14),
         source_description=description,
+        gguf_file=gguf_file,
     )

@@ -56,42 +56,58 @@ def sample_batch(tokenizer, input_names: list[str], max_length: int, texts: list
     return batch
 
 
-class _ForwardWrapper(torch.nn.Module):
-    """Positional inputs in a fixed order and only the task output, as the ONNX graph exposes them."""
+def peft_forward(peft_model: torch.nn.Module, inputs: dict[str, torch.Tensor]):
+    """The LoRA model's forward pass with every input passed through.
 
-    def __init__(self, model: torch.nn.Module, input_names: list[str], output_name: str) -> None:
+    Why not ``peft_model(**inputs)``: PEFT's task wrappers forward a fixed set of arguments, and
+    PeftModelForQuestionAnswering (peft 0.21.2) drops ``token_type_ids`` and ``position_ids``, so BERT
+    would read the context as part of the question. The LoRA layers live in ``base_model`` either way.
+    """
+    return peft_model.base_model(**inputs)
+
+
+class _ForwardWrapper(torch.nn.Module):
+    """Positional inputs in a fixed order and only the task's outputs, as the ONNX graph exposes them."""
+
+    def __init__(self, model: torch.nn.Module, input_names: list[str], output_names: list[str]) -> None:
         super().__init__()
         self.model = model
         self.input_names = input_names
-        self.output_name = output_name
+        self.output_names = output_names
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return getattr(self.model(**dict(zip(self.input_names, inputs, strict=True))), self.output_name)
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        result = peft_forward(self.model, dict(zip(self.input_names, inputs, strict=True)))
+        return tuple(getattr(result, name) for name in self.output_names)
 
 
 @dataclass
 class ExportedGraph:
     path: Path
     input_names: list[str]
-    output_name: str
+    output_names: list[str]
     trainable: list[str]          # ONNX initializer names of the trainable parameters, in model order
     frozen: list[str]
 
 
-def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarray], output_name: str,
-                          path: Path, opset: int) -> ExportedGraph:
-    """Export the PEFT model's forward pass with parameter names kept, ready for gradient building."""
+def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarray], output_names: list[str],
+                          path: Path, opset: int, per_token: bool = False) -> ExportedGraph:
+    """Export the PEFT model's forward pass with parameter names kept, ready for gradient building.
+
+    ``per_token`` outputs keep the inputs' sequence axis, which must stay symbolic in the graph.
+    """
     input_names = list(batch)
-    wrapper = _ForwardWrapper(peft_model, input_names, output_name)
+    output_names = list(output_names)
+    wrapper = _ForwardWrapper(peft_model, input_names, output_names)
     wrapper.train()  # TRAINING mode export; dropout was zeroed when the model was loaded
     args = tuple(torch.from_numpy(batch[name]) for name in input_names)
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    dynamic_axes[output_name] = {0: "batch"}
+    for name in output_names:
+        dynamic_axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper, args, str(path), input_names=input_names, output_names=[output_name],
+                wrapper, args, str(path), input_names=input_names, output_names=output_names,
                 dynamic_axes=dynamic_axes, opset_version=opset, training=torch.onnx.TrainingMode.TRAINING,
                 do_constant_folding=False, export_params=True, dynamo=False,
             )
@@ -112,7 +128,7 @@ def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarr
         )
     trainable_set = set(trainable)
     frozen = [name for name in initializers if name not in trainable_set]
-    return ExportedGraph(path=path, input_names=input_names, output_name=output_name,
+    return ExportedGraph(path=path, input_names=input_names, output_names=output_names,
                          trainable=trainable, frozen=frozen)
 
 
@@ -128,11 +144,12 @@ def _strip_prefix_from_initializers(model_proto: onnx.ModelProto) -> None:
                 node.input[index] = renames[name]
 
 
-def torch_reference(peft_model: torch.nn.Module, batch: dict[str, np.ndarray], output_name: str) -> np.ndarray:
+def torch_reference(peft_model: torch.nn.Module, batch: dict[str, np.ndarray],
+                    output_names: list[str]) -> dict[str, np.ndarray]:
     peft_model.eval()
     with torch.no_grad():
-        result = peft_model(**{name: torch.from_numpy(value) for name, value in batch.items()})
-    return getattr(result, output_name).numpy()
+        result = peft_forward(peft_model, {name: torch.from_numpy(value) for name, value in batch.items()})
+    return {name: getattr(result, name).numpy() for name in output_names}
 
 
 def compare_outputs(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], what: str,

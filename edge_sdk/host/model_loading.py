@@ -108,8 +108,9 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     model_dir = Path(config.model_dir)
+    gguf = {"gguf_file": config.gguf_file} if config.gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **gguf)
     except Exception as exc:  # transformers raises many types for an unusable tokenizer folder
         raise ModelSourceError(f"cannot load a tokenizer from {str(model_dir)!r}: {exc}") from exc
     if not tokenizer.is_fast:
@@ -118,22 +119,26 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
             "tokenizer.json — convert it with transformers' AutoTokenizer(use_fast=True).save_pretrained"
         )
     try:
-        hf_config = AutoConfig.from_pretrained(model_dir)
+        hf_config = AutoConfig.from_pretrained(model_dir, **gguf)
     except Exception as exc:
         raise ModelSourceError(f"cannot read the model config in {str(model_dir)!r}: {exc}") from exc
     task = host_task(config.task)
     _zero_dropout_config(hf_config)
-    labels = list(config.labels)
-    hf_config.num_labels = len(labels)
-    hf_config.id2label = dict(enumerate(labels))
-    hf_config.label2id = {label: i for i, label in enumerate(labels)}
+    if task.uses_labels:
+        labels = list(config.labels)
+        hf_config.num_labels = len(labels)
+        hf_config.id2label = dict(enumerate(labels))
+        hf_config.label2id = {label: i for i, label in enumerate(labels)}
+    if tokenizer.pad_token_id is None and config.task == "causal-lm" and tokenizer.eos_token is not None:
+        # Padding positions carry no loss and are masked, so the end-of-text token can stand in for padding.
+        tokenizer.pad_token = tokenizer.eos_token
     if hf_config.pad_token_id is None and tokenizer.pad_token_id is not None:
         hf_config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(config.seed)
     try:
         model, info = task.auto_model.from_pretrained(
             model_dir, config=hf_config, attn_implementation="eager", ignore_mismatched_sizes=True,
-            output_loading_info=True, dtype=torch.float32,
+            output_loading_info=True, dtype=torch.float32, **gguf,
         )
     except ValueError as exc:
         raise ConfigError(

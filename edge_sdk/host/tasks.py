@@ -9,7 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from peft import TaskType
-from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from edge_sdk.errors import ConfigError
 
@@ -21,11 +26,17 @@ class HostTask:
     name: str
     auto_model: type
     peft_task_type: TaskType
-    output: str
-    per_token: bool                       # the output has a sequence axis: [batch, sequence, classes]
+    outputs: tuple[str, ...]
+    per_token: bool                       # outputs have a sequence axis: [batch, sequence(, classes)]
     target_inputs: dict[str, list]        # graph inputs the loss reads, with their symbolic shapes
     loss_block: Callable[[int], object]   # num classes -> onnxblock loss
     sample_targets: Callable[[dict[str, np.ndarray], int, np.random.Generator], dict[str, np.ndarray]]
+    uses_labels: bool = True              # classification: the user names the classes (--labels)
+    class_axis: bool = True               # outputs end in a classes axis (labels, or the vocabulary)
+
+    def output_shape(self, classes: int) -> list[int | str]:
+        shape: list[int | str] = ["batch", "sequence"] if self.per_token else ["batch"]
+        return [*shape, classes] if self.class_axis else shape
 
 
 def _cross_entropy_block(num_classes: int, flatten: bool):
@@ -55,6 +66,39 @@ def _cross_entropy_block(num_classes: int, flatten: bool):
     return _CrossEntropy()
 
 
+def _span_cross_entropy_block():
+    """Extractive QA: the mean of the start- and end-position cross-entropies (as transformers computes it)."""
+    from onnxruntime.training import onnxblock
+
+    class _SpanCrossEntropy(onnxblock.Block):
+        def build(self, start_logits: str, end_logits: str) -> str:
+            start = onnxblock.loss.CrossEntropyLoss()(start_logits, "start_positions")
+            end = onnxblock.loss.CrossEntropyLoss()(end_logits, "end_positions")
+            graph = self.base.graph
+            graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(0.5, np.float32), "loss.half"))
+            graph.node.extend([
+                onnx.helper.make_node("Add", [start, end], ["loss.span_sum"]),
+                onnx.helper.make_node("Mul", ["loss.span_sum", "loss.half"], ["loss.span_mean"]),
+            ])
+            return "loss.span_mean"
+
+    return _SpanCrossEntropy()
+
+
+def _span_positions(batch: dict[str, np.ndarray], _classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rows, length = batch["input_ids"].shape
+    start = rng.integers(0, length, size=rows)
+    return {"start_positions": start.astype(np.int64),
+            "end_positions": np.minimum(start + rng.integers(0, 3, size=rows), length - 1).astype(np.int64)}
+
+
+def _next_tokens(batch: dict[str, np.ndarray], vocabulary: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    labels = rng.integers(0, vocabulary, size=batch["input_ids"].shape).astype(np.int64)
+    labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+    labels[:, -1] = IGNORE_INDEX
+    return {"labels": labels}
+
+
 def _sequence_labels(batch: dict[str, np.ndarray], classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {"labels": rng.integers(0, classes, size=len(batch["input_ids"])).astype(np.int64)}
 
@@ -67,10 +111,17 @@ def _token_labels(batch: dict[str, np.ndarray], classes: int, rng: np.random.Gen
 
 TASKS: dict[str, HostTask] = {
     task.name: task for task in (
-        HostTask("seq-cls", AutoModelForSequenceClassification, TaskType.SEQ_CLS, "logits", False,
+        HostTask("seq-cls", AutoModelForSequenceClassification, TaskType.SEQ_CLS, ("logits",), False,
                  {"labels": ["batch"]}, lambda n: _cross_entropy_block(n, flatten=False), _sequence_labels),
-        HostTask("token-cls", AutoModelForTokenClassification, TaskType.TOKEN_CLS, "logits", True,
+        HostTask("token-cls", AutoModelForTokenClassification, TaskType.TOKEN_CLS, ("logits",), True,
                  {"labels": ["batch", "sequence"]}, lambda n: _cross_entropy_block(n, flatten=True), _token_labels),
+        HostTask("qa", AutoModelForQuestionAnswering, TaskType.QUESTION_ANS, ("start_logits", "end_logits"), True,
+                 {"start_positions": ["batch"], "end_positions": ["batch"]}, lambda _n: _span_cross_entropy_block(),
+                 _span_positions, uses_labels=False, class_axis=False),
+        # Labels are the next tokens, shifted on the device, so the loss is token-cls's over the vocabulary.
+        HostTask("causal-lm", AutoModelForCausalLM, TaskType.CAUSAL_LM, ("logits",), True,
+                 {"labels": ["batch", "sequence"]}, lambda n: _cross_entropy_block(n, flatten=True), _next_tokens,
+                 uses_labels=False),
     )
 }
 

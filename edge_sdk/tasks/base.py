@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edge_sdk.errors import ConfigError
+
 
 @dataclass
 class TaskData:
@@ -37,17 +39,28 @@ class DeviceTask(Protocol):
     """One task's device-side behaviour (see seq_cls.py, token_cls.py)."""
 
     name: str
-    metric: str  # the score (higher is better) that picks the epoch to keep
+    metric: str  # the score that picks the epoch to keep
+    higher_is_better: bool
 
     def load(self, path: str | os.PathLike, require_targets: bool = True) -> TaskData: ...
 
-    def from_texts(self, texts: Sequence[str]) -> TaskData: ...
+    def from_texts(self, texts: Sequence[str], context: str | None = None) -> TaskData: ...
 
-    def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]: ...
+    def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]:
+        """The loss's target inputs for a batch of ``rows`` padded to ``length`` tokens."""
 
-    def score(self, data: TaskData, outputs: list[np.ndarray]) -> dict[str, float]: ...
+    def reduce_output(self, data: TaskData, row: int, outputs: dict[str, np.ndarray]) -> Any:
+        """What score/predict need from one example's graph outputs (cut to its tokens); called per example
+        as batches finish, so large outputs (a language model's logits) need not be kept."""
 
-    def predict(self, data: TaskData, outputs: list[np.ndarray]) -> list[Prediction]: ...
+    def score(self, data: TaskData, outputs: list[Any]) -> dict[str, float]: ...
+
+    def predict(self, data: TaskData, outputs: list[Any]) -> list[Prediction]: ...
+
+
+def reject_context(task: str, context: str | None) -> None:
+    if context is not None:
+        raise ConfigError(f"a context text is for question answering; this bundle's task is {task}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

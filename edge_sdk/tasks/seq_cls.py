@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.errors import ConfigError, DataError
-from edge_sdk.tasks.base import TaskData, cross_entropy, softmax
+from edge_sdk.tasks.base import TaskData, cross_entropy, reject_context, softmax
 from edge_sdk.tasks.data import Record, read_records
 
 TASK_NAME = "seq-cls"
@@ -170,6 +170,7 @@ class SeqClsTask:
 
     name = TASK_NAME
     metric = "accuracy"
+    higher_is_better = True
 
     def __init__(self, labels: Sequence[str], tokenizer) -> None:
         self.labels = list(labels)
@@ -182,8 +183,12 @@ class SeqClsTask:
                         targets=labels if require_targets else None,
                         context=[example.text for example in examples])
 
-    def from_texts(self, texts: Sequence[str]) -> TaskData:
+    def from_texts(self, texts: Sequence[str], context: str | None = None) -> TaskData:
+        reject_context(self.name, context)
         return TaskData(encoded=self.tokenizer.encode_full(list(texts)), targets=None, context=list(texts))
+
+    def reduce_output(self, data: TaskData, row: int, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return outputs["logits"]
 
     def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]:
         return {"labels": np.asarray([data.targets[row] for row in rows], dtype=np.int64)}

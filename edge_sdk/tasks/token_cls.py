@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_sdk.tasks.base import TaskData, cross_entropy
+from edge_sdk.tasks.base import TaskData, cross_entropy, reject_context
 from edge_sdk.tasks.ner import entities, entity_f1, load_tagged_sentences
 
 TASK_NAME = "token-cls"
@@ -45,6 +45,7 @@ def _first_subtokens(word_ids: list[int | None]) -> dict[int, int]:
 class TokenClsTask:
     name = TASK_NAME
     metric = "f1"
+    higher_is_better = True
 
     def __init__(self, labels: Sequence[str], tokenizer) -> None:
         self.labels = list(labels)
@@ -71,8 +72,12 @@ class TokenClsTask:
                         for (words, word_ids), s in zip(data.context, sentences, strict=True)]
         return data
 
-    def from_texts(self, texts: Sequence[str]) -> TaskData:
+    def from_texts(self, texts: Sequence[str], context: str | None = None) -> TaskData:
+        reject_context(self.name, context)
         return self._data([text.split() for text in texts], None)
+
+    def reduce_output(self, data: TaskData, row: int, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        return outputs["logits"]
 
     def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]:
         labels = np.full((len(rows), length), IGNORE_INDEX, dtype=np.int64)

@@ -10,7 +10,7 @@ import pytest
 
 from edge_sdk.device import DeviceBundle, TrainingSettings
 from edge_sdk.device.backends import create_backend, training_build_installed
-from edge_sdk.tasks.base import cross_entropy
+from edge_sdk.tasks.base import TaskData, cross_entropy
 
 needs_training_build = pytest.mark.skipif(not training_build_installed(),
                                           reason="the ort-training backend needs onnxruntime-training")
@@ -62,7 +62,7 @@ def test_step_loss_equals_the_inference_graph_loss(backend: str, tiny_bundle: Pa
     try:
         weights = bundle.adapters.load("initial")
         trainer.load_weights(weights)
-        expected = cross_entropy(np.stack(bundle.outputs(encoded, weights)), labels)
+        expected = cross_entropy(np.stack(bundle.outputs(TaskData(encoded, None), weights)), labels)
         feeds = bundle.tokenizer.pad(encoded) | {"labels": labels}
         assert trainer.train_step(feeds, 1e-3) == pytest.approx(expected, rel=1e-5)
         # The step updated the weights it keeps between steps.

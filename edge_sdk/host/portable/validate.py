@@ -11,6 +11,7 @@ from edge_sdk.errors import ExportError
 
 STEPS = 4
 TOLERANCE = 1e-4
+LEARNING_RATE = 1e-2
 
 
 def validate_portable_step(bundle: Bundle, feeds: dict[str, np.ndarray]) -> float:
@@ -19,8 +20,8 @@ def validate_portable_step(bundle: Bundle, feeds: dict[str, np.ndarray]) -> floa
     try:
         gaps = []
         for step in range(STEPS):
-            expected = reference.train_step(feeds, 1e-2)
-            actual = portable.train_step(feeds, 1e-2)
+            expected = reference.train_step(feeds, LEARNING_RATE)
+            actual = portable.train_step(feeds, LEARNING_RATE)
             gaps.append(abs(actual - expected) / max(abs(expected), 1e-12))
             if gaps[-1] > TOLERANCE:
                 raise ExportError(
@@ -28,11 +29,15 @@ def validate_portable_step(bundle: Bundle, feeds: dict[str, np.ndarray]) -> floa
                     f"loss {actual:.6g} vs {expected:.6g} (relative {gaps[-1]:.2g} > {TOLERANCE})"
                 )
         reference_weights, portable_weights = reference.weights(), portable.weights()
+        # AdamW moves a parameter by up to about lr per step whatever its gradient's size, and one whose true
+        # gradient is zero (the bias of a softmax-over-positions head) by normalised rounding noise, which
+        # differs between backends: so differences are judged against lr x steps, not the values.
+        allowed = 1e-5 + 1e-2 * LEARNING_RATE * STEPS
         for name, value in reference_weights.items():
-            if not np.allclose(portable_weights[name], value, rtol=1e-3, atol=1e-5):
+            if not np.allclose(portable_weights[name], value, rtol=1e-3, atol=allowed):
                 worst = float(np.max(np.abs(portable_weights[name] - value)))
                 raise ExportError(f"after {STEPS} steps the portable step's {name} differs from ONNX Runtime "
-                                  f"training's by up to {worst:.3g}")
+                                  f"training's by up to {worst:.3g} (allowed {allowed:.2g})")
         return max(gaps)
     finally:
         reference.close()
