@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import WORDS, make_tiny_bert  # noqa: E402
+from tiny_models import WORDS, make_tiny_bert, make_tiny_chat_llama  # noqa: E402
 
 LABELS = ("business", "sport", "tech")
 TOPIC_WORDS = {
@@ -67,8 +67,47 @@ def write_ner_data(path: Path, count: int, seed: int) -> Path:
     return path
 
 
+# QA: each context names one person and one place among filler words; the question word says which.
+QUESTIONS = {"player": PEOPLE, "festival": PLACES}
+
+
+def write_qa_data(path: Path, count: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(count):
+            words = rng.choices(FILLER, k=rng.randint(5, 12))
+            person, place = rng.choice(PEOPLE), rng.choice(PLACES)
+            for word in (person, place):
+                words.insert(rng.randint(0, len(words)), word)
+            question = rng.choice(sorted(QUESTIONS))
+            answer = person if question == "player" else place
+            context = " ".join(words)
+            handle.write(json.dumps({"question": question, "context": context, "answer": answer,
+                                     "answer_start": (" " + context + " ").index(f" {answer} ")}) + "\n")
+    return path
+
+
+# Causal LM: the reply to a prompt about a topic is that topic's fixed phrase; some plain texts too.
+REPLIES = {"business": "market growth and profit", "sport": "the team win the cup", "tech": "new phone app"}
+
+
+def write_chat_data(path: Path, count: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for index in range(count):
+            topic = rng.choice(LABELS)
+            prompt = " ".join(rng.choices(TOPIC_WORDS[topic], k=3))
+            record = ({"text": f"{prompt} {REPLIES[topic]}"} if index % 4 == 3
+                      else {"prompt": prompt, "response": REPLIES[topic]})
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
 def make_fixtures(root: Path) -> Path:
-    """Write ``tiny-model/``, bundles ``tiny-seq-cls/``, ``other-seq-cls/``, ``tiny-token-cls/`` and ``data/``."""
+    """Write ``tiny-model/``, bundles ``tiny-seq-cls/``, ``other-seq-cls/``, ``tiny-token-cls/``, ``tiny-qa/``,
+    ``tiny-causal-lm/`` and ``data/``."""
     from edge_sdk.host.build import build_bundle
     from edge_sdk.host.config import BuildConfig
 
@@ -82,6 +121,14 @@ def make_fixtures(root: Path) -> Path:
                  overwrite=True)
     build_bundle(BuildConfig(model_dir=model, task="token-cls", labels=NER_TAGS, max_length=32),
                  root / "tiny-token-cls", overwrite=True)
+    build_bundle(BuildConfig(model_dir=model, task="qa", labels=(), max_length=32), root / "tiny-qa", overwrite=True)
+    chat_model = make_tiny_chat_llama(root / "tiny-chat-model", seed=0)
+    build_bundle(BuildConfig(model_dir=chat_model, task="causal-lm", labels=(), max_length=32),
+                 root / "tiny-causal-lm", overwrite=True)
+    write_qa_data(root / "data" / "qa-train.jsonl", 96, seed=5)
+    write_qa_data(root / "data" / "qa-dev.jsonl", 48, seed=6)
+    write_chat_data(root / "data" / "chat-train.jsonl", 96, seed=7)
+    write_chat_data(root / "data" / "chat-dev.jsonl", 48, seed=8)
     write_ner_data(root / "data" / "ner-train.jsonl", 96, seed=3)
     write_ner_data(root / "data" / "ner-dev.jsonl", 48, seed=4)
     write_topic_data(root / "data" / "train.jsonl", 96, seed=1)

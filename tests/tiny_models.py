@@ -18,13 +18,23 @@ WORDS = (
 ).split()
 
 
-def _save_tokenizer(folder: Path) -> int:
-    """A WordPiece tokenizer over ``WORDS`` with BERT's special tokens; returns the vocabulary size."""
+# A chat template in the style of the hub's (role markers are special tokens, the assistant turn ends
+# with the end-of-text token), for the causal-LM fixtures.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '[USR]' if m['role'] == 'user' else '[BOT]' }} {{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %} {{ eos_token }}{% endif %} {% endfor %}"
+    "{% if add_generation_prompt %}[BOT] {% endif %}"
+)
+
+
+def _save_tokenizer(folder: Path, chat: bool = False) -> int:
+    """A WordPiece tokenizer over ``WORDS`` with BERT's special tokens (and, with ``chat``, role markers,
+    begin/end-of-text tokens and a chat template); returns the vocabulary size."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
     from transformers import BertTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (["[USR]", "[BOT]"] if chat else [])
     vocab = {token: index for index, token in enumerate(specials + list(WORDS))}
     tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -36,6 +46,10 @@ def _save_tokenizer(folder: Path) -> int:
     tokenizer.decoder = decoders.WordPiece()
     fast = BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    if chat:
+        fast.add_special_tokens({"bos_token": "[CLS]", "eos_token": "[SEP]",
+                                 "additional_special_tokens": ["[USR]", "[BOT]"]})
+        fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(folder)
     return len(vocab)
 
@@ -45,7 +59,12 @@ def make_tiny_bert(folder: Path, seed: int = 0) -> Path:
     return make_tiny_model(folder, "bert", seed)
 
 
-def make_tiny_model(folder: Path, kind: str, seed: int = 0) -> Path:
+def make_tiny_chat_llama(folder: Path, seed: int = 0) -> Path:
+    """A tiny Llama whose tokenizer has begin/end-of-text tokens and a chat template."""
+    return make_tiny_model(folder, "llama", seed, chat=True)
+
+
+def make_tiny_model(folder: Path, kind: str, seed: int = 0, chat: bool = False) -> Path:
     """A tiny seeded base model of architecture ``kind`` (bert, roberta, distilbert, llama) plus tokenizer.
 
     The architectures differ in what the build must get right: token type ids (BERT), offset position
@@ -55,7 +74,7 @@ def make_tiny_model(folder: Path, kind: str, seed: int = 0) -> Path:
     from transformers import AutoModel, BertConfig, DistilBertConfig, LlamaConfig, RobertaConfig
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab_size = _save_tokenizer(folder)
+    vocab_size = _save_tokenizer(folder, chat)
     # Wider init than the usual 0.02: random features that a tiny adapter can learn from in tests.
     common = {"vocab_size": vocab_size, "pad_token_id": 0, "initializer_range": 0.2}
     configs = {

@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 an EdgeSdkError (message on stderr), 2 a usage error (c
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -43,8 +44,8 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to write the bundle to.")
-@click.option("--task", help="Task of a model folder (e.g. seq-cls); a recipe names its own.")
-@click.option("--labels", help="Comma-separated labels, or a file with one label per line.")
+@click.option("--task", help="seq-cls, token-cls, qa or causal-lm (a recipe names its own).")
+@click.option("--labels", help="seq-cls/token-cls: comma-separated labels, or a file with one label per line.")
 @click.option("--rank", type=int, help="LoRA rank (default 8).")
 @click.option("--alpha", type=float, help="LoRA alpha (default 16).")
 @click.option("--target-modules", help="Comma-separated module names LoRA adapts (default: per architecture).")
@@ -56,11 +57,11 @@ def cli(verbose: bool) -> None:
 def build(source: Path, out: Path, task: str | None, labels: str | None, rank: int | None, alpha: float | None,
           target_modules: str | None, max_length: int | None, profile: str | None, seed: int | None,
           overwrite: bool, as_json: bool) -> None:
-    """Build a bundle from a model folder or a recipe (models/*.toml)."""
+    """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml)."""
     try:
         from edge_sdk.host.build import build_bundle
         from edge_sdk.host.config import BuildConfig, load_recipe
-        from edge_sdk.host.model_source import check_model_dir
+        from edge_sdk.host.model_source import check_gguf_file, check_model_dir
     except ImportError as exc:
         raise DependencyError(
             f"`edge-sdk build` runs on the host and needs torch, transformers and peft ({exc.name} is missing); "
@@ -74,9 +75,10 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, rank: i
         config = load_recipe(source)
     else:
         if task is None:
-            raise click.UsageError("building from a model folder needs --task (e.g. --task seq-cls)")
-        config = BuildConfig(model_dir=check_model_dir(source), task=task, labels=label_list or (),
-                             source_description=str(source))
+            raise click.UsageError("building from a model needs --task (e.g. --task seq-cls)")
+        folder, gguf_file = check_gguf_file(source) if source.suffix == ".gguf" else (check_model_dir(source), None)
+        config = BuildConfig(model_dir=folder, task=task, labels=label_list or (), source_description=str(source),
+                             gguf_file=gguf_file)
     config = config.with_overrides(task=task, labels=label_list, rank=rank, alpha=alpha,
                                    target_modules=targets, max_length=max_length, profile=profile, seed=seed)
     path = build_bundle(config, out, overwrite=overwrite, progress=None if as_json else note)
@@ -255,24 +257,65 @@ def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None,
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--text", "texts", multiple=True, help="Text to classify (repeatable).")
+@click.option("--text", "texts", multiple=True,
+              help="Text to run the task on (repeatable): to classify or tag, a question (qa), a prompt (causal-lm).")
 @click.option("--file", "text_file", type=click.File("r", encoding="utf-8"), help="One text per line ('-' for stdin).")
+@click.option("--context", help="qa: the text the questions are answered from.")
+@click.option("--context-file", type=click.File("r", encoding="utf-8"), help="qa: read the context from a file.")
 @click.option("--adapter", help="Adapter to use (default: 'default' if personalized, else 'initial').")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True,
+              help="causal-lm: most tokens to generate.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="causal-lm: sampling temperature; 0 picks the most likely token (greedy).")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="causal-lm: sample among the k most likely tokens (0: all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="causal-lm: sample among the most likely tokens that cover this probability.")
+@click.option("--stop", multiple=True, help="causal-lm: stop when this text is generated (repeatable).")
+@click.option("--seed", type=int, help="causal-lm: seed of the sampling.")
+@click.option("--raw", is_flag=True, help="causal-lm: use the prompt as is, without the model's chat template.")
 @_threads_option
 @click.option("--json", "as_json", is_flag=True)
-def infer(bundle: Path, texts: tuple[str, ...], text_file, adapter: str | None, threads: int | None,
-          as_json: bool) -> None:
-    """Classify texts with the bundle and an adapter."""
+def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, context_file, adapter: str | None,
+          max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop: tuple[str, ...],
+          seed: int | None, raw: bool, threads: int | None, as_json: bool) -> None:
+    """Run the bundle's task with an adapter: classify, tag, answer, or generate (streamed)."""
     inputs = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
     if not inputs:
         raise click.UsageError("give at least one --text or a --file")
-    predictions = _open(bundle, threads).infer(inputs, adapter=adapter)
+    if context is not None and context_file is not None:
+        raise click.UsageError("give --context or --context-file, not both")
+    if context_file is not None:
+        context = context_file.read()
+    device_bundle = _open(bundle, threads)
+    if device_bundle.generates:
+        from edge_sdk.device.generation import GenerationSettings
+
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                      top_p=top_p, stop=stop, seed=seed)
+        _generate(device_bundle, inputs, settings, adapter, not raw, as_json)
+        return
+    predictions = device_bundle.infer(inputs, adapter=adapter, context=context)
     if as_json:
         emit_json({"predictions": [{"text": text} | p.to_dict()
                                    for text, p in zip(inputs, predictions, strict=True)]})
         return
     for text, prediction in zip(inputs, predictions, strict=True):
         click.echo(f"{prediction.to_text()}\t{text}")
+
+
+def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, chat: bool, as_json: bool) -> None:
+    """Stream each prompt's generated text to stdout as it comes (or print one JSON object per prompt)."""
+    for prompt in prompts:
+        stream = None if as_json else (lambda piece: click.echo(piece, nl=False))
+        result = device_bundle.generate(prompt, settings, adapter=adapter, chat=chat, on_text=stream)
+        info = result.to_dict()
+        if as_json:
+            click.echo(json.dumps({"prompt": prompt} | info))
+        else:
+            click.echo()
+            note(f"[{info['tokens']['generated']} tokens, {info['tokens_per_second']:.1f} tokens/s, "
+                 f"stop: {info['stop_reason']}]")
 
 
 def main() -> None:

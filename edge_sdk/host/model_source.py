@@ -25,6 +25,14 @@ def check_model_dir(path: Path) -> Path:
     return path.resolve()
 
 
+def check_gguf_file(path: Path) -> tuple[Path, str]:
+    """A single-file GGUF model (llama.cpp's format): its folder and file name, as transformers loads it.
+    Quantized GGUF weights are dequantized to float32 when the model loads."""
+    if not path.is_file():
+        raise ModelSourceError(f"GGUF model file {str(path)!r} does not exist")
+    return path.resolve().parent, path.name
+
+
 def package_dir(package: str) -> Path:
     """The install folder of a distribution's top-level module, found without importing it."""
     module = package.replace("-", "_")
@@ -36,17 +44,27 @@ def package_dir(package: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def resolve_model_source(source: Any, recipe_dir: Path, recipe: Path) -> tuple[Path, str]:
-    """Turn a recipe's ``model`` entry (a path string or a ``{package, path}`` table) into a folder."""
+def resolve_model_source(source: Any, recipe_dir: Path, recipe: Path) -> tuple[Path, str, str | None]:
+    """Turn a recipe's ``model`` entry into (folder, description, GGUF file name or None).
+
+    ``model`` is a folder path (relative to the recipe), a ``.gguf`` file path, or a table
+    ``{package = ..., path = ...}`` / ``{package = ..., gguf = ...}`` naming a model an installed package ships.
+    """
     if isinstance(source, str):
-        folder = Path(source)
-        if not folder.is_absolute():
-            folder = recipe_dir / folder
-        return check_model_dir(folder), source
+        path = Path(source)
+        if not path.is_absolute():
+            path = recipe_dir / path
+        if path.suffix == ".gguf":
+            folder, name = check_gguf_file(path)
+            return folder, source, name
+        return check_model_dir(path), source, None
     if isinstance(source, dict) and "package" in source:
         folder = package_dir(source["package"]) / source.get("path", "")
-        return check_model_dir(folder), f"package {source['package']}/{source.get('path', '')}"
+        if "gguf" in source:
+            gguf_folder, name = check_gguf_file(folder / source["gguf"])
+            return gguf_folder, f"package {source['package']}/{source['gguf']}", name
+        return check_model_dir(folder), f"package {source['package']}/{source.get('path', '')}", None
     raise ConfigError(
-        f"recipe {str(recipe)!r}: `model` must be a folder path or a table {{package = ..., path = ...}}, "
-        f"got {source!r}"
+        f"recipe {str(recipe)!r}: `model` must be a folder path, a .gguf file or a table "
+        f"{{package = ..., path = ... | gguf = ...}}, got {source!r}"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.errors import BundleError
 
-TASK_NAMES: tuple[str, ...] = ("seq-cls", "token-cls")
+TASK_NAMES: tuple[str, ...] = ("seq-cls", "token-cls", "qa", "causal-lm")
 
 
 def device_task(manifest: Manifest, tokenizer):
@@ -19,6 +19,14 @@ def device_task(manifest: Manifest, tokenizer):
         from edge_sdk.tasks.token_cls import TokenClsTask
 
         return TokenClsTask(manifest.labels, tokenizer)
+    if manifest.task == "qa":
+        from edge_sdk.tasks.qa import QaTask
+
+        return QaTask(tokenizer, manifest.max_length)
+    if manifest.task == "causal-lm":
+        from edge_sdk.tasks.causal_lm import CausalLmTask
+
+        return CausalLmTask(tokenizer, manifest)
     raise BundleError(
         f"bundle task {manifest.task!r} is not supported by this device runtime (supports "
         f"{', '.join(TASK_NAMES)}); upgrade edge-sdk"

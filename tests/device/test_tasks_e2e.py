@@ -6,6 +6,7 @@ Adding a task to the registry without adding it here fails `test_every_registere
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +17,25 @@ from edge_sdk.cli.main import cli
 from edge_sdk.device import DeviceBundle, TrainingSettings
 from edge_sdk.tasks.registry import TASK_NAMES
 
-# task -> (fixture bundle, train file, dev file, metric keys of `evaluate`, a text to infer on)
+
+@dataclass(frozen=True)
+class Case:
+    bundle: str               # fixture bundle
+    train: str                # data files under the fixtures' data/
+    dev: str
+    metrics: set[str]         # what `evaluate` reports besides loss and examples
+    text: str                 # an input to infer on
+    context: str | None = None
+
+
 CASES = {
-    "seq-cls": ("tiny-seq-cls", "train.jsonl", "dev.jsonl", {"accuracy"}, "goal in the cup match"),
-    "token-cls": ("tiny-token-cls", "ner-train.jsonl", "ner-dev.jsonl", {"f1", "precision", "recall"},
-                  "alice and bob flew to paris"),
+    "seq-cls": Case("tiny-seq-cls", "train.jsonl", "dev.jsonl", {"accuracy"}, "goal in the cup match"),
+    "token-cls": Case("tiny-token-cls", "ner-train.jsonl", "ner-dev.jsonl", {"f1", "precision", "recall"},
+                      "alice and bob flew to paris"),
+    "qa": Case("tiny-qa", "qa-train.jsonl", "qa-dev.jsonl", {"exact_match", "f1"}, "player",
+               context="the market in paris and alice was there"),
+    "causal-lm": Case("tiny-causal-lm", "chat-train.jsonl", "chat-dev.jsonl", {"perplexity", "tokens"},
+                      "match goal"),
 }
 SETTINGS = TrainingSettings(epochs=3, learning_rate=2e-2, batch_size=16, seed=1)
 
@@ -33,37 +48,44 @@ def test_every_registered_task_is_covered() -> None:
 def case(request, fixtures_dir: Path, tmp_path: Path):
     import shutil
 
-    bundle, train, dev, metrics, text = CASES[request.param]
-    copy = Path(shutil.copytree(fixtures_dir / bundle, tmp_path / bundle))
-    return request.param, copy, fixtures_dir / "data" / train, fixtures_dir / "data" / dev, metrics, text
+    case = CASES[request.param]
+    copy = Path(shutil.copytree(fixtures_dir / case.bundle, tmp_path / case.bundle))
+    data = fixtures_dir / "data"
+    return request.param, copy, data / case.train, data / case.dev, case
 
 
 def test_personalize_evaluate_infer(case) -> None:
-    task, bundle_path, train, dev, metrics, text = case
+    task, bundle_path, train, dev, spec = case
     bundle = DeviceBundle.open(bundle_path)
     assert bundle.manifest.task == task and bundle.task.name == task
     before = bundle.evaluate(dev, adapter="initial")
     result = bundle.personalize(train, dev, adapter="user", settings=SETTINGS)
     after = bundle.evaluate(dev, adapter="user")
-    assert set(before) == set(after) == metrics | {"loss", "examples"}
+    assert set(before) == set(after) == spec.metrics | {"loss", "examples"}
     assert np.mean(result.losses[-3:]) < result.losses[0]
     assert after["loss"] < before["loss"]
     assert result.history[result.best_epoch - 1]["eval"][bundle.task.metric] == pytest.approx(after[bundle.task.metric])
-    prediction = bundle.infer([text], adapter="user")[0]
+    prediction = bundle.infer([spec.text], adapter="user", context=spec.context)[0]
     assert json.loads(json.dumps(prediction.to_dict()))  # JSON-serialisable
     assert isinstance(prediction.to_text(), str)
 
 
 def test_cli_round_trip(case) -> None:
-    task, bundle_path, train, dev, metrics, text = case
+    task, bundle_path, train, dev, spec = case
     runner = CliRunner()
     trained = runner.invoke(cli, ["personalize", str(bundle_path), "--data", str(train), "--epochs", "1", "--json"])
     assert trained.exit_code == 0, trained.output
     evaluated = runner.invoke(cli, ["evaluate", str(bundle_path), "--data", str(dev), "--json"])
-    assert evaluated.exit_code == 0 and set(json.loads(evaluated.stdout)) == metrics | {"loss", "examples"}
-    inferred = runner.invoke(cli, ["infer", str(bundle_path), "--text", text, "--json"])
-    assert inferred.exit_code == 0
-    assert json.loads(inferred.stdout)["predictions"][0]["text"] == text
+    assert evaluated.exit_code == 0 and set(json.loads(evaluated.stdout)) == spec.metrics | {"loss", "examples"}
+    context = ["--context", spec.context] if spec.context else []
+    inferred = runner.invoke(cli, ["infer", str(bundle_path), "--text", spec.text, *context, "--json"])
+    assert inferred.exit_code == 0, inferred.output
+    if task == "causal-lm":
+        generated = json.loads(inferred.stdout)
+        assert generated["prompt"] == spec.text and isinstance(generated["text"], str)
+        assert generated["tokens"]["generated"] >= 1
+    else:
+        assert json.loads(inferred.stdout)["predictions"][0]["text"] == spec.text
 
 
 def test_token_cls_entities_come_back_as_spans(fixtures_dir: Path) -> None:
