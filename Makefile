@@ -59,6 +59,8 @@ lint: $(HOST)/.installed
 clean:
 	rm -rf build $(HOST) $(DEVICE) $(STOCK)
 
-# Training-step time: PyTorch eager + PEFT vs ort-training vs portable (training build and stock).
+# Training-step time: PyTorch eager + PEFT vs ort-training vs portable (training build and stock);
+# SmolLM2 generation speed (tokens/s): the device runtime vs PyTorch + PEFT.
 bench: setup
 	$(HOST)/bin/python tools/bench.py
+	$(HOST)/bin/python tools/bench_generation.py

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiny_models import WORDS, make_tiny_bert, make_tiny_chat_llama  # noqa: E402
+from tiny_seq2seq import make_tiny_seq2seq  # noqa: E402
 
 LABELS = ("business", "sport", "tech")
 TOPIC_WORDS = {
@@ -105,9 +106,21 @@ def write_chat_data(path: Path, count: int, seed: int) -> Path:
     return path
 
 
+def write_seq2seq_data(path: Path, count: int, seed: int) -> Path:
+    """Sources of topic words; the target is that topic's fixed phrase (a "translation" a model can learn)."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(count):
+            topic = rng.choice(LABELS)
+            source = " ".join(rng.choices(TOPIC_WORDS[topic], k=3) + rng.choices(FILLER, k=2))
+            handle.write(json.dumps({"source": source, "target": REPLIES[topic]}) + "\n")
+    return path
+
+
 def make_fixtures(root: Path) -> Path:
     """Write ``tiny-model/``, bundles ``tiny-seq-cls/``, ``other-seq-cls/``, ``tiny-token-cls/``, ``tiny-qa/``,
-    ``tiny-causal-lm/`` and ``data/``."""
+    ``tiny-causal-lm/``, ``tiny-seq2seq/`` and ``data/``."""
     from edge_sdk.host.build import build_bundle
     from edge_sdk.host.config import BuildConfig
 
@@ -125,6 +138,11 @@ def make_fixtures(root: Path) -> Path:
     chat_model = make_tiny_chat_llama(root / "tiny-chat-model", seed=0)
     build_bundle(BuildConfig(model_dir=chat_model, task="causal-lm", labels=(), max_length=32),
                  root / "tiny-causal-lm", overwrite=True)
+    seq2seq_model = make_tiny_seq2seq(root / "tiny-seq2seq-model", "bart", seed=0)
+    build_bundle(BuildConfig(model_dir=seq2seq_model, task="seq2seq", labels=(), max_length=32),
+                 root / "tiny-seq2seq", overwrite=True)
+    write_seq2seq_data(root / "data" / "s2s-train.jsonl", 96, seed=9)
+    write_seq2seq_data(root / "data" / "s2s-dev.jsonl", 48, seed=10)
     write_qa_data(root / "data" / "qa-train.jsonl", 96, seed=5)
     write_qa_data(root / "data" / "qa-dev.jsonl", 48, seed=6)
     write_chat_data(root / "data" / "chat-train.jsonl", 96, seed=7)

@@ -44,7 +44,7 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to write the bundle to.")
-@click.option("--task", help="seq-cls, token-cls, qa or causal-lm (a recipe names its own).")
+@click.option("--task", help="seq-cls, token-cls, qa, causal-lm or seq2seq (a recipe names its own).")
 @click.option("--labels", help="seq-cls/token-cls: comma-separated labels, or a file with one label per line.")
 @click.option("--rank", type=int, help="LoRA rank (default 8).")
 @click.option("--alpha", type=float, help="LoRA alpha (default 16).")
@@ -274,11 +274,13 @@ def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None,
 @click.option("--stop", multiple=True, help="causal-lm: stop when this text is generated (repeatable).")
 @click.option("--seed", type=int, help="causal-lm: seed of the sampling.")
 @click.option("--raw", is_flag=True, help="causal-lm: use the prompt as is, without the model's chat template.")
+@click.option("--num-beams", type=click.IntRange(min=1), default=1, show_default=True,
+              help="seq2seq: beam search with this many beams (1: greedy).")
 @_threads_option
 @click.option("--json", "as_json", is_flag=True)
 def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, context_file, adapter: str | None,
           max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop: tuple[str, ...],
-          seed: int | None, raw: bool, threads: int | None, as_json: bool) -> None:
+          seed: int | None, raw: bool, num_beams: int, threads: int | None, as_json: bool) -> None:
     """Run the bundle's task with an adapter: classify, tag, answer, or generate (streamed)."""
     inputs = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
     if not inputs:
@@ -293,7 +295,7 @@ def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, 
 
         settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                       top_p=top_p, stop=stop, seed=seed)
-        _generate(device_bundle, inputs, settings, adapter, not raw, as_json)
+        _generate(device_bundle, inputs, settings, adapter, not raw, num_beams, as_json)
         return
     predictions = device_bundle.infer(inputs, adapter=adapter, context=context)
     if as_json:
@@ -304,11 +306,13 @@ def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, 
         click.echo(f"{prediction.to_text()}\t{text}")
 
 
-def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, chat: bool, as_json: bool) -> None:
+def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, chat: bool, num_beams: int,
+              as_json: bool) -> None:
     """Stream each prompt's generated text to stdout as it comes (or print one JSON object per prompt)."""
     for prompt in prompts:
         stream = None if as_json else (lambda piece: click.echo(piece, nl=False))
-        result = device_bundle.generate(prompt, settings, adapter=adapter, chat=chat, on_text=stream)
+        result = device_bundle.generate(prompt, settings, adapter=adapter, chat=chat, on_text=stream,
+                                        num_beams=num_beams)
         info = result.to_dict()
         if as_json:
             click.echo(json.dumps({"prompt": prompt} | info))

@@ -85,6 +85,7 @@ class DeviceBundle:
         encoded = data.encoded
         session = self._inference_session()
         names = [spec.name for spec in self.manifest.outputs]
+        graph_inputs = {value.name for value in session.get_inputs()}
         per_token = {spec.name: "sequence" in spec.shape for spec in self.manifest.outputs}
         left = self.tokenizer.left_padding
         order = np.argsort([len(ids) for ids, _ in encoded], kind="stable")
@@ -95,6 +96,9 @@ class DeviceBundle:
             rows = order[start:start + self._rows_per_batch(longest)]
             start += len(rows)
             feeds = self.tokenizer.pad([encoded[i] for i in rows]) | weights
+            if data.targets is not None:  # teacher-forced decoder inputs of seq2seq models are built from targets
+                extra = self.task.targets(data, rows, feeds["input_ids"].shape[1])
+                feeds |= {name: value for name, value in extra.items() if name in graph_inputs}
             batch = dict(zip(names, session.run(names, feeds), strict=True))
             for position, row in enumerate(rows):
                 length = len(encoded[row][0])
@@ -123,36 +127,75 @@ class DeviceBundle:
         """Whether this bundle's task produces text (causal-lm) rather than labels, tags or spans."""
         return "generation" in self.manifest.inference
 
+    def _session_for(self, relative: str):
+        import onnxruntime
+
+        profile = profile_from_dict(self.manifest.profile)
+        return onnxruntime.InferenceSession(str(self.bundle.path(relative)), profile.session_options(self.threads),
+                                            providers=profile.providers)
+
     def _generator(self):
         if self._decoder is None:
-            import onnxruntime
-
-            from edge_sdk.device.generation import CausalGenerator
-
             spec = self.manifest.inference["generation"]
-            profile = profile_from_dict(self.manifest.profile)
-            session = onnxruntime.InferenceSession(str(self.bundle.path(spec["model"])),
-                                                   profile.session_options(self.threads), providers=profile.providers)
-            self._decoder = CausalGenerator(session, spec, set(spec["eos_token_ids"]), self.tokenizer.decode)
+            if self.manifest.task == "seq2seq":
+                from edge_sdk.device.seq2seq_generation import Seq2SeqGenerator
+
+                self._decoder = Seq2SeqGenerator(self._session_for(spec["encoder"]["file"]),
+                                                 self._session_for(spec["decoder"]["file"]), spec)
+            else:
+                from edge_sdk.device.generation import CausalGenerator
+
+                self._decoder = CausalGenerator(self._session_for(spec["file"]), spec, set(spec["eos_token_ids"]),
+                                                self.tokenizer.decode)
         return self._decoder
 
     def generate(self, prompt: str, settings=None, adapter: str | None = None, chat: bool = True,
-                 on_text: Callable[[str], None] | None = None):
-        """Generate a reply to ``prompt`` (through the model's chat template unless ``chat=False``), calling
-        ``on_text`` with each new piece of text as it is produced."""
+                 on_text: Callable[[str], None] | None = None, num_beams: int = 1):
+        """Generate text for ``prompt``: a causal LM's reply (through the model's chat template unless
+        ``chat=False``, streamed to ``on_text`` piece by piece), or a seq2seq model's output for the source
+        text (greedy, or beam search with ``num_beams`` > 1; ``on_text`` gets the whole text)."""
         from edge_sdk.device.generation import GenerationSettings
 
         if not self.generates:
-            raise ConfigError(f"this bundle's task is {self.manifest.task}; only causal-lm bundles generate text")
+            raise ConfigError(f"this bundle's task is {self.manifest.task}; only causal-lm and seq2seq bundles "
+                              "generate text")
         settings = settings or GenerationSettings()
         settings.validate()
+        weights = self.adapters.load(self.resolve_adapter(adapter))
+        if self.manifest.task == "seq2seq":
+            return self._translate(prompt, settings, weights, on_text, num_beams)
+        if num_beams != 1:
+            raise ConfigError("beam search is for seq2seq bundles; causal-lm generation samples or picks greedily")
         prompt_ids = self.task.prompt_ids(prompt, chat)
-        limit = self.manifest.inference["generation"]["max_positions"]
-        if len(prompt_ids) + settings.max_new_tokens > limit:
+        limit = self.manifest.inference["generation"].get("max_positions")
+        if limit and len(prompt_ids) + settings.max_new_tokens > limit:
             raise ConfigError(f"the prompt is {len(prompt_ids)} tokens; with {settings.max_new_tokens} new tokens "
                               f"that exceeds the model's {limit} positions; shorten the prompt or --max-new-tokens")
-        weights = self.adapters.load(self.resolve_adapter(adapter))
         return self._generator().generate(prompt_ids, weights, settings, on_text)
+
+    def _translate(self, source: str, settings, weights: dict[str, np.ndarray],
+                   on_text: Callable[[str], None] | None, num_beams: int):
+        from edge_sdk.device.generation import GenerationResult
+
+        if settings.temperature or settings.top_k or settings.top_p < 1 or settings.stop:
+            raise ConfigError("seq2seq generation is greedy or beam search: sampling settings and stop strings "
+                              "are for causal-lm bundles")
+        started = time.perf_counter()
+        (ids, _), = self.tokenizer.encode_full([source])
+        spec = self.manifest.inference["generation"]
+        eos = set(spec["generation"]["eos_token_ids"])
+        # A decoder with absolute positions cannot go past its table: stop there, as transformers does.
+        limit = spec["decoder"].get("max_positions")
+        most = min(settings.max_new_tokens, limit - 1) if limit else settings.max_new_tokens
+        output = self._generator().generate(ids[None], np.ones((1, len(ids)), np.int64), weights,
+                                            max_new_tokens=most, num_beams=num_beams)[0]
+        reason = "length" if len(output) >= most else "eos"
+        tokens = [token for token in output if token not in eos]
+        text = self.tokenizer.decode(tokens)
+        if on_text:
+            on_text(text)
+        return GenerationResult(text=text, token_ids=tokens, prompt_tokens=len(ids), new_tokens=len(output),
+                                stop_reason=reason, seconds=time.perf_counter() - started)
 
     def _score(self, data: TaskData, weights: dict[str, np.ndarray]) -> dict[str, float]:
         return self.task.score(data, self.outputs(data, weights))

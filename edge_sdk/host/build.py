@@ -25,11 +25,13 @@ from edge_sdk.host.export import (
     sample_batch,
     torch_reference,
 )
+from edge_sdk.host.generation_graphs import generation_graphs
 from edge_sdk.host.inference_graph import inference_model
 from edge_sdk.host.model_loading import LoadedModel, load_for_task
 from edge_sdk.host.portable.assemble import build_train_step, state_names
 from edge_sdk.host.portable.validate import validate_portable_step
 from edge_sdk.host.portable.weights import save_with_shared_weights
+from edge_sdk.host.seq2seq_export import export_seq2seq_training_graph
 from edge_sdk.host.tasks import host_task
 from edge_sdk.profiles import load_profile
 
@@ -98,6 +100,21 @@ def _validate(loaded: LoadedModel, forward_path: Path, inference_path: Path, bat
     return diffs
 
 
+def _seq2seq_batch(loaded: LoadedModel, max_length: int, texts: list[str]) -> dict[str, np.ndarray]:
+    """Sources and targets (the texts, rotated by one) with the teacher-forced decoder inputs."""
+    from edge_sdk.device.seq2seq_generation import teacher_forced_inputs
+    from edge_sdk.host.seq2seq_export import generation_spec
+
+    tokenizer = loaded.tokenizer
+    sources = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    targets = tokenizer(text_target=texts[1:] + texts[:1], truncation=True, max_length=max_length)["input_ids"]
+    spec = generation_spec(loaded.model)
+    decoder = teacher_forced_inputs(targets, spec.decoder_start_token_id, spec.pad_token_id)
+    return {"input_ids": sources["input_ids"].astype(np.int64), "attention_mask": sources["attention_mask"].astype(
+        np.int64), "decoder_input_ids": decoder["decoder_input_ids"],
+        "decoder_attention_mask": decoder["decoder_attention_mask"]}
+
+
 def _tokenizer_info(tokenizer) -> dict:
     """What the device tokenizer cannot read from tokenizer.json: padding, the special tokens a chat
     template names, and the template itself."""
@@ -136,13 +153,19 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
     with BundleWriter(out, overwrite=overwrite) as writer, tempfile.TemporaryDirectory() as scratch:
         report(f"loading {config.model_dir} and applying LoRA r={config.lora.rank}")
         loaded = load_for_task(config)
-        input_names = model_input_names(loaded.model, loaded.tokenizer, loaded.model_type)
-        export_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _EXPORT_TEXTS)
-        validation_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _VALIDATION_TEXTS)
-
         report("exporting the training-safe ONNX graph")
-        graph = export_training_graph(loaded.model, export_batch, list(task.outputs), Path(scratch) / "forward.onnx",
-                                      config.opset, per_token=task.per_token)
+        if task.name == "seq2seq":
+            input_names = ["input_ids", "attention_mask"]
+            export_batch = _seq2seq_batch(loaded, config.max_length, _EXPORT_TEXTS)
+            validation_batch = _seq2seq_batch(loaded, config.max_length, _VALIDATION_TEXTS)
+            graph = export_seq2seq_training_graph(loaded.model, export_batch, Path(scratch) / "forward.onnx",
+                                                  config.opset)
+        else:
+            input_names = model_input_names(loaded.model, loaded.tokenizer, loaded.model_type)
+            export_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _EXPORT_TEXTS)
+            validation_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _VALIDATION_TEXTS)
+            graph = export_training_graph(loaded.model, export_batch, list(task.outputs),
+                                          Path(scratch) / "forward.onnx", config.opset, per_token=task.per_token)
         classes = _classes(config, loaded)
         report("building ONNX Runtime training artifacts")
         training_dir = writer.folder(TRAINING_DIR)
@@ -155,16 +178,22 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             frozen_values={init.name: init for init in forward.graph.initializer},
             trainable=graph.trainable, batch_inputs=[*input_names, *task.target_inputs],
         )
+        initial = _trainable_weights(loaded.model)
+        generation = None
+        if task.name in ("causal-lm", "seq2seq"):
+            report("exporting the generation graphs (KV cache) and checking them against PyTorch")
+            generation = generation_graphs(task.name, loaded, Path(scratch), config.opset, graph.trainable,
+                                           validation_batch, _perturbed(initial, config.seed))
         inference_path, train_step_path = writer.path(INFERENCE_MODEL), writer.path(TRAIN_STEP_MODEL)
         # The step copied its frozen initializers, so the forward graph itself can become the inference graph.
-        save_with_shared_weights({inference_path: inference_model(forward, graph.trainable),
-                                  train_step_path: train_step}, writer.path(BASE_WEIGHTS))
+        graphs = {inference_path: inference_model(forward, graph.trainable), train_step_path: train_step}
+        graphs |= {writer.path(relative): model for relative, model in (generation[0] if generation else {}).items()}
+        save_with_shared_weights(graphs, writer.path(BASE_WEIGHTS))
         report("validating the ONNX graphs against PyTorch")
         diffs = _validate(loaded, graph.path, inference_path, validation_batch, list(task.outputs), graph.trainable,
                           config.seed)
 
         loaded.tokenizer.save_pretrained(str(writer.folder(TOKENIZER_DIR)))
-        initial = _trainable_weights(loaded.model)
         save_file(initial, str(writer.path(INITIAL_ADAPTER)), metadata={"format": "edge-sdk-adapter"})
 
         manifest = Manifest(
@@ -198,7 +227,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
                 "portable": {"model": TRAIN_STEP_MODEL, "weights": BASE_WEIGHTS,
                              "names": state_names(graph.trainable, train_step)},
             },
-            inference={"model": INFERENCE_MODEL, "weights": BASE_WEIGHTS, "initial_adapter": INITIAL_ADAPTER},
+            inference={"model": INFERENCE_MODEL, "weights": BASE_WEIGHTS, "initial_adapter": INITIAL_ADAPTER}
+            | ({"generation": generation[1]} if generation else {}),
             profile=profile.to_dict(),
             build={
                 "seed": config.seed,

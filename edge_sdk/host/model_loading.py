@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ def _zero_dropout_config(config) -> None:
     # Dropout in a training-mode export would make the ONNX graph random and unverifiable; the device
     # trains tiny adapters on little data, where dropout buys little.
     for key, value in config.to_dict().items():
-        if ("dropout" in key or key.endswith("_pdrop")) and isinstance(value, float):
+        if ("dropout" in key or key.endswith(("_pdrop", "layerdrop"))) and isinstance(value, float):
             setattr(config, key, 0.0)
 
 
@@ -135,11 +137,14 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
     if hf_config.pad_token_id is None and tokenizer.pad_token_id is not None:
         hf_config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(config.seed)
+    # GGUF dequantization draws its own tqdm bar on stderr, which transformers' switch above does not reach.
+    quiet = contextlib.redirect_stderr(io.StringIO()) if gguf else contextlib.nullcontext()
     try:
-        model, info = task.auto_model.from_pretrained(
-            model_dir, config=hf_config, attn_implementation="eager", ignore_mismatched_sizes=True,
-            output_loading_info=True, dtype=torch.float32, **gguf,
-        )
+        with quiet:
+            model, info = task.auto_model.from_pretrained(
+                model_dir, config=hf_config, attn_implementation="eager", ignore_mismatched_sizes=True,
+                output_loading_info=True, dtype=torch.float32, **gguf,
+            )
     except ValueError as exc:
         raise ConfigError(
             f"model type {hf_config.model_type!r} has no {config.task} head in transformers: {exc}"

@@ -12,6 +12,7 @@ from peft import TaskType
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
@@ -33,9 +34,10 @@ class HostTask:
     sample_targets: Callable[[dict[str, np.ndarray], int, np.random.Generator], dict[str, np.ndarray]]
     uses_labels: bool = True              # classification: the user names the classes (--labels)
     class_axis: bool = True               # outputs end in a classes axis (labels, or the vocabulary)
+    sequence_axis: str = "sequence"       # seq2seq outputs follow the target, not the input sequence
 
     def output_shape(self, classes: int) -> list[int | str]:
-        shape: list[int | str] = ["batch", "sequence"] if self.per_token else ["batch"]
+        shape: list[int | str] = ["batch", self.sequence_axis] if self.per_token else ["batch"]
         return [*shape, classes] if self.class_axis else shape
 
 
@@ -99,6 +101,13 @@ def _next_tokens(batch: dict[str, np.ndarray], vocabulary: int, rng: np.random.G
     return {"labels": labels}
 
 
+def _target_tokens(batch: dict[str, np.ndarray], vocabulary: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    # The batch already holds the teacher-forced decoder inputs; labels are any tokens where they are real.
+    labels = rng.integers(0, vocabulary, size=batch["decoder_input_ids"].shape).astype(np.int64)
+    labels[batch["decoder_attention_mask"] == 0] = IGNORE_INDEX
+    return {"labels": labels}
+
+
 def _sequence_labels(batch: dict[str, np.ndarray], classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {"labels": rng.integers(0, classes, size=len(batch["input_ids"])).astype(np.int64)}
 
@@ -122,6 +131,12 @@ TASKS: dict[str, HostTask] = {
         HostTask("causal-lm", AutoModelForCausalLM, TaskType.CAUSAL_LM, ("logits",), True,
                  {"labels": ["batch", "sequence"]}, lambda n: _cross_entropy_block(n, flatten=True), _next_tokens,
                  uses_labels=False),
+        # The decoder's inputs are built from the targets on the device (teacher forcing), so they are
+        # target inputs of the training step, next to the labels.
+        HostTask("seq2seq", AutoModelForSeq2SeqLM, TaskType.SEQ_2_SEQ_LM, ("logits",), True,
+                 {name: ["batch", "target"] for name in ("decoder_input_ids", "decoder_attention_mask", "labels")},
+                 lambda n: _cross_entropy_block(n, flatten=True), _target_tokens, uses_labels=False,
+                 sequence_axis="target"),
     )
 }
 

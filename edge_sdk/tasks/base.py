@@ -6,6 +6,7 @@ a task only knows its data schema and what its outputs mean.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,3 +79,21 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -1
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def token_nll(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100) -> tuple[float, int]:
+    """Summed negative log-likelihood of the ``labels`` that are not ``ignore_index``, and their count
+    (``logits`` [positions, vocabulary] aligned with ``labels`` [positions])."""
+    keep = labels != ignore_index
+    chosen = logits[:len(labels)][keep].astype(np.float64)
+    shifted = chosen - chosen.max(axis=-1, keepdims=True)
+    nll = np.log(np.exp(shifted).sum(axis=-1)) - shifted[np.arange(len(chosen)), labels[keep]]
+    return float(nll.sum()), int(keep.sum())
+
+
+def perplexity_scores(outputs: list[tuple[float, int]]) -> dict[str, float]:
+    """Token-weighted mean loss over examples' (summed NLL, token count) and its perplexity."""
+    tokens = sum(count for _, count in outputs)
+    loss = sum(nll for nll, _ in outputs) / max(tokens, 1)
+    return {"perplexity": float(math.exp(min(loss, 700.0))), "loss": float(loss), "tokens": tokens,
+            "examples": len(outputs)}

@@ -8,7 +8,6 @@ Examples longer than the bundle's max length are cut at the end.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.errors import DataError
-from edge_sdk.tasks.base import TaskData, reject_context
+from edge_sdk.tasks.base import TaskData, perplexity_scores, reject_context, token_nll
 from edge_sdk.tasks.chat import render_chat
 from edge_sdk.tasks.data import Record, read_records
 
@@ -90,6 +89,8 @@ class CausalLmTask:
             else:
                 ids, first = self._pair(prompt, text)
             ids = ids[:self.max_length]
+            if first >= len(ids) and prompt is None:
+                raise DataError(f"{origin}: the text is a single token; a language model learns from at least two")
             if first >= len(ids):
                 raise DataError(f"{origin}: the prompt fills all {self.max_length} tokens the bundle takes, so no "
                                 "response token is left to learn; shorten the prompt or rebuild with --max-length")
@@ -131,21 +132,10 @@ class CausalLmTask:
         return {"labels": labels}
 
     def reduce_output(self, data: TaskData, row: int, outputs: dict[str, np.ndarray]) -> tuple[float, int]:
-        """Summed negative log-likelihood of the example's target tokens, and their count."""
-        labels = data.targets[row]
-        keep = labels != IGNORE_INDEX
-        logits = outputs["logits"][keep].astype(np.float64)
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        log_norm = np.log(np.exp(shifted).sum(axis=-1))
-        nll = log_norm - shifted[np.arange(len(logits)), labels[keep]]
-        return float(nll.sum()), int(keep.sum())
+        return token_nll(outputs["logits"], data.targets[row])
 
     def score(self, data: TaskData, outputs: list[tuple[float, int]]) -> dict[str, float]:
-        total = sum(nll for nll, _ in outputs)
-        tokens = sum(count for _, count in outputs)
-        loss = total / max(tokens, 1)
-        return {"perplexity": float(math.exp(min(loss, 700.0))), "loss": float(loss), "tokens": tokens,
-                "examples": len(outputs)}
+        return perplexity_scores(outputs)
 
     def predict(self, data: TaskData, outputs: list[tuple[float, int]]) -> list:
         raise DataError("a causal-lm bundle generates text: use DeviceBundle.generate (or `edge-sdk infer`)")

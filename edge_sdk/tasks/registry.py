@@ -6,7 +6,7 @@ from __future__ import annotations
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.errors import BundleError
 
-TASK_NAMES: tuple[str, ...] = ("seq-cls", "token-cls", "qa", "causal-lm")
+TASK_NAMES: tuple[str, ...] = ("seq-cls", "token-cls", "qa", "causal-lm", "seq2seq")
 
 
 def device_task(manifest: Manifest, tokenizer):
@@ -27,6 +27,10 @@ def device_task(manifest: Manifest, tokenizer):
         from edge_sdk.tasks.causal_lm import CausalLmTask
 
         return CausalLmTask(tokenizer, manifest)
+    if manifest.task == "seq2seq":
+        from edge_sdk.tasks.seq2seq import Seq2SeqTask
+
+        return Seq2SeqTask(tokenizer, manifest)
     raise BundleError(
         f"bundle task {manifest.task!r} is not supported by this device runtime (supports "
         f"{', '.join(TASK_NAMES)}); upgrade edge-sdk"

@@ -28,7 +28,8 @@ def test_answer_forms(tmp_path: Path) -> None:
         tmp_path / "qa.jsonl",
         {"question": "q", "context": "alice met bob in paris", "answer": "bob"},
         {"question": "q", "context": "paris and paris", "answer": "paris", "answer_start": 10},
-        {"question": "q", "context": "alice met bob", "answers": {"text": ["alice", "alice met"], "answer_start": [0, 0]}},
+        {"question": "q", "context": "alice met bob",
+         "answers": {"text": ["alice", "alice met"], "answer_start": [0, 0]}},
         {"question": "q", "context": "alice met bob", "answers": [{"text": "bob", "answer_start": 10}]},
         {"question": "q", "context": "alice met bob", "answer": ""},
     )
@@ -82,7 +83,8 @@ def test_best_span_reads_the_answer_back_from_the_context(qa_bundle: DeviceBundl
     (_, window), = data.context
     start_logits = np.zeros(len(window.ids), np.float32)
     end_logits = np.zeros(len(window.ids), np.float32)
-    paris = next(i for i, (a, b) in enumerate(window.offsets) if window.sequence_ids[i] == 1 and context[a:b] == "paris")
+    paris = next(i for i, (a, b) in enumerate(window.offsets)
+                 if window.sequence_ids[i] == 1 and context[a:b] == "paris")
     start_logits[paris] = end_logits[paris] = 5.0
     answer = qa_bundle.task.predict(data, [(start_logits, end_logits)])[0]
     assert (answer.text, answer.start, answer.end) == ("paris", 12, 17)

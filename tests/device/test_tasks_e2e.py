@@ -36,7 +36,10 @@ CASES = {
                context="the market in paris and alice was there"),
     "causal-lm": Case("tiny-causal-lm", "chat-train.jsonl", "chat-dev.jsonl", {"perplexity", "tokens"},
                       "match goal"),
+    "seq2seq": Case("tiny-seq2seq", "s2s-train.jsonl", "s2s-dev.jsonl", {"perplexity", "tokens"},
+                    "match goal the team"),
 }
+GENERATES = {"causal-lm", "seq2seq"}
 SETTINGS = TrainingSettings(epochs=3, learning_rate=2e-2, batch_size=16, seed=1)
 
 
@@ -80,7 +83,7 @@ def test_cli_round_trip(case) -> None:
     context = ["--context", spec.context] if spec.context else []
     inferred = runner.invoke(cli, ["infer", str(bundle_path), "--text", spec.text, *context, "--json"])
     assert inferred.exit_code == 0, inferred.output
-    if task == "causal-lm":
+    if task in GENERATES:
         generated = json.loads(inferred.stdout)
         assert generated["prompt"] == spec.text and isinstance(generated["text"], str)
         assert generated["tokens"]["generated"] >= 1

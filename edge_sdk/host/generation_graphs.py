@@ -1,0 +1,99 @@
+"""The generation graphs of text-producing tasks, exported and checked against PyTorch at build time:
+a decoder with a KV cache for causal LMs, an encoder plus a cached decoder step for seq2seq models.
+
+They take the adapter weights as inputs like the inference graph and share its base weights file, so a
+bundle holds the frozen base once however many graphs read it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from edge_sdk.host.model_loading import LoadedModel
+
+PORTABLE_DIR = "portable"
+
+
+def _eos_ids(loaded: LoadedModel) -> list[int]:
+    """Every token that ends a reply: the tokenizer's end-of-text and the generation config's (chat
+    models often end turns with a token of their own, e.g. <|im_end|>)."""
+    found = [loaded.tokenizer.eos_token_id]
+    configured = getattr(loaded.model.get_base_model().generation_config, "eos_token_id", None)
+    found += configured if isinstance(configured, list) else [configured]
+    return sorted({int(token) for token in found if token is not None})
+
+
+def _max_positions(config) -> int | None:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    return None  # relative positions (T5): no fixed limit
+
+
+def _causal_lm(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str],
+               batch: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    from edge_sdk.host.decoder_export import check_decoder_against_torch, export_decoder_with_cache
+
+    graph = export_decoder_with_cache(loaded.model, scratch / "decoder.onnx", opset, trainable)
+    worst = check_decoder_against_torch(loaded.model, graph, batch["input_ids"], batch["attention_mask"], weights)
+    relative = f"{PORTABLE_DIR}/decoder.onnx"
+    spec = graph.to_manifest(relative) | {
+        "eos_token_ids": _eos_ids(loaded),
+        "max_positions": _max_positions(loaded.model.get_base_model().config),
+        "validation_max_abs_diff": worst,
+    }
+    return {relative: onnx.load(str(graph.path))}, spec
+
+
+def _seq2seq(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str],
+             batch: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    from edge_sdk.host.seq2seq_export import check_seq2seq_against_torch, export_seq2seq_generation
+
+    graphs = export_seq2seq_generation(loaded.model, scratch / "seq2seq", opset, trainable)
+    with _weights_loaded(loaded.model, weights):  # non-zero LoRA weights: an adapter path that is wrong shows
+        worst = check_seq2seq_against_torch(loaded.model, graphs, batch["input_ids"], batch["attention_mask"])
+    spec = graphs.to_manifest()
+    models = {}
+    for part, graph in (("encoder", graphs.encoder), ("decoder", graphs.decoder)):
+        relative = f"{PORTABLE_DIR}/{graph.path.name}"
+        spec[part]["file"] = relative
+        models[relative] = onnx.load(str(graph.path))
+    spec["validation_max_abs_diff"] = worst
+    return models, spec
+
+
+class _weights_loaded:
+    """Temporarily load ``weights`` into the model's parameters of the same names."""
+
+    def __init__(self, model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
+        self.params = dict(model.named_parameters())
+        self.weights = weights
+        self.saved: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> None:
+        with torch.no_grad():
+            for name, value in self.weights.items():
+                self.saved[name] = self.params[name].detach().clone()
+                self.params[name].copy_(torch.from_numpy(value))
+
+    def __exit__(self, *_exc) -> None:
+        with torch.no_grad():
+            for name, value in self.saved.items():
+                self.params[name].copy_(value)
+
+
+_EXPORTERS = {"causal-lm": _causal_lm, "seq2seq": _seq2seq}
+
+
+def generation_graphs(task: str, loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str],
+                      batch: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> tuple[dict, dict] | None:
+    """({bundle path: graph}, the manifest's generation spec) for a task that generates text, else None.
+
+    ``batch`` holds sample inputs and ``weights`` non-zero adapter weights for the check against PyTorch.
+    """
+    exporter = _EXPORTERS.get(task)
+    return exporter(loaded, scratch, opset, trainable, batch, weights) if exporter else None
