@@ -122,13 +122,14 @@ def inspect(bundle: Path, as_json: bool) -> None:
     lines = [
         f"bundle      {opened.root}",
         f"task        {manifest.task}",
-        f"labels      {', '.join(manifest.labels)}",
+        f"labels      {', '.join(manifest.labels) or '(none: the task has no label list)'}",
         f"model       {manifest.model['architecture']} ({_count(manifest.model['parameters'])} parameters) "
         f"from {manifest.model['source']}",
         f"adapter     {manifest.peft['method']} r={manifest.peft['rank']} alpha={manifest.peft['alpha']} on "
         f"{', '.join(manifest.peft['target_modules'])}; trains {manifest.peft['trainable_parameters']:,} parameters",
         f"inputs      {', '.join(spec.name for spec in manifest.inputs)} (max length {manifest.max_length})",
         f"backends    {', '.join(manifest.training['backends'])}",
+        f"generation  {'KV-cache graphs (' + manifest.task + ')' if 'generation' in manifest.inference else 'no'}",
         f"profile     {manifest.profile['name']}",
         f"files       {len(manifest.files)} ({size / 1e6:.1f} MB)",
         f"adapters    {', '.join(adapters)}",

@@ -226,6 +226,10 @@ class DeviceBundle:
         """
         settings = settings or TrainingSettings()
         settings.validate()
+        limit = self.manifest.training.get("max_batch_size")
+        if limit and settings.batch_size > limit:
+            raise ConfigError(f"batch size {settings.batch_size} is above this bundle's limit of {limit} (set by its "
+                              f"recipe to bound training memory); use --batch-size {limit} or less")
         check_adapter_name(adapter)
         if adapter == INITIAL:
             raise AdapterError(f"{INITIAL!r} is the bundle's built-in adapter; personalize into another name")

@@ -220,6 +220,7 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             },
             training={
                 "backends": ["ort-training", "portable"],
+                "max_batch_size": config.max_batch_size,
                 "loss": "cross_entropy",
                 "targets": [{"name": name, "dtype": "int64", "shape": shape}
                             for name, shape in task.target_inputs.items()],

@@ -46,6 +46,7 @@ class BuildConfig:
     task: str
     labels: tuple[str, ...]
     max_length: int = 128
+    max_batch_size: int | None = None  # largest training batch the device may use (bounds its memory)
     lora: LoraSettings = field(default_factory=LoraSettings)
     profile: str = "cpu"
     seed: int = 0
@@ -77,6 +78,8 @@ class BuildConfig:
             raise ConfigError(f"labels must be unique; repeated: {', '.join(duplicates)}")
         if not isinstance(self.max_length, int) or not 8 <= self.max_length <= 8192:
             raise ConfigError(f"max sequence length must be an integer in 8..8192, got {self.max_length!r}")
+        if self.max_batch_size is not None and (not isinstance(self.max_batch_size, int) or self.max_batch_size < 1):
+            raise ConfigError(f"max_batch_size must be a positive integer, got {self.max_batch_size!r}")
         if self.opset not in range(MIN_OPSET, MAX_OPSET + 1):
             raise ConfigError(
                 f"opset {self.opset!r} is not supported for training export; use {MIN_OPSET} or {MAX_OPSET} "
@@ -92,7 +95,8 @@ class BuildConfig:
         return replace(self, lora=lora, **{k: v for k, v in changes.items() if v is not None})
 
 
-_RECIPE_KEYS = {"model", "task", "labels", "max_length", "peft", "profile", "seed", "opset", "description"}
+_RECIPE_KEYS = {"model", "task", "labels", "max_length", "max_batch_size", "peft", "profile", "seed", "opset",
+                "description"}
 _PEFT_KEYS = {"method", "rank", "alpha", "target_modules"}
 
 
@@ -135,6 +139,7 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         task=data["task"],
         labels=tuple(str(label) for label in data.get("labels", ())),
         max_length=data.get("max_length", 128),
+        max_batch_size=data.get("max_batch_size"),
         lora=lora,
         profile=data.get("profile", "cpu"),
         seed=data.get("seed", 0),

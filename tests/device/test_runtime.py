@@ -159,3 +159,15 @@ def test_reloading_weights_many_times_does_not_corrupt_memory(tiny_bundle: Path)
     for _ in range(3):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert (result.returncode, result.stdout.strip()) == (0, "done"), result.stderr[-500:]
+
+
+def test_a_recipe_batch_limit_is_enforced_with_a_clear_message(tiny_bundle: Path, tiny_data: Path) -> None:
+    manifest_path = tiny_bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["training"]["max_batch_size"] = 4
+    manifest_path.write_text(json.dumps(manifest))
+    bundle = DeviceBundle.open(tiny_bundle)
+    with pytest.raises(ConfigError, match="batch size 16 is above this bundle's limit of 4.*--batch-size 4"):
+        bundle.personalize(tiny_data / "train.jsonl", settings=TrainingSettings(epochs=1, batch_size=16))
+    assert not bundle.adapters.exists("default")
+    bundle.personalize(tiny_data / "train.jsonl", settings=TrainingSettings(epochs=1, batch_size=4))

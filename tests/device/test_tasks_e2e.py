@@ -123,3 +123,40 @@ def test_token_cls_data_errors_name_file_and_line(fixtures_dir: Path, tmp_path: 
     bad.write_text('{"tokens": ["alice"], "tags": ["B-ORG"]}\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:1.*B-ORG"):
         bundle.evaluate(bad)
+
+
+def test_a_personalized_chat_model_answers_with_what_it_learned(fixtures_dir: Path, tmp_path: Path) -> None:
+    """Train on the device, then generate through the KV-cache graph and the chat template: the tiny model
+    replies to a topic's prompt with the phrase it was taught for that topic, and stops at end-of-text."""
+    import shutil
+
+    from make_fixtures import REPLIES
+
+    from edge_sdk.device.generation import GenerationSettings
+
+    path = Path(shutil.copytree(fixtures_dir / "tiny-causal-lm", tmp_path / "lm"))
+    bundle = DeviceBundle.open(path)
+    data = fixtures_dir / "data"
+    bundle.personalize(data / "chat-train.jsonl", data / "chat-dev.jsonl", adapter="user",
+                       settings=TrainingSettings(epochs=8, learning_rate=2e-2, batch_size=16, seed=1))
+    prompts = {"sport": "match goal team", "business": "market profit bank", "tech": "phone app data"}
+    replies = {topic: bundle.generate(prompt, GenerationSettings(max_new_tokens=12), adapter="user")
+               for topic, prompt in prompts.items()}
+    exact = [topic for topic, reply in replies.items() if reply.text == REPLIES[topic]]
+    assert len(exact) >= 2, {topic: reply.text for topic, reply in replies.items()}
+    assert all(replies[topic].stop_reason == "eos" for topic in exact)
+
+
+def test_generation_streams_on_the_command_line(fixtures_dir: Path) -> None:
+    runner = CliRunner()
+    bundle = str(fixtures_dir / "tiny-causal-lm")
+    streamed = runner.invoke(cli, ["infer", bundle, "--text", "match goal", "--max-new-tokens", "5", "--seed", "3",
+                                   "--temperature", "0.8", "--top-k", "20"])
+    assert streamed.exit_code == 0, streamed.output
+    as_json = runner.invoke(cli, ["infer", bundle, "--text", "match goal", "--max-new-tokens", "5", "--seed", "3",
+                                  "--temperature", "0.8", "--top-k", "20", "--json"])
+    result = json.loads(as_json.stdout)
+    assert streamed.stdout == result["text"] + "\n"  # the same seeded sample, streamed as plain text
+    assert "tokens/s" in streamed.stderr and result["tokens"]["generated"] <= 5
+    refused = runner.invoke(cli, ["infer", bundle, "--text", "x", "--num-beams", "2"])
+    assert refused.exit_code == 1 and "beam search is for seq2seq" in refused.stderr

@@ -205,6 +205,22 @@ def test_shipped_recipes_parse(tmp_path: Path) -> None:
     assert (topics.model_dir / "config.json").is_file()
     assert json.loads((topics.model_dir / "config.json").read_text())["model_type"] == "bert"
     assert load_recipe(root / "minilm-seq-cls.toml").labels == ()
+    for recipe in root.glob("*.toml"):  # every shipped recipe is valid (given --labels where it asks for them)
+        config = load_recipe(recipe)
+        (config.with_overrides(labels=("a", "b")) if config.task == "seq-cls" and not config.labels
+         else config).validate()
+
+
+def test_recipe_batch_limit_reaches_the_manifest(fixtures_dir: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'model = "{fixtures_dir / "tiny-model"}"\ntask = "seq-cls"\nlabels = ["a", "b"]\n'
+                      "max_length = 16\nmax_batch_size = 4\n")
+    config = load_recipe(recipe)
+    assert config.max_batch_size == 4
+    with pytest.raises(ConfigError, match="max_batch_size must be a positive integer"):
+        BuildConfig(model_dir=config.model_dir, task="seq-cls", labels=("a", "b"), max_batch_size=0).validate()
+    path = build_bundle(config, tmp_path / "out")
+    assert json.loads((path / "manifest.json").read_text())["training"]["max_batch_size"] == 4
 
 
 def test_every_registered_task_can_be_built() -> None:
