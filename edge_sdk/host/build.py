@@ -24,6 +24,7 @@ from edge_sdk.host.export import (
     model_input_names,
     sample_batch,
     torch_reference,
+    weights_loaded,
 )
 from edge_sdk.host.generation_graphs import generation_graphs
 from edge_sdk.host.inference_graph import inference_model
@@ -65,13 +66,6 @@ def _perturbed(weights: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarra
     return {name: (value + rng.normal(0.0, 0.05, value.shape)).astype(np.float32) for name, value in weights.items()}
 
 
-def _load_weights(model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(torch.from_numpy(value))
-
-
 def _session(path: Path) -> onnxruntime.InferenceSession:
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # the export's unused dropout constants are expected, not news
@@ -88,11 +82,8 @@ def _validate(loaded: LoadedModel, forward_path: Path, inference_path: Path, bat
     diffs = {"forward." + k: v for k, v in compare_outputs(reference, exported, "the exported training graph").items()}
 
     perturbed = _perturbed(initial, seed)
-    _load_weights(model, perturbed)
-    try:
+    with weights_loaded(model, perturbed):
         reference = torch_reference(model, batch, output_names)
-    finally:
-        _load_weights(model, initial)
     feeds = dict(batch) | {name: perturbed[name] for name in trainable}
     optimized = dict(zip(output_names, _session(inference_path).run(output_names, feeds), strict=True))
     diffs |= {"inference." + k: v for k, v in compare_outputs(

@@ -16,11 +16,8 @@ mode equal-valued initializers are merged under one name) and the same wrapper a
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +27,14 @@ import torch
 from transformers import DynamicCache
 
 from edge_sdk.errors import ExportError
-from edge_sdk.host.export import _strip_prefix_from_initializers, compare_outputs, position_ids_from_mask
-from edge_sdk.host.inference_graph import inference_model
+from edge_sdk.host.export import (
+    compare_outputs,
+    model_mode,
+    position_ids_from_mask,
+    trace_to_onnx,
+    weights_loaded,
+)
+from edge_sdk.host.inference_graph import inference_model, prune_unused
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +198,6 @@ def _dynamic_axes(token_inputs: list[str], past_names: list[str], present_names:
     return axes
 
 
-@contextlib.contextmanager
-def _mode(module: torch.nn.Module, training: bool) -> Iterator[None]:
-    previous = module.training
-    module.train(training)
-    try:
-        yield
-    finally:
-        module.train(previous)
-
-
 def export_decoder_with_cache(peft_model: torch.nn.Module, path: Path, opset: int,
                               trainable: list[str]) -> DecoderGraph:
     """Export ``peft_model`` (a PEFT causal LM, eager attention, float32) as a decoder-with-cache graph at
@@ -217,83 +210,36 @@ def export_decoder_with_cache(peft_model: torch.nn.Module, path: Path, opset: in
     keep_last = "logits_to_keep" in parameters
     if not keep_last:
         log.warning("the model has no logits_to_keep argument: prefill computes logits for every position")
-    with _mode(peft_model, False):
+    with model_mode(peft_model, False):
         layout = _probe_cache_layout(peft_model)
     past_names = _cache_names(layout.num_layers, "past")
     present_names = _cache_names(layout.num_layers, "present")
     wrapper = _DecoderWrapper(peft_model, token_inputs, _cache_keyword(peft_model), keep_last)
     args = _trace_inputs(peft_model, token_inputs, layout)
-    try:
-        # TRAINING mode like the training graph: EVAL mode merges equal initializers. Dropout nodes become
-        # identities in the inference graph. The model's own mode is restored afterwards.
-        with _mode(peft_model, True), warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper, args, str(path), input_names=[*token_inputs, *past_names],
-                output_names=[LOGITS, *present_names], dynamic_axes=_dynamic_axes(token_inputs, past_names,
-                                                                                 present_names),
-                opset_version=opset, training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False,
-                export_params=True, dynamo=False,
-            )
-    except ExportError:
-        raise
-    except Exception as exc:  # the exporter raises a zoo of types; the message is what helps
-        raise ExportError(f"ONNX export of the decoder with cache failed: {exc}") from exc
-    _finish_graph(path, trainable)
+    # TRAINING mode like the training graph: EVAL mode merges equal initializers. Dropout nodes become
+    # identities in the inference graph.
+    model_proto = trace_to_onnx(wrapper, args, path, [*token_inputs, *past_names], [LOGITS, *present_names],
+                                _dynamic_axes(token_inputs, past_names, present_names), opset,
+                                "the decoder with cache")
+    _finish_graph(model_proto, path, trainable)
     return DecoderGraph(path=path, num_layers=layout.num_layers, num_kv_heads=layout.num_kv_heads,
                         head_dim=layout.head_dim, past_names=past_names, present_names=present_names,
                         input_names=token_inputs, weight_names=list(trainable))
 
 
-def _finish_graph(path: Path, trainable: list[str]) -> None:
-    """Rename parameters like named_parameters, check the trainable ones are there, promote them to inputs."""
-    model_proto = onnx.load(str(path))
-    _strip_prefix_from_initializers(model_proto)
+def _finish_graph(model_proto: onnx.ModelProto, path: Path, trainable: list[str]) -> None:
+    """Check the trainable parameters are there, promote them to inputs, drop dead nodes, save."""
     present = {init.name for init in model_proto.graph.initializer}
     missing = [name for name in trainable if name not in present]
     if missing:
         raise ExportError("trainable parameters are missing from the decoder graph (renamed or folded by the "
                           "exporter): " + ", ".join(missing[:10]))
     inference_model(model_proto, trainable)
-    _prune_dead_nodes(model_proto)
+    prune_unused(model_proto.graph)
     onnx.save(model_proto, str(path))
 
 
-def _prune_dead_nodes(model_proto: onnx.ModelProto) -> None:
-    """Drop nodes whose outputs nothing reads (shape probes of the traced cache code, the ratio constants of
-    removed Dropouts): ONNX Runtime would warn about each one every time a device opens the graph."""
-    graph = model_proto.graph
-    needed = {output.name for output in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    if len(kept) != len(graph.node):
-        del graph.node[:]
-        graph.node.extend(reversed(kept))
-
-
 # --- check against PyTorch ---------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _weights_loaded(peft_model: torch.nn.Module, weights: dict[str, np.ndarray]) -> Iterator[None]:
-    """Put ``weights`` into the model's parameters for the reference run, and put the old values back."""
-    parameters = dict(peft_model.named_parameters())
-    unknown = sorted(set(weights) - set(parameters))
-    if unknown:
-        raise ExportError(f"weights name no parameter of the model: {', '.join(unknown[:10])}")
-    saved = {name: parameters[name].detach().clone() for name in weights}
-    try:
-        with torch.no_grad():
-            for name, value in weights.items():
-                parameters[name].copy_(torch.from_numpy(np.asarray(value)))
-        yield
-    finally:
-        with torch.no_grad():
-            for name, value in saved.items():
-                parameters[name].copy_(value)
 
 
 def _onnx_step(session, graph: DecoderGraph, tokens: dict[str, np.ndarray], past: list[np.ndarray],
@@ -338,7 +284,7 @@ def check_decoder_against_torch(peft_model: torch.nn.Module, graph: DecoderGraph
     past = [np.zeros((mask.shape[0], graph.num_kv_heads, 0, graph.head_dim), np.float32)
             for _ in graph.past_names]
     worst, cache = 0.0, None
-    with _mode(peft_model, False), _weights_loaded(peft_model, weights):
+    with model_mode(peft_model, False), weights_loaded(peft_model, weights):
         for step in range(decode_steps + 1):
             what = "prefill" if step == 0 else f"decode step {step}"
             logits, present = _onnx_step(session, graph, tokens, past, weights)

@@ -7,9 +7,11 @@ gradient building; see DESIGN.md.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +82,61 @@ class _ForwardWrapper(torch.nn.Module):
         return tuple(getattr(result, name) for name in self.output_names)
 
 
+@contextlib.contextmanager
+def model_mode(module: torch.nn.Module, training: bool) -> Iterator[None]:
+    """``module`` in training or eval mode for the block, its own mode restored afterwards."""
+    previous = module.training
+    module.train(training)
+    try:
+        yield
+    finally:
+        module.train(previous)
+
+
+@contextlib.contextmanager
+def weights_loaded(peft_model: torch.nn.Module, weights: dict[str, np.ndarray]) -> Iterator[None]:
+    """Put ``weights`` into the model's parameters of those names for the block, the old values back after."""
+    parameters = dict(peft_model.named_parameters())
+    unknown = sorted(set(weights) - set(parameters))
+    if unknown:
+        raise ExportError(f"weights name no parameter of the model: {', '.join(unknown[:10])}")
+    saved = {name: parameters[name].detach().clone() for name in weights}
+    try:
+        with torch.no_grad():
+            for name, value in weights.items():
+                parameters[name].copy_(torch.from_numpy(np.asarray(value)))
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                parameters[name].copy_(value)
+
+
+def trace_to_onnx(wrapper: torch.nn.Module, args: tuple, path: Path, input_names: list[str],
+                  output_names: list[str], dynamic_axes: dict, opset: int, what: str) -> onnx.ModelProto:
+    """Trace ``wrapper`` (whose ``model`` attribute is the PEFT model) with the TorchScript exporter in
+    TRAINING mode without constant folding, and return the graph with parameters named as in PEFT.
+
+    The model's own train/eval mode is restored afterwards: the exporter leaves it in training mode,
+    which would switch dropout on for anything that runs the model next.
+    """
+    try:
+        with model_mode(wrapper.model, True), warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper, args, str(path), input_names=input_names, output_names=output_names,
+                dynamic_axes=dynamic_axes, opset_version=opset, training=torch.onnx.TrainingMode.TRAINING,
+                do_constant_folding=False, export_params=True, dynamo=False,
+            )
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter raises a zoo of types; the message is what helps
+        raise ExportError(f"ONNX export of {what} failed: {exc}") from exc
+    model_proto = onnx.load(str(path))
+    _strip_prefix_from_initializers(model_proto)
+    return model_proto
+
+
 @dataclass
 class ExportedGraph:
     path: Path
@@ -98,24 +155,11 @@ def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarr
     input_names = list(batch)
     output_names = list(output_names)
     wrapper = _ForwardWrapper(peft_model, input_names, output_names)
-    wrapper.train()  # TRAINING mode export; dropout was zeroed when the model was loaded
     args = tuple(torch.from_numpy(batch[name]) for name in input_names)
     dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
     for name in output_names:
         dynamic_axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper, args, str(path), input_names=input_names, output_names=output_names,
-                dynamic_axes=dynamic_axes, opset_version=opset, training=torch.onnx.TrainingMode.TRAINING,
-                do_constant_folding=False, export_params=True, dynamo=False,
-            )
-    except Exception as exc:  # the exporter raises a zoo of types; the message is what helps
-        raise ExportError(f"ONNX export of the model failed: {exc}") from exc
-
-    model_proto = onnx.load(str(path))
-    _strip_prefix_from_initializers(model_proto)
+    model_proto = trace_to_onnx(wrapper, args, path, input_names, output_names, dynamic_axes, opset, "the model")
     onnx.save(model_proto, str(path))
     initializers = [init.name for init in model_proto.graph.initializer]
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]

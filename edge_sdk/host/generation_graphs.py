@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
+from edge_sdk.host.export import weights_loaded
 from edge_sdk.host.model_loading import LoadedModel
 
 PORTABLE_DIR = "portable"
@@ -54,7 +54,7 @@ def _seq2seq(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str
     from edge_sdk.host.seq2seq_export import check_seq2seq_against_torch, export_seq2seq_generation
 
     graphs = export_seq2seq_generation(loaded.model, scratch / "seq2seq", opset, trainable)
-    with _weights_loaded(loaded.model, weights):  # non-zero LoRA weights: an adapter path that is wrong shows
+    with weights_loaded(loaded.model, weights):  # non-zero LoRA weights: an adapter path that is wrong shows
         worst = check_seq2seq_against_torch(loaded.model, graphs, batch["input_ids"], batch["attention_mask"])
     spec = graphs.to_manifest()
     models = {}
@@ -64,26 +64,6 @@ def _seq2seq(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str
         models[relative] = onnx.load(str(graph.path))
     spec["validation_max_abs_diff"] = worst
     return models, spec
-
-
-class _weights_loaded:
-    """Temporarily load ``weights`` into the model's parameters of the same names."""
-
-    def __init__(self, model: torch.nn.Module, weights: dict[str, np.ndarray]) -> None:
-        self.params = dict(model.named_parameters())
-        self.weights = weights
-        self.saved: dict[str, torch.Tensor] = {}
-
-    def __enter__(self) -> None:
-        with torch.no_grad():
-            for name, value in self.weights.items():
-                self.saved[name] = self.params[name].detach().clone()
-                self.params[name].copy_(torch.from_numpy(value))
-
-    def __exit__(self, *_exc) -> None:
-        with torch.no_grad():
-            for name, value in self.saved.items():
-                self.params[name].copy_(value)
 
 
 _EXPORTERS = {"causal-lm": _causal_lm, "seq2seq": _seq2seq}

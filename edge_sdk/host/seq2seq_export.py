@@ -23,7 +23,6 @@ step. Why TorchScript in TRAINING mode without constant folding: see DESIGN.md a
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +33,8 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from edge_sdk.errors import ConfigError, ExportError
-from edge_sdk.host.export import ExportedGraph, _strip_prefix_from_initializers, compare_outputs
-from edge_sdk.host.inference_graph import inference_model
+from edge_sdk.host.export import ExportedGraph, compare_outputs, trace_to_onnx
+from edge_sdk.host.inference_graph import inference_model, prune_unused
 
 log = logging.getLogger(__name__)
 
@@ -218,23 +217,7 @@ def _export(wrapper: torch.nn.Module, args: tuple, path: Path, input_names: list
             dynamic_axes: dict, opset: int) -> onnx.ModelProto:
     """Trace ``wrapper`` in training mode (no initializer merging) and name parameters like PEFT does."""
     _check_no_dropout(wrapper)
-    was_training = wrapper.model.training
-    wrapper.train()  # a TRAINING-mode trace: an EVAL-mode one merges equal initializers (DESIGN.md)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper, args, str(path), input_names=input_names, output_names=output_names,
-                dynamic_axes=dynamic_axes, opset_version=opset, training=torch.onnx.TrainingMode.TRAINING,
-                do_constant_folding=False, export_params=True, dynamo=False,
-            )
-    except Exception as exc:  # the exporter raises a zoo of types; the message is what helps
-        raise ExportError(f"ONNX export of {path.name} failed: {exc}") from exc
-    finally:
-        wrapper.model.train(was_training)
-    model_proto = onnx.load(str(path))
-    _strip_prefix_from_initializers(model_proto)
-    return model_proto
+    return trace_to_onnx(wrapper, args, path, input_names, output_names, dynamic_axes, opset, path.name)
 
 
 def _check_no_dropout(module: torch.nn.Module) -> None:
@@ -257,35 +240,9 @@ def _promote_weights(model_proto: onnx.ModelProto, trainable: list[str], path: P
     present = {init.name for init in model_proto.graph.initializer}
     used = [name for name in trainable if name in present]
     inference_model(model_proto, used)
-    _drop_dead_code(model_proto)
+    prune_unused(model_proto.graph)
     onnx.save(model_proto, str(path))
     return used
-
-
-def _node_inputs(node: onnx.NodeProto) -> set[str]:
-    names = set(node.input)
-    for attribute in node.attribute:  # outer-scope names read inside If/Loop bodies
-        for subgraph in [attribute.g, *attribute.graphs]:
-            for inner in subgraph.node:
-                names |= _node_inputs(inner)
-    return names
-
-
-def _drop_dead_code(model_proto: onnx.ModelProto) -> None:
-    """Remove nodes and initializers no graph output depends on: the Dropout-to-Identity rewrite leaves the
-    ratio/mode constants behind, and ONNX Runtime would warn about each one on every session start."""
-    graph = model_proto.graph
-    needed = {output.name for output in graph.output}
-    kept = []
-    for node in reversed(graph.node):  # nodes are stored in topological order
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed |= _node_inputs(node)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [init for init in graph.initializer if init.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
 
 
 def _trainable(peft_model: torch.nn.Module) -> list[str]:

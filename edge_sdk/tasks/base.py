@@ -97,3 +97,15 @@ def perplexity_scores(outputs: list[tuple[float, int]]) -> dict[str, float]:
     loss = sum(nll for nll, _ in outputs) / max(tokens, 1)
     return {"perplexity": float(math.exp(min(loss, 700.0))), "loss": float(loss), "tokens": tokens,
             "examples": len(outputs)}
+
+
+def padded_token_targets(targets: list[np.ndarray], length: int, left: bool, ignore_index: int = -100) -> np.ndarray:
+    """Per-token targets of a batch padded to ``length`` on the tokenizer's padding side (``ignore_index``
+    at the padding, which carries no loss)."""
+    labels = np.full((len(targets), length), ignore_index, dtype=np.int64)
+    for row, target in enumerate(targets):
+        if left:
+            labels[row, length - len(target):] = target
+        else:
+            labels[row, :len(target)] = target
+    return labels

@@ -15,19 +15,12 @@ import numpy as np
 
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.errors import DataError
-from edge_sdk.tasks.base import TaskData, perplexity_scores, reject_context, token_nll
+from edge_sdk.tasks.base import TaskData, padded_token_targets, perplexity_scores, reject_context, token_nll
 from edge_sdk.tasks.chat import render_chat
-from edge_sdk.tasks.data import Record, read_records
+from edge_sdk.tasks.data import read_records, text_field
 
 TASK_NAME = "causal-lm"
 IGNORE_INDEX = -100
-
-
-def _field(record: Record, name: str) -> str:
-    value = record.fields.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{record.source}:{record.line}: field {name!r} must be a non-empty string, found {value!r}")
-    return value
 
 
 class CausalLmTask:
@@ -106,9 +99,9 @@ class CausalLmTask:
         for record in records:
             origin = f"{record.source}:{record.line}"
             if "text" in record.fields:
-                examples.append((None, _field(record, "text")))
+                examples.append((None, text_field(record, "text")))
             elif "prompt" in record.fields and "response" in record.fields:
-                examples.append((_field(record, "prompt"), _field(record, "response")))
+                examples.append((text_field(record, "prompt"), text_field(record, "response")))
             else:
                 raise DataError(f"{origin}: a causal-lm example needs 'text', or 'prompt' and 'response'; "
                                 f"found fields {', '.join(sorted(record.fields)) or '(none)'}")
@@ -122,14 +115,8 @@ class CausalLmTask:
     # --- training and scoring --------------------------------------------------------------------------
 
     def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]:
-        labels = np.full((len(rows), length), IGNORE_INDEX, dtype=np.int64)
-        for out, row in enumerate(rows):
-            target = data.targets[row]
-            if self.tokenizer.left_padding:
-                labels[out, length - len(target):] = target
-            else:
-                labels[out, :len(target)] = target
-        return {"labels": labels}
+        return {"labels": padded_token_targets([data.targets[row] for row in rows], length,
+                                               self.tokenizer.left_padding)}
 
     def reduce_output(self, data: TaskData, row: int, outputs: dict[str, np.ndarray]) -> tuple[float, int]:
         return token_nll(outputs["logits"], data.targets[row])

@@ -192,3 +192,11 @@ def _check_required(
 
 def _json_type_name(value: object) -> str:
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def text_field(record: Record, name: str) -> str:
+    """The record's field ``name`` as a non-empty string, or DataError naming file and line."""
+    value = record.fields.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{record.source}:{record.line}: field {name!r} must be a non-empty string, found {value!r}")
+    return value

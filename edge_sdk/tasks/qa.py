@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_sdk.errors import ConfigError, DataError
 from edge_sdk.tasks.base import TaskData, cross_entropy
-from edge_sdk.tasks.data import Record, read_records
+from edge_sdk.tasks.data import Record, read_records, text_field
 
 TASK_NAME = "qa"
 MAX_ANSWER_TOKENS = 30
@@ -55,13 +55,6 @@ class Answer:
 
     def to_text(self) -> str:
         return self.text or "(no answer)"
-
-
-def _string(record: Record, name: str) -> str:
-    value = record.fields.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{record.source}:{record.line}: field {name!r} must be a non-empty string, found {value!r}")
-    return value
 
 
 def _locate(record: Record, context: str, text: object, start: object) -> tuple[str, int]:
@@ -105,12 +98,12 @@ def _answers(record: Record, context: str) -> list[tuple[str, int]]:
 def load_qa_examples(path: str | os.PathLike[str], require_answers: bool = True) -> list[QaExample]:
     examples = []
     for record in read_records(path, ("question", "context")):
-        context = _string(record, "context")
+        context = text_field(record, "context")
         has_answer = "answer" in record.fields or "answers" in record.fields
         if require_answers and not has_answer:
             raise DataError(f"{record.source}:{record.line}: no answer; give 'answer' (a span of the context, "
                             "\"\" for none) or SQuAD-style 'answers'")
-        examples.append(QaExample(question=_string(record, "question"), context=context,
+        examples.append(QaExample(question=text_field(record, "question"), context=context,
                                   answers=_answers(record, context) if has_answer else []))
     return examples
 

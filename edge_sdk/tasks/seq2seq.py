@@ -17,16 +17,9 @@ from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.device.seq2seq_generation import teacher_forced_inputs
 from edge_sdk.errors import DataError
 from edge_sdk.tasks.base import TaskData, perplexity_scores, reject_context, token_nll
-from edge_sdk.tasks.data import Record, read_records
+from edge_sdk.tasks.data import read_records, text_field
 
 TASK_NAME = "seq2seq"
-
-
-def _field(record: Record, name: str) -> str:
-    value = record.fields.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{record.source}:{record.line}: field {name!r} must be a non-empty string, found {value!r}")
-    return value
 
 
 class Seq2SeqTask:
@@ -42,8 +35,8 @@ class Seq2SeqTask:
 
     def load(self, path: str | os.PathLike[str], require_targets: bool = True) -> TaskData:
         records = read_records(path, ("source", "target") if require_targets else ("source",))
-        sources = [_field(record, "source") for record in records]
-        targets = [self.tokenizer.encode_full([_field(record, "target")])[0][0] for record in records] \
+        sources = [text_field(record, "source") for record in records]
+        targets = [self.tokenizer.encode_full([text_field(record, "target")])[0][0] for record in records] \
             if require_targets else None
         return TaskData(encoded=self.tokenizer.encode_full(sources), targets=targets,
                         context=[f"{record.source}:{record.line}" for record in records])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_sdk.tasks.base import TaskData, cross_entropy, reject_context
+from edge_sdk.tasks.base import TaskData, cross_entropy, padded_token_targets, reject_context
 from edge_sdk.tasks.ner import entities, entity_f1, load_tagged_sentences
 
 TASK_NAME = "token-cls"
@@ -80,14 +80,8 @@ class TokenClsTask:
         return outputs["logits"]
 
     def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]:
-        labels = np.full((len(rows), length), IGNORE_INDEX, dtype=np.int64)
-        for out, row in enumerate(rows):
-            target = data.targets[row]
-            if self.tokenizer.left_padding:
-                labels[out, length - len(target):] = target
-            else:
-                labels[out, :len(target)] = target
-        return {"labels": labels}
+        return {"labels": padded_token_targets([data.targets[row] for row in rows], length,
+                                               self.tokenizer.left_padding)}
 
     def _word_tags(self, word_ids: list[int | None], n_words: int, logits: np.ndarray) -> list[str]:
         tags = ["O"] * n_words

@@ -14,6 +14,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from edge_sdk.errors import ExportError
+from edge_sdk.host.inference_graph import prune_unused
 from edge_sdk.host.portable.lowering import LoweringContext, lower_node, unsupported_ops
 
 OPSET = 14
@@ -234,7 +235,7 @@ def build_train_step(training_model: onnx.ModelProto, optimizer_model: onnx.Mode
     graph.output.extend(new_outputs)
     graph.name = "train_step"
 
-    _prune(graph)
+    prune_unused(graph)
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", OPSET)])
     model.ir_version = min(model.ir_version, 8)
@@ -253,19 +254,3 @@ def state_names(trainable: list[str], model: onnx.ModelProto) -> dict:
         "second_moment": {name: second_moment(name) for name in trainable},
         "updated": {name: updated(name) for name in state},
     }
-
-
-def _prune(graph: onnx.GraphProto) -> None:
-    """Remove nodes and initializers nothing needs (the logits head of the eval path, dead gradient paths)."""
-    needed = {value.name for value in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(output in needed for output in node.output):
-            kept.append(node)
-            needed.update(name for name in node.input if name)
-    kept.reverse()
-    del graph.node[:]
-    graph.node.extend(kept)
-    initializers = [init for init in graph.initializer if init.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
