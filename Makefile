@@ -60,7 +60,8 @@ clean:
 	rm -rf build $(HOST) $(DEVICE) $(STOCK)
 
 # Training-step time: PyTorch eager + PEFT vs ort-training vs portable (training build and stock);
-# SmolLM2 generation speed (tokens/s): the device runtime vs PyTorch + PEFT.
+# SmolLM2 generation speed (tokens/s): the device runtime vs PyTorch + PEFT; adapter switch cost.
 bench: setup
 	$(HOST)/bin/python tools/bench.py
 	$(HOST)/bin/python tools/bench_generation.py
+	$(STOCK)/bin/python tools/bench_adapters.py

@@ -26,6 +26,7 @@ from edge_sdk.bundle.store import Bundle, default_permissions
 from edge_sdk.errors import AdapterError
 
 INITIAL = "initial"
+ACTIVE_FILE = "active.json"  # which adapter serves when none is named (`edge-sdk adapters activate`)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _METADATA_KEY = "edge_sdk"
 
@@ -62,6 +63,40 @@ class AdapterStore:
         manifest = bundle.manifest
         self.base_id = base_id(manifest)
         self._shapes = {spec.name: tuple(spec.shape) for spec in manifest.trainable}
+        # Loaded adapters stay in memory (they are small), so switching between users or skills costs a dict
+        # lookup; a file changed on disk (retrained, replaced) is read again.
+        self._cache: dict[str, tuple[tuple[int, int], dict[str, np.ndarray]]] = {}
+
+    # --- which adapter serves by default ------------------------------------------------------------------
+
+    @property
+    def _active_file(self) -> Path:
+        return self.folder / ACTIVE_FILE
+
+    def active(self) -> str | None:
+        """The adapter `activate` chose (None when none was chosen or it has since been removed)."""
+        try:
+            name = json.loads(self._active_file.read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return name if isinstance(name, str) and self.exists(name) else None
+
+    def activate(self, name: str) -> None:
+        """Make ``name`` the adapter that inference and evaluation use when none is named."""
+        self.info(name)  # exists and is readable
+        self.load(name)  # and belongs to this bundle
+        _write_atomically(self._active_file, json.dumps({"name": name}) + "\n")
+
+    def remove(self, name: str) -> None:
+        if name == INITIAL:
+            raise AdapterError(f"{INITIAL!r} is part of the bundle and cannot be removed")
+        path = self.info(name).path
+        if self.active() == name:
+            self._active_file.unlink(missing_ok=True)
+        path.unlink()
+        self._cache.pop(name, None)
+
+    # --- files --------------------------------------------------------------------------------------------
 
     def path(self, name: str) -> Path:
         if name == INITIAL:
@@ -91,6 +126,21 @@ class AdapterStore:
 
     def load(self, name: str) -> dict[str, np.ndarray]:
         """The adapter's weights, checked to belong to this bundle and to match its parameters."""
+        path = self.path(name)
+        try:
+            stat = path.stat()
+            version = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            version = None
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        weights = self._read(name)
+        if version is not None:
+            self._cache[name] = (version, weights)
+        return weights
+
+    def _read(self, name: str) -> dict[str, np.ndarray]:
         info = self.info(name)
         base = info.metadata.get("base_id")
         if name != INITIAL and base != self.base_id:
@@ -140,4 +190,17 @@ class AdapterStore:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+        self._cache.pop(name, None)
         return AdapterInfo(name=name, path=path, metadata=metadata)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        default_permissions(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

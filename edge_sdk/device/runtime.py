@@ -55,9 +55,13 @@ class DeviceBundle:
     # --- adapters -------------------------------------------------------------------------------------
 
     def resolve_adapter(self, name: str | None) -> str:
-        """``None`` means the personalized default adapter when there is one, else the initial one."""
+        """``None`` means the activated adapter, else the personalized default when there is one, else the
+        bundle's initial adapter."""
         if name is not None:
             return name
+        active = self.adapters.active()
+        if active is not None:
+            return active
         return DEFAULT_ADAPTER if self.adapters.exists(DEFAULT_ADAPTER) else INITIAL
 
     # --- inference ------------------------------------------------------------------------------------

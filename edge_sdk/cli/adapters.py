@@ -1,0 +1,121 @@
+"""`edge-sdk adapters …`: the bundle's named adapters (one per user or skill): list, show, activate,
+remove, export (PEFT folder or merged ONNX graph), import (a PEFT folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edge_sdk.cli.output import emit_json
+from edge_sdk.errors import DependencyError
+
+_bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
+
+
+def _store(bundle: Path):
+    from edge_sdk.bundle.store import open_bundle
+    from edge_sdk.device.adapters import AdapterStore
+
+    opened = open_bundle(bundle, verify=False)
+    return opened, AdapterStore(opened)
+
+
+@click.group()
+def adapters() -> None:
+    """Manage a bundle's named adapters."""
+
+
+@adapters.command("list")
+@_bundle_argument
+@click.option("--json", "as_json", is_flag=True)
+def list_adapters(bundle: Path, as_json: bool) -> None:
+    """The adapters in the bundle; `*` marks the one used when none is named."""
+    from edge_sdk.device.runtime import DeviceBundle
+
+    device_bundle = DeviceBundle.open(bundle, verify=False)
+    store, serving = device_bundle.adapters, device_bundle.resolve_adapter(None)
+    rows = []
+    for name in store.names():
+        metadata = store.info(name).metadata
+        training = metadata.get("training") or {}
+        rows.append({"name": name, "serving": name == serving, "created": metadata.get("created"),
+                     "examples": training.get("examples"), "imported_from": training.get("imported_from")})
+    if as_json:
+        emit_json({"adapters": rows})
+        return
+    for row in rows:
+        origin = (f"imported from {row['imported_from']}" if row["imported_from"]
+                  else f"{row['examples']} examples" if row["examples"] is not None else "built in")
+        click.echo(f"{'*' if row['serving'] else ' '} {row['name']:24s} {row['created'] or '':26s} {origin}")
+
+
+@adapters.command()
+@_bundle_argument
+@click.argument("name")
+def show(bundle: Path, name: str) -> None:
+    """An adapter's metadata (base id, method, rank, targets, training summary) as JSON."""
+    _, store = _store(bundle)
+    info = store.info(name)
+    emit_json({"name": name, "file": str(info.path)} | info.metadata)
+
+
+@adapters.command()
+@_bundle_argument
+@click.argument("name")
+def activate(bundle: Path, name: str) -> None:
+    """Use NAME whenever infer/evaluate are not given --adapter."""
+    _, store = _store(bundle)
+    store.activate(name)
+    click.echo(f"activated {name!r}")
+
+
+@adapters.command()
+@_bundle_argument
+@click.argument("name")
+def remove(bundle: Path, name: str) -> None:
+    """Delete an adapter (the bundle's 'initial' adapter stays)."""
+    _, store = _store(bundle)
+    store.remove(name)
+    click.echo(f"removed {name!r}")
+
+
+@adapters.command()
+@_bundle_argument
+@click.argument("name")
+@click.option("--format", "format_", type=click.Choice(["peft", "merged-onnx"]), default="peft", show_default=True,
+              help="peft: a folder PeftModel.from_pretrained loads; merged-onnx: a standalone .onnx graph with the "
+                   "adapter merged into the base weights.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder (peft) or .onnx file (merged-onnx) to write.")
+@click.option("--overwrite", is_flag=True, help="Replace what is at --out.")
+def export(bundle: Path, name: str, format_: str, out: Path, overwrite: bool) -> None:
+    """Export an adapter for use outside this SDK."""
+    opened, store = _store(bundle)
+    weights = store.load(name)
+    if format_ == "peft":
+        from edge_sdk.device.peft_format import export_peft
+
+        written = export_peft(opened.manifest, weights, out, overwrite=overwrite)
+    else:
+        try:
+            from edge_sdk.host.merge import export_merged_onnx
+        except ImportError as exc:
+            raise DependencyError(f"merged-onnx export needs the onnx package ({exc.name} is missing); "
+                                  "pip install onnx, or use --format peft") from exc
+        written = export_merged_onnx(opened, weights, out, overwrite=overwrite)
+    click.echo(f"wrote {written}")
+
+
+@adapters.command("import")
+@_bundle_argument
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Name to store the adapter under.")
+def import_adapter(bundle: Path, folder: Path, name: str) -> None:
+    """Add a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) as adapter NAME."""
+    from edge_sdk.device.peft_format import read_peft
+
+    opened, store = _store(bundle)
+    weights = read_peft(folder, opened.manifest)
+    store.save(name, weights, {"imported_from": str(folder.resolve())})
+    click.echo(f"imported {folder} as {name!r}")

@@ -1,0 +1,132 @@
+"""Adapters in PEFT's own folder format (``adapter_config.json`` + ``adapter_model.safetensors``), both
+ways, without torch: a device-trained adapter goes back to the host as a folder that
+``PeftModel.from_pretrained(base, folder)`` loads, and an adapter trained elsewhere with PEFT comes in.
+
+The bundle names parameters as PEFT's ``named_parameters`` does (``…lora_A.default.weight``); PEFT's
+files drop the adapter name (``…lora_A.weight``), and modules trained whole (a classifier head) are
+saved under the module's own name (``classifier.modules_to_save.default.weight`` → ``classifier.weight``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from edge_sdk.bundle.manifest import Manifest
+from edge_sdk.errors import AdapterError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+ADAPTER_NAME = "default"
+# PEFT's task types of this SDK's tasks (the host's task table holds the same, but needs transformers).
+PEFT_TASK_TYPES = {"seq-cls": "SEQ_CLS", "token-cls": "TOKEN_CLS", "qa": "QUESTION_ANS", "causal-lm": "CAUSAL_LM",
+                   "seq2seq": "SEQ_2_SEQ_LM"}
+
+
+def peft_key(name: str) -> str:
+    """The key PEFT saves the bundle parameter ``name`` under."""
+    name = name.replace(f".modules_to_save.{ADAPTER_NAME}.", ".")
+    if name.endswith(f".lora_magnitude_vector.{ADAPTER_NAME}.weight"):  # DoRA: saved without ".weight"
+        return name[: -len(f".{ADAPTER_NAME}.weight")]
+    return name.replace(f".{ADAPTER_NAME}.", ".")
+
+
+def peft_config(manifest: Manifest) -> dict[str, Any]:
+    """adapter_config.json for the bundle's adapter settings."""
+    peft = manifest.peft
+    return {
+        "peft_type": "LORA",
+        "task_type": PEFT_TASK_TYPES.get(manifest.task),
+        "base_model_name_or_path": manifest.model.get("source"),
+        "r": peft["rank"],
+        "lora_alpha": peft["alpha"],
+        "lora_dropout": 0.0,
+        "target_modules": list(peft["target_modules"]),
+        "modules_to_save": list(peft.get("modules_to_save") or []) or None,
+        "use_dora": peft.get("method") == "dora",
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+
+
+def export_peft(manifest: Manifest, weights: dict[str, np.ndarray], out: Path, overwrite: bool = False) -> Path:
+    """Write ``weights`` (an adapter of this bundle) as a PEFT adapter folder at ``out``, atomically."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise AdapterError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    if out.exists() and not (out / CONFIG_FILE).is_file():
+        raise AdapterError(f"{str(out)!r} exists and is not a PEFT adapter folder; it was left alone")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file({peft_key(name): np.ascontiguousarray(value) for name, value in weights.items()},
+                  str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(json.dumps(peft_config(manifest), indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def _check_settings(config: dict[str, Any], manifest: Manifest, folder: Path) -> None:
+    """A PEFT adapter fits only a bundle built with the same LoRA shape and targets."""
+    peft = manifest.peft
+    problems = []
+    if config.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type {config.get('peft_type')!r} (only LORA adapters load)")
+    for key, ours in (("r", peft["rank"]), ("lora_alpha", peft["alpha"])):
+        if float(config.get(key, -1)) != float(ours):
+            problems.append(f"{key} {config.get(key)!r} vs the bundle's {ours!r}")
+    targets = config.get("target_modules")
+    targets = sorted(targets) if isinstance(targets, list) else targets
+    if targets != sorted(peft["target_modules"]):
+        problems.append(f"target_modules {targets!r} vs the bundle's {sorted(peft['target_modules'])!r}")
+    if bool(config.get("use_dora")) != (peft.get("method") == "dora"):
+        problems.append(f"use_dora {bool(config.get('use_dora'))} vs the bundle's method {peft.get('method')!r}")
+    if problems:
+        raise AdapterError(f"the PEFT adapter in {str(folder)!r} does not fit this bundle: {'; '.join(problems)}. "
+                           "Rebuild the bundle with those settings (edge-sdk build --adapter-from DIR does that)")
+
+
+def read_peft(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
+    """The weights of the PEFT adapter folder ``folder``, under the bundle's parameter names."""
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise AdapterError(f"{str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and {WEIGHTS_FILE} "
+                           "(PeftModel.save_pretrained writes both)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{str(config_path)!r} is not valid JSON: {exc}") from exc
+    _check_settings(config, manifest, folder)
+    by_key = {peft_key(spec.name): spec for spec in manifest.trainable}
+    weights: dict[str, np.ndarray] = {}
+    with safe_open(str(weights_path), framework="numpy") as handle:
+        keys = list(handle.keys())
+        unknown = [key for key in keys if key not in by_key]
+        missing = [key for key in by_key if key not in keys]
+        if unknown or missing:
+            raise AdapterError(f"the PEFT adapter in {str(folder)!r} has other tensors than this bundle trains: "
+                               f"unexpected {unknown[:3]}, missing {missing[:3]}")
+        for key in keys:
+            spec = by_key[key]
+            value = handle.get_tensor(key).astype(np.float32)
+            if list(value.shape) != list(spec.shape):
+                raise AdapterError(f"tensor {key!r} of the PEFT adapter has shape {list(value.shape)}, the bundle "
+                                   f"expects {list(spec.shape)}")
+            weights[spec.name] = value
+    return weights

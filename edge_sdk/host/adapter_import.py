@@ -1,0 +1,58 @@
+"""`edge-sdk build --adapter-from DIR`: start the bundle from an adapter trained elsewhere with PEFT.
+
+The folder's adapter_config.json decides the LoRA settings (rank, alpha, targets, DoRA), so the bundle's
+graphs have exactly the adapter's shape; its weights become the bundle's initial adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from edge_sdk.errors import AdapterError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise AdapterError(f"--adapter-from {str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and "
+                           f"{WEIGHTS_FILE} (PeftModel.save_pretrained writes both)")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{str(folder / CONFIG_FILE)!r} is not valid JSON: {exc}") from exc
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"--adapter-from {str(folder)!r} holds a {config.get('peft_type')} adapter; only LoRA "
+                           "(and DoRA) adapters can start a bundle")
+    return config
+
+
+def lora_overrides(folder: Path) -> dict[str, Any]:
+    """Build settings the adapter folder fixes: rank, alpha, target modules, method."""
+    config = read_adapter_config(folder)
+    targets = config.get("target_modules")
+    if not isinstance(targets, list) or not targets:
+        raise AdapterError(f"{str(Path(folder) / CONFIG_FILE)!r}: target_modules must be a list of module names "
+                           f"(found {targets!r}); regex targets cannot be rebuilt")
+    return {"rank": int(config["r"]), "alpha": float(config["lora_alpha"]), "target_modules": tuple(targets),
+            "method": "dora" if config.get("use_dora") else "lora"}
+
+
+def load_adapter_weights(peft_model: torch.nn.Module, folder: Path) -> None:
+    """Put the folder's adapter weights into ``peft_model`` (built with :func:`lora_overrides`' settings)."""
+    state = load_file(str(Path(folder) / WEIGHTS_FILE))
+    result = set_peft_model_state_dict(peft_model, state)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    missing = sorted(name for name in getattr(result, "missing_keys", []) or [] if name in trainable)
+    if unexpected or missing:
+        raise AdapterError(f"the PEFT adapter in {str(folder)!r} does not fit this model: unexpected "
+                           f"{unexpected[:3]}, missing {missing[:3]}")
