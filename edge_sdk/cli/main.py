@@ -12,8 +12,10 @@ from pathlib import Path
 import click
 
 import edge_sdk
+from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.errors import DependencyError, EdgeSdkError
+from edge_sdk.host.config import PEFT_METHODS  # torch-free: the device CLI loads it too
 
 
 class _UserError(click.ClickException):
@@ -46,17 +48,21 @@ def cli(verbose: bool) -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to write the bundle to.")
 @click.option("--task", help="seq-cls, token-cls, qa, causal-lm or seq2seq (a recipe names its own).")
 @click.option("--labels", help="seq-cls/token-cls: comma-separated labels, or a file with one label per line.")
+@click.option("--method", type=click.Choice(PEFT_METHODS),
+              help="PEFT method (default lora; dora: weight-decomposed LoRA; qlora: LoRA over an int8 base).")
 @click.option("--rank", type=int, help="LoRA rank (default 8).")
 @click.option("--alpha", type=float, help="LoRA alpha (default 16).")
 @click.option("--target-modules", help="Comma-separated module names LoRA adapts (default: per architecture).")
 @click.option("--max-length", type=int, help="Maximum tokens per example (default 128).")
 @click.option("--profile", help="Execution-provider profile (default cpu).")
 @click.option("--seed", type=int, help="Seed for new weights (default 0).")
+@click.option("--adapter-from", type=click.Path(path_type=Path),
+              help="A PEFT adapter folder to start from (its rank, alpha, targets and DoRA setting win).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
-def build(source: Path, out: Path, task: str | None, labels: str | None, rank: int | None, alpha: float | None,
-          target_modules: str | None, max_length: int | None, profile: str | None, seed: int | None,
-          overwrite: bool, as_json: bool) -> None:
+def build(source: Path, out: Path, task: str | None, labels: str | None, method: str | None, rank: int | None,
+          alpha: float | None, target_modules: str | None, max_length: int | None, profile: str | None,
+          seed: int | None, adapter_from: Path | None, overwrite: bool, as_json: bool) -> None:
     """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml)."""
     try:
         from edge_sdk.host.build import build_bundle
@@ -79,8 +85,13 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, rank: i
         folder, gguf_file = check_gguf_file(source) if source.suffix == ".gguf" else (check_model_dir(source), None)
         config = BuildConfig(model_dir=folder, task=task, labels=label_list or (), source_description=str(source),
                              gguf_file=gguf_file)
-    config = config.with_overrides(task=task, labels=label_list, rank=rank, alpha=alpha,
+    config = config.with_overrides(task=task, labels=label_list, method=method, rank=rank, alpha=alpha,
                                    target_modules=targets, max_length=max_length, profile=profile, seed=seed)
+    if adapter_from is not None:
+        from edge_sdk.host.adapter_import import lora_overrides
+
+        # The adapter's own shape wins over recipe and flags: its weights must fit the graphs.
+        config = config.with_overrides(adapter_from=adapter_from, **lora_overrides(adapter_from))
     path = build_bundle(config, out, overwrite=overwrite, progress=None if as_json else note)
     from edge_sdk.bundle import open_bundle
 
@@ -321,6 +332,9 @@ def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, 
             click.echo()
             note(f"[{info['tokens']['generated']} tokens, {info['tokens_per_second']:.1f} tokens/s, "
                  f"stop: {info['stop_reason']}]")
+
+
+cli.add_command(adapters)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from edge_sdk.host.model_loading import LoadedModel, load_for_task
 from edge_sdk.host.portable.assemble import build_train_step, state_names
 from edge_sdk.host.portable.validate import validate_portable_step
 from edge_sdk.host.portable.weights import save_with_shared_weights
+from edge_sdk.host.quantize import quantize_adapted_base
 from edge_sdk.host.seq2seq_export import export_seq2seq_training_graph
 from edge_sdk.host.tasks import host_task
 from edge_sdk.profiles import load_profile
@@ -144,6 +145,9 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
     with BundleWriter(out, overwrite=overwrite) as writer, tempfile.TemporaryDirectory() as scratch:
         report(f"loading {config.model_dir} and applying LoRA r={config.lora.rank}")
         loaded = load_for_task(config)
+        # qlora: from here on the PyTorch model holds the int8 base (dequantized), so every export and check
+        # below sees exactly the weights the bundle stores.
+        quantized = quantize_adapted_base(loaded.model) if config.lora.method == "qlora" else None
         report("exporting the training-safe ONNX graph")
         if task.name == "seq2seq":
             input_names = ["input_ids", "attention_mask"]
@@ -157,6 +161,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             validation_batch = sample_batch(loaded.tokenizer, input_names, config.max_length, _VALIDATION_TEXTS)
             graph = export_training_graph(loaded.model, export_batch, list(task.outputs),
                                           Path(scratch) / "forward.onnx", config.opset, per_token=task.per_token)
+        if quantized:
+            graph = quantized.rewrite_exported(graph)  # before the artifacts: the training graphs dequantize too
         classes = _classes(config, loaded)
         report("building ONNX Runtime training artifacts")
         training_dir = writer.folder(TRAINING_DIR)
@@ -174,7 +180,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
         if task.name in ("causal-lm", "seq2seq"):
             report("exporting the generation graphs (KV cache) and checking them against PyTorch")
             generation = generation_graphs(task.name, loaded, Path(scratch), config.opset, graph.trainable,
-                                           validation_batch, _perturbed(initial, config.seed))
+                                           validation_batch, _perturbed(initial, config.seed),
+                                           rewrite=quantized.rewrite if quantized else None)
         inference_path, train_step_path = writer.path(INFERENCE_MODEL), writer.path(TRAIN_STEP_MODEL)
         # The step copied its frozen initializers, so the forward graph itself can become the inference graph.
         graphs = {inference_path: inference_model(forward, graph.trainable), train_step_path: train_step}
@@ -235,6 +242,10 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             },
             sdk_version=edge_sdk.__version__,
         )
+        if quantized:
+            manifest.build["quantization"] = quantized.summary() | {
+                "max_abs_output_change_vs_float": quantized.output_change(loaded.model, validation_batch,
+                                                                          list(task.outputs))}
         report("checking the portable step against ONNX Runtime training, step by step")
         manifest.build["portable_max_relative_loss_difference"] = validate_portable_step(
             writer.staged(manifest),

@@ -14,13 +14,18 @@ from typing import Any
 from edge_sdk.errors import ConfigError
 from edge_sdk.tasks.registry import TASK_NAMES
 
-PEFT_METHODS = ("lora",)
+PEFT_METHODS = ("lora", "dora", "qlora")
 MIN_OPSET, MAX_OPSET = 14, 15
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    """PEFT LoRA settings; ``target_modules=None`` means the architecture's default."""
+    """PEFT LoRA settings; ``target_modules=None`` means the architecture's default.
+
+    ``method`` "dora" is weight-decomposed LoRA (PEFT ``use_dora=True``): a trainable magnitude per output
+    row of each adapted layer on top of the LoRA matrices.
+    ``method`` "qlora" is LoRA over an int8 base: the frozen weights of the adapted layers are stored as int8
+    with a scale per output channel (``edge_sdk.host.quantize``)."""
 
     method: str = "lora"
     rank: int = 8
@@ -53,6 +58,7 @@ class BuildConfig:
     opset: int = 14
     source_description: str = ""
     gguf_file: str | None = None  # the model is this GGUF file in model_dir (dequantized when loaded)
+    adapter_from: Path | None = None  # a PEFT adapter folder whose weights become the initial adapter
 
     def validate(self) -> None:
         if self.task not in TASK_NAMES:

@@ -7,6 +7,7 @@ bundle holds the frozen base once however many graphs read it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,16 @@ from edge_sdk.host.export import weights_loaded
 from edge_sdk.host.model_loading import LoadedModel
 
 PORTABLE_DIR = "portable"
+
+# Applied to each exported graph before its check against PyTorch (qlora's int8 base: quantize.py).
+GraphRewrite = Callable[[onnx.ModelProto], object]
+
+
+def _rewrite_saved(path: Path, rewrite: GraphRewrite | None) -> None:
+    if rewrite is not None:
+        model = onnx.load(str(path))
+        rewrite(model)
+        onnx.save(model, str(path))
 
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:
@@ -35,10 +46,12 @@ def _max_positions(config) -> int | None:
 
 
 def _causal_lm(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str],
-               batch: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> tuple[dict, dict]:
+               batch: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+               rewrite: GraphRewrite | None) -> tuple[dict, dict]:
     from edge_sdk.host.decoder_export import check_decoder_against_torch, export_decoder_with_cache
 
     graph = export_decoder_with_cache(loaded.model, scratch / "decoder.onnx", opset, trainable)
+    _rewrite_saved(graph.path, rewrite)
     worst = check_decoder_against_torch(loaded.model, graph, batch["input_ids"], batch["attention_mask"], weights)
     relative = f"{PORTABLE_DIR}/decoder.onnx"
     spec = graph.to_manifest(relative) | {
@@ -50,10 +63,13 @@ def _causal_lm(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[s
 
 
 def _seq2seq(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str],
-             batch: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> tuple[dict, dict]:
+             batch: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+             rewrite: GraphRewrite | None) -> tuple[dict, dict]:
     from edge_sdk.host.seq2seq_export import check_seq2seq_against_torch, export_seq2seq_generation
 
     graphs = export_seq2seq_generation(loaded.model, scratch / "seq2seq", opset, trainable)
+    for graph in (graphs.encoder, graphs.decoder):
+        _rewrite_saved(graph.path, rewrite)
     with weights_loaded(loaded.model, weights):  # non-zero LoRA weights: an adapter path that is wrong shows
         worst = check_seq2seq_against_torch(loaded.model, graphs, batch["input_ids"], batch["attention_mask"])
     spec = graphs.to_manifest()
@@ -70,10 +86,12 @@ _EXPORTERS = {"causal-lm": _causal_lm, "seq2seq": _seq2seq}
 
 
 def generation_graphs(task: str, loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str],
-                      batch: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> tuple[dict, dict] | None:
+                      batch: dict[str, np.ndarray], weights: dict[str, np.ndarray],
+                      rewrite: GraphRewrite | None = None) -> tuple[dict, dict] | None:
     """({bundle path: graph}, the manifest's generation spec) for a task that generates text, else None.
 
-    ``batch`` holds sample inputs and ``weights`` non-zero adapter weights for the check against PyTorch.
+    ``batch`` holds sample inputs and ``weights`` non-zero adapter weights for the check against PyTorch;
+    ``rewrite`` changes each graph in place before that check, so what is checked is what ships.
     """
     exporter = _EXPORTERS.get(task)
-    return exporter(loaded, scratch, opset, trainable, batch, weights) if exporter else None
+    return exporter(loaded, scratch, opset, trainable, batch, weights, rewrite) if exporter else None

@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 
 from edge_sdk.errors import ConfigError, ModelSourceError, TargetModuleError
 from edge_sdk.host.config import BuildConfig
+from edge_sdk.host.dora import prepare_dora_layers
 from edge_sdk.host.tasks import host_task
 
 log = logging.getLogger(__name__)
@@ -166,11 +167,17 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
     log.info("LoRA targets %s; newly initialised modules that train too: %s", targets, new_modules)
     lora_config = LoraConfig(
         task_type=task.peft_task_type, r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=0.0,
-        target_modules=targets, modules_to_save=new_modules or None,
+        target_modules=targets, modules_to_save=new_modules or None, use_dora=config.lora.method == "dora",
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecations inside PEFT/transformers internals
         peft_model = get_peft_model(model, lora_config)
+    if lora_config.use_dora:
+        prepare_dora_layers(peft_model)
+    if config.adapter_from is not None:
+        from edge_sdk.host.adapter_import import load_adapter_weights
+
+        load_adapter_weights(peft_model, config.adapter_from)
     # PEFT adds the task's head names ("classifier", "score") itself; record the ones this model has.
     trained_modules = sorted({name.split(".modules_to_save.")[0].removeprefix("base_model.model.")
                               for name, p in peft_model.named_parameters()

@@ -35,6 +35,11 @@ class Profile:
         }[self.graph_optimization_level]
         options.intra_op_num_threads = self.intra_op_threads if threads is None else threads
         options.log_severity_level = 3
+        # A qlora bundle's int8 weights feed MatMuls through DequantizeLinear; newer ONNX Runtime fuses the
+        # pair into MatMulNBits, by default (level 4) quantizing the activations to int8 too, which moved
+        # MiniLM-sized logits by ~3e-3 against the validated graph. Level 1 keeps the int8 weights and
+        # computes in float32, as validated at build time.
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
         return options
 
     def to_dict(self) -> dict[str, Any]:
