@@ -48,12 +48,12 @@ def inference_model(model: onnx.ModelProto, trainable: list[str]) -> onnx.ModelP
     return model
 
 
-def _node_inputs(node: onnx.NodeProto) -> set[str]:
+def node_inputs(node: onnx.NodeProto) -> set[str]:
     names = set(node.input)
     for attribute in node.attribute:  # outer-scope names read inside If/Loop bodies
         for subgraph in [attribute.g, *attribute.graphs]:
             for inner in subgraph.node:
-                names |= _node_inputs(inner)
+                names |= node_inputs(inner)
     return names
 
 
@@ -66,7 +66,7 @@ def prune_unused(graph: onnx.GraphProto) -> None:
     for node in reversed(graph.node):
         if any(name in needed for name in node.output):
             kept.append(node)
-            needed |= _node_inputs(node)
+            needed |= node_inputs(node)
     del graph.node[:]
     graph.node.extend(reversed(kept))
     initializers = [init for init in graph.initializer if init.name in needed]

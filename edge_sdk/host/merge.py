@@ -1,7 +1,9 @@
 """A standalone inference graph with an adapter merged into the base weights (``edge-sdk adapters export
---format merged-onnx``): W' = W + (alpha / r) · B · A for every adapted linear layer, the LoRA branches
-removed, the trained head modules baked in. No adapter inputs are left, so any ONNX runtime can run it
-like the original model, at the original model's cost.
+--format merged-onnx``): W' = W + (alpha / r) · B · A for every adapted linear layer (DoRA: rescaled row by
+row to the trained magnitude; qlora: the int8 base dequantized first), the adapter branches removed, the
+trained head modules baked in. No adapter inputs are left, so any ONNX runtime can run it like the
+original model, at the original model's cost. Before anything is written, the merged graph is run beside
+the bundle's graph fed with the adapter, on real tokens.
 
 Needs the ``onnx`` package (host side); the bundle is read as is, nothing in it changes.
 """
@@ -18,18 +20,9 @@ from onnx import numpy_helper
 
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.errors import AdapterError, ExportError
-from edge_sdk.host.inference_graph import prune_unused
+from edge_sdk.host.inference_graph import node_inputs, prune_unused
 
 _LORA_A, _LORA_B, _BASE = "lora_A.default.weight", "lora_B.default.weight", "base_layer.weight"
-_MAX_BRANCH_NODES = 8  # Transpose, MatMul, Mul (scaling), Cast … before the branch joins the base output
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    found: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            found.setdefault(name, []).append(node)
-    return found
 
 
 def _float_weight(graph: onnx.GraphProto, name: str) -> np.ndarray:
@@ -65,38 +58,58 @@ def _set_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> No
     graph.initializer.append(numpy_helper.from_array(value, name))
 
 
-def _bypass_branch(graph: onnx.GraphProto, lora_b: str) -> None:
-    """Cut the LoRA branch that starts at ``lora_b``: the Add that joins it to the base layer's output is
-    replaced by that output. Left unconnected, the branch is pruned."""
-    consumers = _consumers(graph)
-    current = lora_b
-    for _ in range(_MAX_BRANCH_NODES):
-        nodes = consumers.get(current, [])
-        if len(nodes) != 1:
-            break
-        node = nodes[0]
-        if node.op_type == "Add":
-            base_output = next(name for name in node.input if name != current)
-            for consumer in graph.node:
-                for index, name in enumerate(consumer.input):
-                    if name == node.output[0]:
-                        consumer.input[index] = base_output
-            for output in graph.output:
-                if output.name == node.output[0]:
-                    raise ExportError(f"the LoRA branch of {lora_b!r} ends in a graph output; cannot merge it")
-            return
-        current = node.output[0]
-    raise ExportError(f"cannot find where the LoRA branch of {lora_b!r} joins the base layer (an unexpected "
-                      "graph shape); the bundle's inference graph with adapter inputs still works")
+_ADAPTER_MARKERS = (".lora_A.", ".lora_B.", ".lora_magnitude_vector.")
+
+
+def _is_adapter(name: str) -> bool:
+    return any(marker in name for marker in _ADAPTER_MARKERS)
+
+
+def _cut_adapter_branches(graph: onnx.GraphProto, adapter_inputs: set[str]) -> None:
+    """Every LoRA/DoRA term joins the base layer's output through an Add (PEFT: ``result = result + …``); with
+    the adapter merged into the base weight those terms are gone, so each such Add is replaced by its
+    adapter-free input. The terms, left unread, are pruned."""
+    dependent, replaced = set(adapter_inputs), {}
+    for node in graph.node:  # topological order
+        inputs = node_inputs(node)
+        if node.op_type == "Add" and len(node.input) == 2 and len(inputs & dependent) == 1:
+            # A junction: base output + adapter term. After the merge it is the base output alone, which no
+            # longer depends on the adapter (so a residual Add further on is not mistaken for a junction).
+            replaced[node.output[0]] = next(name for name in node.input if name not in dependent)
+        elif inputs & dependent:
+            dependent.update(node.output)
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            while name in replaced:
+                name = replaced[name]
+            node.input[index] = name
+    still = _reached_from(graph, adapter_inputs)
+    for output in graph.output:
+        if output.name in still:
+            raise ExportError(f"graph output {output.name!r} still depends on the adapter after merging")
+
+
+def _reached_from(graph: onnx.GraphProto, sources: set[str]) -> set[str]:
+    """Every tensor computed from any of ``sources`` (nodes are in topological order: one pass)."""
+    reached = set(sources)
+    for node in graph.node:
+        if any(name in reached for name in node_inputs(node)):
+            reached.update(node.output)
+    return reached
+
+
+def _merged_weight(method: str, base: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float,
+                   magnitude: np.ndarray | None) -> np.ndarray:
+    merged = base + scale * (b @ a)
+    if method == "dora":  # PEFT: m * (W + sBA) / ||W + sBA|| per output row
+        merged = (magnitude / np.linalg.norm(merged, axis=1))[:, None] * merged
+    return merged.astype(np.float32)
 
 
 def merged_model(bundle: Bundle, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The bundle's inference graph with ``weights`` merged in (see module docstring)."""
     manifest = bundle.manifest
-    if manifest.peft.get("method", "lora") not in ("lora", "qlora"):
-        raise AdapterError(f"merged-onnx export supports LoRA adapters (lora and qlora bundles); this bundle's method "
-                           f"is {manifest.peft.get('method')!r}: use --format peft and merge with PEFT's "
-                           "merge_and_unload on the host")
+    method = manifest.peft.get("method", "lora")
     model = onnx.load(str(bundle.path(manifest.inference["model"])))  # external base weights loaded too
     graph = model.graph
     scale = float(manifest.peft["alpha"]) / float(manifest.peft["rank"])
@@ -108,20 +121,57 @@ def merged_model(bundle: Bundle, weights: dict[str, np.ndarray]) -> onnx.ModelPr
         if base.shape != (b.shape[0], a.shape[1]):
             raise ExportError(f"{base_name} has shape {list(base.shape)}, not [out, in] = {[b.shape[0], a.shape[1]]}; "
                               "layers that store the weight transposed (GPT-2's Conv1D) cannot be merged here")
-        _set_initializer(graph, base_name, (base + scale * (b @ a)).astype(np.float32))
-        _bypass_branch(graph, prefix + _LORA_B)
-    adapter_inputs = set(weights)
+        magnitude = weights.get(prefix + "lora_magnitude_vector.default.weight")
+        _set_initializer(graph, base_name, _merged_weight(method, base, a, b, scale, magnitude))
+    adapter_inputs = {name for name in weights if _is_adapter(name)}
     for name, value in weights.items():
-        if _LORA_A not in name and _LORA_B not in name:  # trained head modules become ordinary weights
+        if name not in adapter_inputs:  # trained head modules become ordinary weights
             graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-    kept = [value for value in graph.input if value.name not in adapter_inputs]
+    _cut_adapter_branches(graph, adapter_inputs)
+    kept = [value for value in graph.input if value.name not in weights]
     del graph.input[:]
     graph.input.extend(kept)
     prune_unused(graph)
-    leftovers = sorted({name for node in graph.node for name in node.input if ".lora_" in name})
+    leftovers = sorted({name for node in graph.node for name in node.input if _is_adapter(name)})
     if leftovers:
-        raise ExportError(f"LoRA tensors are still read after merging: {leftovers[:3]}")
+        raise ExportError(f"adapter tensors are still read after merging: {leftovers[:3]}")
     return model
+
+
+def _sample_feeds(bundle: Bundle, session) -> dict[str, np.ndarray]:
+    """Real tokens for the self-check; decoder inputs of seq2seq graphs reuse the source tokens."""
+    from edge_sdk.device.tokenizer import BundleTokenizer
+
+    manifest = bundle.manifest
+    tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer["file"]), manifest)
+    batch = tokenizer(["The results beat expectations and the shares rose.", "Rain later today."])
+    feeds = {}
+    for value in session.get_inputs():
+        source = value.name.removeprefix("decoder_")
+        if source in batch:
+            feeds[value.name] = batch[source]
+    return feeds
+
+
+def check_merged(bundle: Bundle, weights: dict[str, np.ndarray], merged: onnx.ModelProto, path: Path) -> float:
+    """Run the bundle's graph with the adapter fed and the merged graph on the same tokens; raise beyond
+    1e-3 (the merge reorders float sums). Returns the largest difference."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    original = onnxruntime.InferenceSession(str(bundle.path(bundle.manifest.inference["model"])), options,
+                                            providers=["CPUExecutionProvider"])
+    candidate = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = _sample_feeds(bundle, candidate)
+    names = [output.name for output in merged.graph.output]
+    expected = original.run(names, feeds | weights)
+    actual = candidate.run(names, feeds)
+    worst = max(float(np.max(np.abs(e - a))) for e, a in zip(expected, actual, strict=True))
+    if not all(np.allclose(e, a, atol=1e-3, rtol=1e-3) for e, a in zip(expected, actual, strict=True)):
+        raise ExportError(f"the merged graph disagrees with the bundle's graph and adapter by up to {worst:.3g}; "
+                          "nothing was written")
+    return worst
 
 
 def export_merged_onnx(bundle: Bundle, weights: dict[str, np.ndarray], out: Path, overwrite: bool = False) -> Path:
@@ -139,6 +189,7 @@ def export_merged_onnx(bundle: Bundle, weights: dict[str, np.ndarray], out: Path
     try:
         onnx.save(model, str(staging / out.name), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=data.name, size_threshold=1024)
+        check_merged(bundle, weights, model, staging / out.name)
         if (staging / data.name).exists():
             os.replace(staging / data.name, data)
         os.replace(staging / out.name, out)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -67,11 +68,25 @@ def test_device_adapter_loads_in_peft_and_predicts_the_same(task: str, fixtures_
         np.testing.assert_array_equal(imported[name], value)
 
 
-def test_merged_onnx_needs_no_adapter_and_predicts_the_same(fixtures_dir: Path, tmp_path: Path) -> None:
-    bundle = _trained(fixtures_dir, tmp_path, "seq-cls")
+@pytest.mark.parametrize("method", ["lora", "dora", "qlora"])
+def test_merged_onnx_needs_no_adapter_and_predicts_the_same(method: str, fixtures_dir: Path, tmp_path: Path) -> None:
+    if method == "lora":
+        bundle = _trained(fixtures_dir, tmp_path, "seq-cls")
+    else:
+        from edge_sdk.host.build import build_bundle
+        from edge_sdk.host.config import BuildConfig
+
+        config = BuildConfig(model_dir=fixtures_dir / "tiny-model", task="seq-cls",
+                             labels=("business", "sport", "tech"), max_length=32).with_overrides(method=method)
+        bundle = DeviceBundle.open(build_bundle(config, tmp_path / method))
+        bundle.personalize(fixtures_dir / "data" / "train.jsonl", adapter="user",
+                           settings=TrainingSettings(epochs=1, learning_rate=2e-2, batch_size=16))
     path = export_merged_onnx(bundle.bundle, bundle.adapters.load("user"), tmp_path / "merged" / "model.onnx")
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert not [i.name for i in session.get_inputs() if "lora" in i.name or "modules_to_save" in i.name]
+    merged = onnx.load(str(path), load_external_data=False)
+    assert not [n for n in merged.graph.node if any("lora" in name for name in n.input)]
+    assert not [n for n in merged.graph.node if n.op_type == "DequantizeLinear"]
     for text, expected in zip(TEXTS, _device_logits(bundle, "user"), strict=True):
         feeds = bundle.tokenizer.pad(bundle.task.from_texts([text]).encoded)
         np.testing.assert_allclose(session.run(["logits"], feeds)[0][0], expected, atol=1e-4, rtol=1e-3)
