@@ -29,13 +29,8 @@ class PortableBackend:
         manifest = bundle.manifest
         spec = manifest.training["portable"]
         profile = profile_from_dict(manifest.profile)
-        options = profile.session_options(threads)
-        # ONNX Runtime 1.32 allocates the memory-pattern block on the second run on top of the arena chunks of
-        # the first, which stay resident: MiniLM batch 8 x 128 peaked at 808 MB with it, 494 MB without, at
-        # the same step time (the step's shapes change with every batch anyway).
-        options.enable_mem_pattern = False
-        self._session = onnxruntime.InferenceSession(str(bundle.path(spec["model"])), options,
-                                                     providers=profile.providers)
+        self._session = onnxruntime.InferenceSession(str(bundle.path(spec["model"])),
+                                                     profile.session_options(threads), providers=profile.providers)
         self._names = spec["names"]
         self._trainable = [tensor.name for tensor in manifest.trainable]
         self._shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in manifest.trainable}
