@@ -101,17 +101,27 @@ def _check_settings(config: dict[str, Any], manifest: Manifest, folder: Path) ->
                            "Rebuild the bundle with those settings (edge-sdk build --adapter-from DIR does that)")
 
 
+def read_config(folder: Path, named_by: str = "") -> dict[str, Any]:
+    """adapter_config.json of the PEFT adapter folder ``folder``, once both of its files are there.
+
+    ``named_by`` (an option such as ``"--adapter-from "``) leads the error message that names the folder.
+    """
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise AdapterError(f"{named_by}{str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and "
+                           f"{WEIGHTS_FILE} (PeftModel.save_pretrained writes both)")
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{str(config_path)!r} is not valid JSON: {exc}") from exc
+
+
 def read_peft(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     """The weights of the PEFT adapter folder ``folder``, under the bundle's parameter names."""
     folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    if not config_path.is_file() or not weights_path.is_file():
-        raise AdapterError(f"{str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and {WEIGHTS_FILE} "
-                           "(PeftModel.save_pretrained writes both)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AdapterError(f"{str(config_path)!r} is not valid JSON: {exc}") from exc
+    config = read_config(folder)
+    weights_path = folder / WEIGHTS_FILE
     _check_settings(config, manifest, folder)
     by_key = {peft_key(spec.name): spec for spec in manifest.trainable}
     weights: dict[str, np.ndarray] = {}

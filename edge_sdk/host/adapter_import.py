@@ -6,7 +6,6 @@ graphs have exactly the adapter's shape; its weights become the bundle's initial
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,13 @@ import torch
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from edge_sdk.device.peft_format import CONFIG_FILE, WEIGHTS_FILE, read_config
 from edge_sdk.errors import AdapterError
-
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
     folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise AdapterError(f"--adapter-from {str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and "
-                           f"{WEIGHTS_FILE} (PeftModel.save_pretrained writes both)")
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AdapterError(f"{str(folder / CONFIG_FILE)!r} is not valid JSON: {exc}") from exc
+    config = read_config(folder, named_by="--adapter-from ")
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"--adapter-from {str(folder)!r} holds a {config.get('peft_type')} adapter; only LoRA "
                            "(and DoRA) adapters can start a bundle")
