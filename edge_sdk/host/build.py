@@ -29,6 +29,7 @@ from edge_sdk.host.export import (
 from edge_sdk.host.generation_graphs import generation_graphs
 from edge_sdk.host.inference_graph import inference_model
 from edge_sdk.host.model_loading import LoadedModel, load_for_task
+from edge_sdk.host.ort_session import cpu_session
 from edge_sdk.host.portable.assemble import build_train_step, state_names
 from edge_sdk.host.portable.validate import validate_portable_step
 from edge_sdk.host.portable.weights import save_with_shared_weights
@@ -67,26 +68,20 @@ def _perturbed(weights: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarra
     return {name: (value + rng.normal(0.0, 0.05, value.shape)).astype(np.float32) for name, value in weights.items()}
 
 
-def _session(path: Path) -> onnxruntime.InferenceSession:
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # the export's unused dropout constants are expected, not news
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _validate(loaded: LoadedModel, forward_path: Path, inference_path: Path, batch: dict[str, np.ndarray],
               output_names: list[str], trainable: list[str], seed: int) -> dict[str, float]:
     """Check both ONNX graphs against PyTorch; return the max differences for the manifest."""
     model = loaded.model
     initial = _trainable_weights(model)
     reference = torch_reference(model, batch, output_names)
-    exported = dict(zip(output_names, _session(forward_path).run(output_names, batch), strict=True))
+    exported = dict(zip(output_names, cpu_session(forward_path).run(output_names, batch), strict=True))
     diffs = {"forward." + k: v for k, v in compare_outputs(reference, exported, "the exported training graph").items()}
 
     perturbed = _perturbed(initial, seed)
     with weights_loaded(model, perturbed):
         reference = torch_reference(model, batch, output_names)
     feeds = dict(batch) | {name: perturbed[name] for name in trainable}
-    optimized = dict(zip(output_names, _session(inference_path).run(output_names, feeds), strict=True))
+    optimized = dict(zip(output_names, cpu_session(inference_path).run(output_names, feeds), strict=True))
     diffs |= {"inference." + k: v for k, v in compare_outputs(
         reference, optimized, "the optimized inference graph").items()}
     return diffs

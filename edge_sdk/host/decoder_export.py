@@ -35,6 +35,7 @@ from edge_sdk.host.export import (
     weights_loaded,
 )
 from edge_sdk.host.inference_graph import inference_model, prune_unused
+from edge_sdk.host.ort_session import cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -272,12 +273,10 @@ def check_decoder_against_torch(peft_model: torch.nn.Module, graph: DecoderGraph
     PyTorch's cache keeps fewer positions (a sliding window), the graph's cache, which keeps them all and
     applies the window in the attention mask, is compared on its most recent positions.
     """
-    import onnxruntime as ort
-
     missing = [name for name in graph.weight_names if name not in weights]
     if missing:
         raise ExportError(f"weights for the check lack graph inputs: {', '.join(missing[:10])}")
-    session = ort.InferenceSession(str(graph.path), providers=["CPUExecutionProvider"])
+    session = cpu_session(graph.path)
     mask = np.asarray(attention_mask, dtype=np.int64)
     tokens = {"input_ids": np.asarray(input_ids, dtype=np.int64), "attention_mask": mask,
               "position_ids": position_ids_from_mask(mask)}

@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.errors import AdapterError, ExportError
 from edge_sdk.host.inference_graph import node_inputs, prune_unused
+from edge_sdk.host.ort_session import cpu_session
 
 _LORA_A, _LORA_B, _BASE = "lora_A.default.weight", "lora_B.default.weight", "base_layer.weight"
 
@@ -156,13 +157,8 @@ def _sample_feeds(bundle: Bundle, session) -> dict[str, np.ndarray]:
 def check_merged(bundle: Bundle, weights: dict[str, np.ndarray], merged: onnx.ModelProto, path: Path) -> float:
     """Run the bundle's graph with the adapter fed and the merged graph on the same tokens; raise beyond
     1e-3 (the merge reorders float sums). Returns the largest difference."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    original = onnxruntime.InferenceSession(str(bundle.path(bundle.manifest.inference["model"])), options,
-                                            providers=["CPUExecutionProvider"])
-    candidate = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    original = cpu_session(bundle.path(bundle.manifest.inference["model"]))
+    candidate = cpu_session(path)
     feeds = _sample_feeds(bundle, candidate)
     names = [output.name for output in merged.graph.output]
     expected = original.run(names, feeds | weights)

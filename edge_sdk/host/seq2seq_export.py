@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from edge_sdk.errors import ConfigError, ExportError
 from edge_sdk.host.export import ExportedGraph, compare_outputs, trace_to_onnx
 from edge_sdk.host.inference_graph import inference_model, prune_unused
+from edge_sdk.host.ort_session import cpu_session
 
 log = logging.getLogger(__name__)
 
@@ -424,12 +424,6 @@ def export_seq2seq_generation(peft_model: torch.nn.Module, folder: Path, opset: 
 # Check against PyTorch
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _weights(peft_model: torch.nn.Module, names: list[str]) -> dict[str, np.ndarray]:
     params = dict(peft_model.named_parameters())
     return {name: params[name].detach().numpy() for name in names}
@@ -452,7 +446,7 @@ def check_seq2seq_against_torch(peft_model: torch.nn.Module, graphs: Seq2SeqGrap
     single-token steps. The encoder output and every step's logits must agree within tolerance
     (ExportError otherwise). Returns the largest difference per output.
     """
-    encoder, decoder = _session(graphs.encoder.path), _session(graphs.decoder.path)
+    encoder, decoder = cpu_session(graphs.encoder.path), cpu_session(graphs.decoder.path)
     weights = _weights(peft_model, graphs.encoder.weight_inputs + graphs.decoder.weight_inputs)
     ids, mask = np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64)
     outputs = encoder.run(None, {"input_ids": ids, "attention_mask": mask}
