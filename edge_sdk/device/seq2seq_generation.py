@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from edge_sdk.errors import AdapterError, BundleError, ConfigError
+from edge_sdk.tasks.base import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # labels at target padding: no loss, no gradient
 _NEG = np.float32(-1.0e9)  # transformers' "never choose" offset in beam search (finite, unlike -inf)
 _SPEC_KEYS = {"encoder": ("inputs", "outputs", "weight_inputs", "cross_outputs"),
               "decoder": ("inputs", "outputs", "weight_inputs", "past_self", "present_self", "past_cross",

@@ -18,8 +18,7 @@ from transformers import (
 )
 
 from edge_sdk.errors import ConfigError
-
-IGNORE_INDEX = -100  # targets at padding and non-first sub-tokens: no loss, no gradient
+from edge_sdk.tasks.base import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

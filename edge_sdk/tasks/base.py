@@ -16,6 +16,12 @@ import numpy as np
 
 from edge_sdk.errors import ConfigError
 
+# The label that carries no loss and no gradient (padding, a token-cls word's later sub-tokens, a prompt in
+# causal-lm). -100 is the ignore_index of PyTorch's and ONNX's cross-entropy and transformers' convention,
+# so the host's training graphs and the device's batches and metrics must all use this one value; it lives
+# here because the device side is torch-free and may not import host code, while the host may import this.
+IGNORE_INDEX = -100
+
 
 @dataclass
 class TaskData:
@@ -70,7 +76,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100) -> float:
+def cross_entropy(logits: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> float:
     """Mean cross-entropy over the rows whose label is not ``ignore_index`` (as the training graph)."""
     keep = labels != ignore_index
     logits, labels = logits[keep], labels[keep]
@@ -81,7 +87,7 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -1
     return float(-log_probs[np.arange(len(labels)), labels].mean())
 
 
-def token_nll(logits: np.ndarray, labels: np.ndarray, ignore_index: int = -100) -> tuple[float, int]:
+def token_nll(logits: np.ndarray, labels: np.ndarray, ignore_index: int = IGNORE_INDEX) -> tuple[float, int]:
     """Summed negative log-likelihood of the ``labels`` that are not ``ignore_index``, and their count
     (``logits`` [positions, vocabulary] aligned with ``labels`` [positions])."""
     keep = labels != ignore_index
@@ -99,7 +105,8 @@ def perplexity_scores(outputs: list[tuple[float, int]]) -> dict[str, float]:
             "examples": len(outputs)}
 
 
-def padded_token_targets(targets: list[np.ndarray], length: int, left: bool, ignore_index: int = -100) -> np.ndarray:
+def padded_token_targets(targets: list[np.ndarray], length: int, left: bool,
+                         ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Per-token targets of a batch padded to ``length`` on the tokenizer's padding side (``ignore_index``
     at the padding, which carries no loss)."""
     labels = np.full((len(targets), length), ignore_index, dtype=np.int64)

@@ -15,12 +15,18 @@ import numpy as np
 
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.errors import DataError
-from edge_sdk.tasks.base import TaskData, padded_token_targets, perplexity_scores, reject_context, token_nll
+from edge_sdk.tasks.base import (
+    IGNORE_INDEX,
+    TaskData,
+    padded_token_targets,
+    perplexity_scores,
+    reject_context,
+    token_nll,
+)
 from edge_sdk.tasks.chat import render_chat
 from edge_sdk.tasks.data import read_records, text_field
 
 TASK_NAME = "causal-lm"
-IGNORE_INDEX = -100
 
 
 class CausalLmTask:

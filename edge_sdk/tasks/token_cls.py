@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_sdk.tasks.base import TaskData, cross_entropy, padded_token_targets, reject_context
+from edge_sdk.tasks.base import IGNORE_INDEX, TaskData, cross_entropy, padded_token_targets, reject_context
 from edge_sdk.tasks.ner import entities, entity_f1, load_tagged_sentences
 
 TASK_NAME = "token-cls"
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

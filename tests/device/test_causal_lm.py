@@ -11,7 +11,7 @@ import pytest
 
 from edge_sdk.device import DeviceBundle
 from edge_sdk.errors import DataError
-from edge_sdk.tasks.causal_lm import IGNORE_INDEX
+from edge_sdk.tasks.base import IGNORE_INDEX
 
 
 def write_jsonl(path: Path, *records: dict) -> Path:
