@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -120,7 +121,8 @@ def write_seq2seq_data(path: Path, count: int, seed: int) -> Path:
 
 def make_fixtures(root: Path) -> Path:
     """Write ``tiny-model/``, bundles ``tiny-seq-cls/``, ``other-seq-cls/``, ``tiny-token-cls/``, ``tiny-qa/``,
-    ``tiny-causal-lm/``, ``tiny-seq2seq/`` and ``data/``."""
+    ``tiny-causal-lm/``, ``tiny-seq2seq/``, their ``-int8`` builds for seq-cls, causal-lm and seq2seq, and
+    ``data/``."""
     from edge_sdk.host.build import build_bundle
     from edge_sdk.host.config import BuildConfig
 
@@ -141,6 +143,12 @@ def make_fixtures(root: Path) -> Path:
     seq2seq_model = make_tiny_seq2seq(root / "tiny-seq2seq-model", "bart", seed=0)
     build_bundle(BuildConfig(model_dir=seq2seq_model, task="seq2seq", labels=(), max_length=32),
                  root / "tiny-seq2seq", overwrite=True)
+    # --precision int8 for a classifier (inference graph, training step) and both generating families
+    # (decoder with a KV cache; encoder + cached decoder).
+    for name, config in (("tiny-seq-cls-int8", BuildConfig(model_dir=model, task="seq-cls", labels=LABELS)),
+                         ("tiny-causal-lm-int8", BuildConfig(model_dir=chat_model, task="causal-lm", labels=())),
+                         ("tiny-seq2seq-int8", BuildConfig(model_dir=seq2seq_model, task="seq2seq", labels=()))):
+        build_bundle(replace(config, max_length=32, precision="int8"), root / name, overwrite=True)
     write_seq2seq_data(root / "data" / "s2s-train.jsonl", 96, seed=9)
     write_seq2seq_data(root / "data" / "s2s-dev.jsonl", 48, seed=10)
     write_qa_data(root / "data" / "qa-train.jsonl", 96, seed=5)

@@ -15,7 +15,7 @@ import edge_sdk
 from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.errors import DependencyError, EdgeSdkError
-from edge_sdk.host.config import PEFT_METHODS  # torch-free: the device CLI loads it too
+from edge_sdk.host.config import PEFT_METHODS, PRECISIONS  # torch-free: the device CLI loads it too
 
 
 class _UserError(click.ClickException):
@@ -56,13 +56,17 @@ def cli(verbose: bool) -> None:
 @click.option("--max-length", type=int, help="Maximum tokens per example (default 128).")
 @click.option("--profile", help="Execution-provider profile (default cpu).")
 @click.option("--seed", type=int, help="Seed for new weights (default 0).")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="fp32 (default) or int8: frozen linear layers compute in int8 on the device (inference and "
+                   "the portable training step); smaller and faster, slightly less exact.")
 @click.option("--adapter-from", type=click.Path(path_type=Path),
               help="A PEFT adapter folder to start from (its rank, alpha, targets and DoRA setting win).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 def build(source: Path, out: Path, task: str | None, labels: str | None, method: str | None, rank: int | None,
           alpha: float | None, target_modules: str | None, max_length: int | None, profile: str | None,
-          seed: int | None, adapter_from: Path | None, overwrite: bool, as_json: bool) -> None:
+          seed: int | None, precision: str | None, adapter_from: Path | None, overwrite: bool,
+          as_json: bool) -> None:
     """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml)."""
     try:
         from edge_sdk.host.build import build_bundle
@@ -86,7 +90,8 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, method:
         config = BuildConfig(model_dir=folder, task=task, labels=label_list or (), source_description=str(source),
                              gguf_file=gguf_file)
     config = config.with_overrides(task=task, labels=label_list, method=method, rank=rank, alpha=alpha,
-                                   target_modules=targets, max_length=max_length, profile=profile, seed=seed)
+                                   target_modules=targets, max_length=max_length, profile=profile, seed=seed,
+                                   precision=precision)
     if adapter_from is not None:
         from edge_sdk.host.adapter_import import lora_overrides
 

@@ -28,6 +28,7 @@ from edge_sdk.host.export import (
 )
 from edge_sdk.host.generation_graphs import generation_graphs
 from edge_sdk.host.inference_graph import inference_model
+from edge_sdk.host.int8_bundle import convert_to_int8
 from edge_sdk.host.model_loading import LoadedModel, load_for_task
 from edge_sdk.host.ort_session import cpu_session
 from edge_sdk.host.portable.assemble import build_train_step, state_names
@@ -242,8 +243,15 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
                 "max_abs_output_change_vs_float": quantized.output_change(loaded.model, validation_batch,
                                                                           list(task.outputs))}
         report("checking the portable step against ONNX Runtime training, step by step")
-        manifest.build["portable_max_relative_loss_difference"] = validate_portable_step(
-            writer.staged(manifest),
-            validation_batch | task.sample_targets(validation_batch, classes, np.random.default_rng(config.seed)))
+        step_feeds = validation_batch | task.sample_targets(validation_batch, classes,
+                                                            np.random.default_rng(config.seed))
+        manifest.build["portable_max_relative_loss_difference"] = validate_portable_step(writer.staged(manifest),
+                                                                                         step_feeds)
+        if config.precision == "int8":
+            report("int8: quantizing the frozen linear layers and measuring what that changes")
+            adapter = _perturbed(initial, config.seed)
+            manifest.build["precision"] = convert_to_int8(
+                writer.staged, manifest, writer.staged(manifest).root,
+                validation_batch | {name: adapter[name] for name in graph.trainable}, step_feeds)
         report("writing the bundle")
         return writer.commit(manifest)

@@ -15,6 +15,7 @@ from edge_sdk.errors import ConfigError
 from edge_sdk.tasks.registry import TASK_NAMES
 
 PEFT_METHODS = ("lora", "dora", "qlora")
+PRECISIONS = ("fp32", "int8")  # how the frozen linear layers compute (edge_sdk.host.int8_matmul)
 MIN_OPSET, MAX_OPSET = 14, 15
 
 
@@ -59,6 +60,7 @@ class BuildConfig:
     source_description: str = ""
     gguf_file: str | None = None  # the model is this GGUF file in model_dir (dequantized when loaded)
     adapter_from: Path | None = None  # a PEFT adapter folder whose weights become the initial adapter
+    precision: str = "fp32"  # "int8": frozen linear layers in int8 in the inference graphs and the portable step
 
     def validate(self) -> None:
         if self.task not in TASK_NAMES:
@@ -91,6 +93,8 @@ class BuildConfig:
                 f"opset {self.opset!r} is not supported for training export; use {MIN_OPSET} or {MAX_OPSET} "
                 "(opset 17 LayerNormalization has no gradient in ONNX Runtime training)"
             )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         self.lora.validate()
 
     def with_overrides(self, **changes: Any) -> BuildConfig:
@@ -102,7 +106,7 @@ class BuildConfig:
 
 
 _RECIPE_KEYS = {"model", "task", "labels", "max_length", "max_batch_size", "peft", "profile", "seed", "opset",
-                "description"}
+                "description", "precision"}
 _PEFT_KEYS = {"method", "rank", "alpha", "target_modules"}
 
 
@@ -150,6 +154,7 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         profile=data.get("profile", "cpu"),
         seed=data.get("seed", 0),
         opset=data.get("opset", 14),
+        precision=data.get("precision", "fp32"),
         source_description=description,
         gguf_file=gguf_file,
     )

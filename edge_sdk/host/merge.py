@@ -179,6 +179,12 @@ def export_merged_onnx(bundle: Bundle, weights: dict[str, np.ndarray], out: Path
     data = out.with_name(out.name + ".data")
     if (out.exists() or data.exists()) and not overwrite:
         raise AdapterError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
+    if bundle.manifest.inference.get("precision", "fp32") != "fp32":
+        # The merge needs W itself; an int8 bundle holds only int8 copies, and merging into those would
+        # round the adapter's update away.
+        raise AdapterError(f"bundle {str(bundle.root)!r} was built with --precision "
+                           f"{bundle.manifest.inference['precision']}; a merged graph needs the float32 base: "
+                           "build the bundle with --precision fp32, or export with --format peft")
     model = merged_model(bundle, weights)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -39,6 +39,10 @@ CASES = {
     "seq2seq": Case("tiny-seq2seq", "s2s-train.jsonl", "s2s-dev.jsonl", {"perplexity", "tokens"},
                     "match goal the team"),
 }
+# --precision int8 bundles (int8 frozen linear layers in every graph, portable step only): one classifier
+# and both generating families.
+INT8_CASES = {f"{task} int8": Case(CASES[task].bundle + "-int8", *list(vars(CASES[task]).values())[1:])
+              for task in ("seq-cls", "causal-lm", "seq2seq")}
 GENERATES = {"causal-lm", "seq2seq"}
 SETTINGS = TrainingSettings(epochs=3, learning_rate=2e-2, batch_size=16, seed=1)
 
@@ -47,14 +51,14 @@ def test_every_registered_task_is_covered() -> None:
     assert set(CASES) == set(TASK_NAMES)
 
 
-@pytest.fixture(params=sorted(CASES))
+@pytest.fixture(params=sorted(CASES | INT8_CASES))
 def case(request, fixtures_dir: Path, tmp_path: Path):
     import shutil
 
-    case = CASES[request.param]
+    case = (CASES | INT8_CASES)[request.param]
     copy = Path(shutil.copytree(fixtures_dir / case.bundle, tmp_path / case.bundle))
     data = fixtures_dir / "data"
-    return request.param, copy, data / case.train, data / case.dev, case
+    return request.param.split()[0], copy, data / case.train, data / case.dev, case
 
 
 def test_personalize_evaluate_infer(case) -> None:

@@ -1,0 +1,118 @@
+"""`--precision int8`: the frozen linear layers compute in int8 (weights) x uint8 (activations).
+
+Every MatMul whose right-hand side is a frozen float weight (directly, or through 2-D Transposes, as
+exporters and ORT's gradient builder wire ``nn.Linear``) becomes the standard-ONNX dynamic quantization
+pattern::
+
+    DynamicQuantizeLinear(A) -> MatMulInteger(A_u8, B_s8) -> Cast(float) -> Mul(a_scale * b_scale)
+
+B is quantized offline, symmetric int8 with one scale per output column; A is quantized per tensor at run
+time. ONNX Runtime fuses the pattern into one ``DynamicQuantizeMatMul`` (its int8 GEMM, VNNI where the CPU
+has it), and any runtime that lacks the fusion still runs the standard operators: the graph stays
+portable. Why a rewrite of our own rather than ``onnxruntime.quantization.quantize_dynamic``: that tool only
+quantizes MatMuls whose weight is an initializer, while both our graphs read weights through Transposes
+(and the training step reads each weight twice, transposed for the forward pass and as is for the
+gradient of the activations); it also cannot tell frozen weights from the adapter's.
+
+What stays float: the LoRA/DoRA matrices and heads (they are trained), attention's activation x activation
+products, embeddings, LayerNorms, and Gemm nodes (small heads and poolers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_sdk.host.quantize import quantize_rows
+
+SCHEME = "int8 weights (symmetric, one scale per output column) x uint8 activations (dynamic, per tensor)"
+
+
+@dataclass(frozen=True)
+class Int8Summary:
+    matmuls: int          # MatMul nodes rewritten
+    weights: int          # distinct quantized matrices stored
+    float_bytes: int      # what those matrices take as float32
+    int8_bytes: int
+
+    def to_dict(self) -> dict:
+        return {"scheme": SCHEME, "matmuls": self.matmuls, "weights": self.weights,
+                "float_bytes": self.float_bytes, "int8_bytes": self.int8_bytes}
+
+
+def _is_2d_transpose(node: onnx.NodeProto) -> bool:
+    perm = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
+    return node.op_type == "Transpose" and perm in (None, [1, 0])
+
+
+def _frozen_source(name: str, producers: dict[str, onnx.NodeProto], frozen: dict[str, TensorProto]
+                   ) -> tuple[str, bool] | None:
+    """(initializer, transposed?) when ``name`` is a frozen 2-D float weight seen through Transposes and
+    Identities; None otherwise."""
+    transposed = False
+    for _ in range(8):  # chains are short; a bound keeps a malformed graph from looping
+        if name in frozen:
+            tensor = frozen[name]
+            if tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2:
+                return name, transposed
+            return None
+        node = producers.get(name)
+        if node is None:
+            return None
+        if _is_2d_transpose(node):
+            transposed = not transposed
+        elif node.op_type != "Identity":
+            return None
+        name = node.input[0]
+    return None
+
+
+def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Summary:
+    """Rewrite ``model`` in place (see the module docstring); ``frozen`` names the initializers that may be
+    quantized (never the trainable ones). Initializer values must be loaded (not external)."""
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer if init.name in frozen}
+    producers = {output: node for node in graph.node for output in node.output}
+    quantized: dict[tuple[str, bool], tuple[str, str]] = {}  # (weight, transposed) -> (int8 B, scale)
+    added: list[TensorProto] = []
+    zero_point = "int8_matmul.zero_point"
+    nodes: list[onnx.NodeProto] = []
+    rewritten = float_bytes = int8_bytes = 0
+    for node in graph.node:
+        source = _frozen_source(node.input[1], producers, initializers) if node.op_type == "MatMul" else None
+        if source is None:
+            nodes.append(node)
+            continue
+        if source not in quantized:
+            weight, transposed = source
+            matrix = numpy_helper.to_array(initializers[weight])
+            b = matrix.T if transposed else matrix  # B as the MatMul reads it: [K, N]
+            q = quantize_rows(np.ascontiguousarray(b.T))  # a row of B.T is an output column of the MatMul
+            stem = f"{weight}{'.T' if transposed else ''}.int8mm"
+            added += [numpy_helper.from_array(np.ascontiguousarray(q.values.T), stem),
+                      numpy_helper.from_array(q.scale, stem + ".scale")]
+            quantized[source] = (stem, stem + ".scale")
+            float_bytes += b.size * 4
+            int8_bytes += q.values.nbytes + q.scale.nbytes
+        b_int8, b_scale = quantized[source]
+        rewritten += 1
+        stem = (node.name or node.output[0]) + ".int8"
+        a, output = node.input[0], node.output[0]
+        nodes += [
+            helper.make_node("DynamicQuantizeLinear", [a], [f"{stem}.a", f"{stem}.a_scale", f"{stem}.a_zero_point"],
+                             name=f"{stem}.quantize"),
+            helper.make_node("MatMulInteger", [f"{stem}.a", b_int8, f"{stem}.a_zero_point", zero_point],
+                             [f"{stem}.int32"], name=f"{stem}.matmul"),
+            helper.make_node("Cast", [f"{stem}.int32"], [f"{stem}.float"], to=TensorProto.FLOAT, name=f"{stem}.cast"),
+            helper.make_node("Mul", [f"{stem}.a_scale", b_scale], [f"{stem}.scale"], name=f"{stem}.scales"),
+            helper.make_node("Mul", [f"{stem}.float", f"{stem}.scale"], [output], name=f"{stem}.rescale"),
+        ]
+    if rewritten:
+        added.append(numpy_helper.from_array(np.zeros((), np.int8), zero_point))
+        graph.initializer.extend(added)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return Int8Summary(matmuls=rewritten, weights=len(quantized), float_bytes=float_bytes, int8_bytes=int8_bytes)
