@@ -28,7 +28,7 @@ from edge_sdk.tasks.base import TaskData, reject_context
 from edge_sdk.tasks.registry import device_task
 
 DEFAULT_ADAPTER = "default"
-_EVAL_BATCH = 32
+_EVAL_BATCH = 16
 _MAX_OUTPUT_VALUES = 1 << 24
 
 

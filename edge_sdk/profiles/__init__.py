@@ -35,6 +35,10 @@ class Profile:
         }[self.graph_optimization_level]
         options.intra_op_num_threads = self.intra_op_threads if threads is None else threads
         options.log_severity_level = 3
+        # No memory pattern: it plans one block holding every intermediate of a run without reusing freed
+        # ones, and keeps it; the arena reuses them instead. MiniLM, batch 8x128: the portable training step
+        # peaks at 442 instead of 763 MB, an evaluation at batch 32 at 246 instead of 328 MB, at the same speed.
+        options.enable_mem_pattern = False
         # A qlora bundle's int8 weights feed MatMuls through DequantizeLinear; newer ONNX Runtime fuses the
         # pair into MatMulNBits, by default (level 4) quantizing the activations to int8 too, which moved
         # MiniLM-sized logits by ~3e-3 against the validated graph. Level 1 keeps the int8 weights and
