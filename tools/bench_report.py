@@ -1,0 +1,345 @@
+"""Turn `tools/bench.py`'s raw measurements into its headline ratios, a Markdown report and a PNG plot.
+
+Pure functions of the measurements (no timing here), so they are tested on made-up numbers
+(tests/host/test_bench_report.py). Ratios follow the issue's convention: for times PyTorch's figure over
+ours (above 1: we are faster), for memory ours over PyTorch's (below 1: we use less).
+
+A measurement that failed is a dict with an ``error`` key; it is reported as such and left out of ratios.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+TORCH = "pytorch"
+TORCH_LABEL = "PyTorch eager + PEFT"
+INFER_FP32, INFER_INT8 = "fp32 bundle", "int8 bundle"
+MIB = 1024 * 1024
+
+# The issue's targets (real MiniLM, LoRA r=8 on query/value, batch 8 x 128 tokens, 2 threads).
+TARGETS = {
+    "train_step_speedup_vs_torch": (">=", 1.5),
+    "peak_memory_ratio_vs_torch": ("<=", 0.6),
+    "infer_fp32_speedup_vs_torch": (">=", 1.5),
+    "infer_int8_speedup_vs_torch": (">=", 2.5),
+}
+
+
+def ok(measurement: Any) -> bool:
+    return isinstance(measurement, Mapping) and bool(measurement) and "error" not in measurement
+
+
+# --- FLOPs ----------------------------------------------------------------------------------------------
+
+def frozen_linear_parameters(config: Mapping[str, Any]) -> int:
+    """Weights of the frozen linear layers every token goes through, from a transformers config dict.
+
+    BERT: per layer query, key, value, attention output (4·d²) and the feed-forward pair (2·d·i).
+    Llama: per layer q, o (d·d), k, v (d·kv_heads·head_dim) and gate, up, down (3·d·i), plus the LM head
+    (d·vocab), which a causal LM applies to every position. Embeddings are lookups (no FLOPs); the pooler
+    and classification head touch one token per row, LoRA's r=8 factors add r/d of their layer: both
+    negligible and left out."""
+    d, layers, inner = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
+    if config["model_type"] == "bert":
+        return layers * (4 * d * d + 2 * d * inner)
+    if config["model_type"] == "llama":
+        heads = config["num_attention_heads"]
+        head_dim = config.get("head_dim") or d // heads
+        kv = config.get("num_key_value_heads") or heads
+        return layers * (2 * d * heads * head_dim + 2 * d * kv * head_dim + 3 * d * inner) + d * config["vocab_size"]
+    raise ValueError(f"no FLOP count for model type {config['model_type']!r}; known: bert, llama")
+
+
+def training_step_flops(config: Mapping[str, Any], batch: int, seq: int) -> dict[str, float]:
+    """FLOPs of one LoRA training step: 4·T·P + 12·L·B·S²·d_attn.
+
+    T = B·S tokens, P frozen linear weights: 2·T·P forward, 2·T·P backward for the activations' gradients
+    (frozen weights need no weight gradient). Attention per layer: Q·Kᵀ and A·V, 2·B·S²·d_attn each forward,
+    twice that backward."""
+    tokens = batch * seq
+    parameters = frozen_linear_parameters(config)
+    heads = config["num_attention_heads"]
+    attention_width = heads * (config.get("head_dim") or config["hidden_size"] // heads)
+    linear = 4 * tokens * parameters
+    attention = 12 * config["num_hidden_layers"] * batch * seq * seq * attention_width
+    return {"total": float(linear + attention), "linear": float(linear), "attention": float(attention),
+            "frozen_linear_parameters": parameters}
+
+
+# --- headline ratios -----------------------------------------------------------------------------------
+
+def _medians(runs: Mapping[str, Any]) -> dict[str, float]:
+    return {name: run["median_s"] for name, run in runs.items() if ok(run)}
+
+
+def _ratios_vs_torch(values: Mapping[str, float], torch_value: float | None, ours_over_torch: bool) -> dict:
+    if torch_value is None:
+        return {}
+    return {name: (value / torch_value if ours_over_torch else torch_value / value)
+            for name, value in values.items() if name != TORCH}
+
+
+def _infer_latency(raw: Mapping[str, Any], variant: str, batch: int) -> float | None:
+    run = raw.get("inference", {}).get(variant)
+    return run[str(batch)]["median_s"] if ok(run) and str(batch) in run else None
+
+
+def summarize(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline keys: speed-ups and the memory ratio against PyTorch, each backend's ratio, which SDK
+    variant is fastest/leanest, the training step's FLOPs and fraction of the measured peak, and whether
+    each target is met. A figure that could not be measured is None."""
+    steps = _medians(raw.get("train_step", {}))
+    torch_step = steps.get(TORCH)
+    step_ratios = _ratios_vs_torch(steps, torch_step, ours_over_torch=False)
+    fastest = max(step_ratios, key=step_ratios.get) if step_ratios else None
+
+    memory = {name: run["peak_rss_mib"] for name, run in raw.get("personalization", {}).items() if ok(run)}
+    memory_ratios = _ratios_vs_torch(memory, memory.get(TORCH), ours_over_torch=True)
+    leanest = min(memory_ratios, key=memory_ratios.get) if memory_ratios else None
+
+    summary: dict[str, Any] = {
+        "train_step_speedup_vs_torch": step_ratios.get(fastest) if fastest else None,
+        "train_step_fastest_backend": fastest,
+        "train_step_speedup_by_backend": step_ratios,
+        "peak_memory_ratio_vs_torch": memory_ratios.get(leanest) if leanest else None,
+        "peak_memory_leanest_backend": leanest,
+        "peak_memory_ratio_by_backend": memory_ratios,
+    }
+    for batch, prefix in ((8, "infer"), (1, "infer_batch1")):
+        torch_latency = _infer_latency(raw, TORCH, batch)
+        for variant, key in ((INFER_FP32, "fp32"), (INFER_INT8, "int8")):
+            ours = _infer_latency(raw, variant, batch)
+            summary[f"{prefix}_{key}_speedup_vs_torch"] = torch_latency / ours if torch_latency and ours else None
+    summary["infer_throughput_sequences_per_s"] = {
+        variant: 8 / latency for variant in raw.get("inference", {})
+        if (latency := _infer_latency(raw, variant, 8))}
+    summary |= _fraction_of_peak(raw, steps, fastest)
+    summary["targets"] = {key: {"target": f"{op} {bound}", "value": summary[key],
+                                "met": None if summary[key] is None
+                                else (summary[key] >= bound if op == ">=" else summary[key] <= bound)}
+                          for key, (op, bound) in TARGETS.items()}
+    return summary
+
+
+def _fraction_of_peak(raw: Mapping[str, Any], steps: Mapping[str, float], fastest: str | None) -> dict[str, Any]:
+    config = raw.get("model_config")
+    peaks = {name: run["gflops"] for name, run in raw.get("peak", {}).items() if ok(run)}
+    if not config or not peaks:
+        return {"train_step_flops": None, "peak_gflops": None, "train_step_fraction_of_peak": None,
+                "train_step_fraction_of_peak_by_backend": {}}
+    setting = raw["setting"]
+    flops = training_step_flops(config, setting["batch"], setting["seq"])["total"]
+    peak = max(peaks.values())
+    by_backend = {name: flops / seconds / (peak * 1e9) for name, seconds in steps.items()}
+    return {"train_step_flops": flops, "peak_gflops": peak, "peak_source": max(peaks, key=peaks.get),
+            "train_step_fraction_of_peak": by_backend.get(fastest) if fastest else None,
+            "train_step_fraction_of_peak_by_backend": by_backend}
+
+
+# --- Markdown ------------------------------------------------------------------------------------------
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _cell(run: Any, value: float | None, digits: int = 1) -> str:
+    if isinstance(run, Mapping) and "error" in run:
+        return "failed"
+    return _number(value, digits)
+
+
+def _ms(run: Any) -> float | None:
+    return run["median_s"] * 1000 if ok(run) and "median_s" in run else None
+
+
+def _count(number: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if number >= scale:
+            return f"{number / scale:.1f}{suffix}"
+    return f"{number:.0f}"
+
+
+def machine_line(machine: Mapping[str, Any]) -> str:
+    versions = ", ".join(f"{name} {version}" for name, version in machine.get("versions", {}).items())
+    return (f"{machine.get('cpu_model', '?')}, {machine.get('cores', '?')} cores, {machine.get('threads', '?')} "
+            f"threads per measurement, {machine.get('os', '?')}; {versions}")
+
+
+def _headline_rows(raw: Mapping[str, Any], summary: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    steps = raw.get("train_step", {})
+    torch_step = steps.get(TORCH, {})
+    torch_ms = _ms(torch_step)
+    setting = raw.get("setting", {})
+    shape = f"batch {setting.get('batch')} × {setting.get('seq')}"
+    for name, run in steps.items():
+        if name == TORCH:
+            continue
+        ours = _ms(run)
+        rows.append([f"training step, {shape} (ms)", _cell(torch_step, torch_ms), f"{_cell(run, ours)} ({name})",
+                     _ratio(summary["train_step_speedup_by_backend"].get(name))])
+    runs = raw.get("personalization", {})
+    torch_run = runs.get(TORCH, {})
+    for name, run in runs.items():
+        if name == TORCH:
+            continue
+        rows.append(["peak memory of a personalization run (MiB)",
+                     _cell(torch_run, torch_run.get("peak_rss_mib"), 0),
+                     f"{_cell(run, run.get('peak_rss_mib'), 0)} ({name})",
+                     _ratio(summary["peak_memory_ratio_by_backend"].get(name))])
+    for batch, prefix in ((1, "infer_batch1"), (8, "infer")):
+        torch_latency = _infer_latency(raw, TORCH, batch)
+        for variant, key in ((INFER_FP32, "fp32"), (INFER_INT8, "int8")):
+            ours = _infer_latency(raw, variant, batch)
+            rows.append([f"inference latency, batch {batch} × {setting.get('infer_seq')} (ms)",
+                         _cell(raw.get("inference", {}).get(TORCH), torch_latency and torch_latency * 1000, 2),
+                         f"{_cell(raw.get('inference', {}).get(variant), ours and ours * 1000, 2)} ({variant})",
+                         _ratio(summary[f"{prefix}_{key}_speedup_vs_torch"])])
+    throughput = summary["infer_throughput_sequences_per_s"]
+    for variant in (INFER_FP32, INFER_INT8):
+        ours, theirs = throughput.get(variant), throughput.get(TORCH)
+        rows.append(["inference throughput, batch 8 (sequences/s)", _number(theirs), f"{_number(ours)} ({variant})",
+                     _ratio(ours / theirs if ours and theirs else None)])
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _footprint_rows(footprint: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for label, key, scale, unit in (("import time", "import_s", 1000, "ms"),
+                                    ("installed size of the runtime's packages", "installed_bytes", 1 / MIB, "MiB"),
+                                    ("model / bundle size", "model_bytes", 1 / MIB, "MiB"),
+                                    ("adapter size", "adapter_bytes", 1 / 1024, "KiB")):
+        entry = footprint.get(key, {})
+        torch_value = entry.get(TORCH)
+        for name, value in entry.items():
+            if name == TORCH:
+                continue
+            rows.append([f"{label} ({unit})", _number(torch_value * scale if torch_value is not None else None),
+                         f"{_number(value * scale if value is not None else None)} ({name})",
+                         _ratio(value / torch_value if value is not None and torch_value else None)])
+    return rows
+
+
+def _scaling_rows(scaling: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    batch = scaling.get("sequence_batch", "?")
+    for variant, points in scaling.get("sequence", {}).items():
+        for seq, run in points.items():
+            rows.append([variant, f"{batch} × {seq}", _cell(run, _ms(run)),
+                         _cell(run, run.get("peak_rss_mib") if ok(run) else None, 0)])
+    for model, entry in scaling.get("model_size", {}).items():
+        for variant, run in entry.get("runs", {}).items():
+            rows.append([f"{variant}, {model} ({_count(entry.get('parameters', 0))} parameters)",
+                         f"{entry.get('batch')} × {entry.get('seq')}", _cell(run, _ms(run)),
+                         _cell(run, run.get("peak_rss_mib") if ok(run) else None, 0)])
+    return rows
+
+
+def markdown(raw: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """The whole report: headline table, targets, FLOPs, footprint, build times, scaling."""
+    setting = raw.get("setting", {})
+    lines = [f"# edge-sdk benchmark: {setting.get('model', '?')}", "",
+             f"Machine: {machine_line(raw.get('machine', {}))}.", "",
+             f"Setting: {setting.get('description', '')}", "",
+             "Ratios: times are PyTorch's over ours (above 1: we are faster); memory and sizes are ours over "
+             "PyTorch's (below 1: we use less).", ""]
+    lines += _table(["measurement", TORCH_LABEL, "edge-sdk (variant)", "ratio"], _headline_rows(raw, summary))
+    lines += ["", "## Targets", ""]
+    lines += _table(["figure", "value", "target", "met"],
+                    [[key, _ratio(entry["value"]), entry["target"], {True: "yes", False: "no", None: "—"}[entry["met"]]]
+                     for key, entry in summary["targets"].items()])
+    lines += ["", f"Fastest training backend: {summary['train_step_fastest_backend']}; leanest personalization run: "
+                  f"{summary['peak_memory_leanest_backend']}.", ""]
+    if summary.get("train_step_flops"):
+        fractions = ", ".join(f"{name} {value:.1%}" for name, value in
+                              summary["train_step_fraction_of_peak_by_backend"].items())
+        lines += ["## Arithmetic rate", "",
+                  f"A training step is {summary['train_step_flops'] / 1e9:.2f} GFLOP ({raw.get('flops_note', '')}). "
+                  f"Measured peak: {summary['peak_gflops']:.1f} GFLOP/s ({raw.get('peak_note', '')}). "
+                  f"Fraction of that peak each training step reaches: {fractions}.", ""]
+    lines += ["## Device footprint", ""]
+    lines += _table(["measurement", TORCH_LABEL, "edge-sdk (variant)", "ratio"],
+                    _footprint_rows(raw.get("footprint", {})))
+    lines += ["", raw.get("footprint", {}).get("note", ""), "", "## Build time", ""]
+    lines += _table(["bundle", "`edge-sdk build` wall time (s)", "build's own time (s)", "peak memory (MiB)"],
+                    [[name, "reused (built earlier)" if run.get("reused") else _cell(run, run.get("wall_s")),
+                      _cell(run, run.get("build_s")), _cell(run, run.get("peak_rss_mib"), 0)]
+                     for name, run in raw.get("builds", {}).items()])
+    lines += ["", "## Scaling (training step)", "", raw.get("scaling", {}).get("note", ""), ""]
+    lines += _table(["variant", "batch × tokens", "step (ms)", "peak memory (MiB)"],
+                    _scaling_rows(raw.get("scaling", {})))
+    errors = [f"- {section} / {name}: {run['error']}" for section in ("builds", "train_step", "personalization",
+                                                                       "inference")
+              for name, run in raw.get(section, {}).items() if isinstance(run, Mapping) and "error" in run]
+    if errors:
+        lines += ["", "## Failed measurements", "", *errors]
+    return "\n".join(lines) + "\n"
+
+
+# --- plot ----------------------------------------------------------------------------------------------
+
+def plot_scaling(raw: Mapping[str, Any], path: Path) -> Path:
+    """Four panels: step time and peak memory against sequence length (top) and model size (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on build servers
+    import matplotlib.pyplot as plt
+
+    scaling = raw.get("scaling", {})
+    figure, axes = plt.subplots(2, 2, figsize=(11, 8.5))
+    for variant, points in scaling.get("sequence", {}).items():
+        good = [(int(seq), run) for seq, run in points.items() if ok(run)]
+        if not good:
+            continue
+        axes[0][0].plot([seq for seq, _ in good], [run["median_s"] * 1000 for _, run in good], marker="o",
+                        label=variant)
+        axes[0][1].plot([seq for seq, _ in good], [run["peak_rss_mib"] for _, run in good], marker="o", label=variant)
+    batch = scaling.get("sequence_batch", "?")
+    lengths = sorted({int(seq) for points in scaling.get("sequence", {}).values() for seq in points})
+    for axis, what in ((axes[0][0], "training step (ms)"), (axes[0][1], "peak memory of the process (MiB)")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(lengths, labels=[str(length) for length in lengths])
+        axis.set_xlabel(f"sequence length (batch {batch})")
+        axis.set_ylabel(what)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    by_variant: dict[str, list[tuple[float, float, float, str]]] = {}
+    for model, entry in scaling.get("model_size", {}).items():
+        for variant, run in entry.get("runs", {}).items():
+            if ok(run):
+                by_variant.setdefault(variant, []).append(
+                    (entry["parameters"], run["median_s"] * 1000, run["peak_rss_mib"], model))
+    shape = next((f"batch {e.get('batch')} × {e.get('seq')}" for e in scaling.get("model_size", {}).values()), "")
+    for variant, points in by_variant.items():
+        points.sort()
+        axes[1][0].plot([p[0] for p in points], [p[1] for p in points], marker="s", label=variant)
+        axes[1][1].plot([p[0] for p in points], [p[2] for p in points], marker="s", label=variant)
+        for axis, index in ((axes[1][0], 1), (axes[1][1], 2)):
+            for point in points:
+                axis.annotate(point[3], (point[0], point[index]), textcoords="offset points", xytext=(4, 4),
+                              fontsize=8)
+    for axis, what in ((axes[1][0], "training step (ms)"), (axes[1][1], "peak memory of the process (MiB)")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(f"model parameters ({shape})")
+        axis.set_ylabel(what)
+        axis.grid(True, alpha=0.3)
+        if by_variant:
+            axis.legend()
+    figure.suptitle(f"edge-sdk vs {TORCH_LABEL}: LoRA training step, {raw.get('machine', {}).get('threads')} threads")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
