@@ -59,9 +59,12 @@ lint: $(HOST)/.installed
 clean:
 	rm -rf build $(HOST) $(DEVICE) $(STOCK)
 
-# Training-step time: PyTorch eager + PEFT vs ort-training vs portable (training build and stock);
-# SmolLM2 generation speed (tokens/s): the device runtime vs PyTorch + PEFT; adapter switch cost.
+# Against PyTorch eager + PEFT on MiniLM (batch 8 x 128, 2 threads): training step, personalization peak
+# memory, inference (fp32 and int8 bundles), device footprint, build time, scaling over sequence length and
+# model size; then SmolLM2 generation speed and adapter switching; last, one report of all of it
+# (bench-results/latest.json, latest.md, scaling.png) and the headline ratios.
 bench: setup
 	$(HOST)/bin/python tools/bench.py
 	$(HOST)/bin/python tools/bench_generation.py
 	$(STOCK)/bin/python tools/bench_adapters.py
+	$(HOST)/bin/python tools/bench.py --report-only

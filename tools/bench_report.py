@@ -17,6 +17,8 @@ TORCH = "pytorch"
 TORCH_LABEL = "PyTorch eager + PEFT"
 INFER_FP32, INFER_INT8 = "fp32 bundle", "int8 bundle"
 MIB = 1024 * 1024
+# Above this share of the CPUs taken by other processes during a measurement, its times are flagged.
+CONTENDED = 0.05
 
 # The issue's targets (real MiniLM, LoRA r=8 on query/value, batch 8 x 128 tokens, 2 threads).
 TARGETS = {
@@ -124,16 +126,32 @@ def summarize(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _fraction_of_peak(raw: Mapping[str, Any], steps: Mapping[str, float], fastest: str | None) -> dict[str, Any]:
+    """FLOPs of the step over its time, as a fraction of the peak of the arithmetic it does: float32 steps
+    against the best float32 matrix-product rate measured; int8 steps (frozen linear layers in int8, the
+    attention products in float32) against the time their two parts would take at the int8 and float32
+    peaks."""
     config = raw.get("model_config")
-    peaks = {name: run["gflops"] for name, run in raw.get("peak", {}).items() if ok(run)}
-    if not config or not peaks:
+    peaks: dict[str, float] = {}
+    for run in raw.get("peak", {}).values():
+        if ok(run):
+            precision = run.get("precision", "fp32")
+            peaks[precision] = max(peaks.get(precision, 0.0), run["gflops"] * 1e9)
+    if not config or "fp32" not in peaks:
         return {"train_step_flops": None, "peak_gflops": None, "train_step_fraction_of_peak": None,
                 "train_step_fraction_of_peak_by_backend": {}}
     setting = raw["setting"]
-    flops = training_step_flops(config, setting["batch"], setting["seq"])["total"]
-    peak = max(peaks.values())
-    by_backend = {name: flops / seconds / (peak * 1e9) for name, seconds in steps.items()}
-    return {"train_step_flops": flops, "peak_gflops": peak, "peak_source": max(peaks, key=peaks.get),
+    flops = training_step_flops(config, setting["batch"], setting["seq"])
+    by_backend = {}
+    for name, seconds in steps.items():
+        if raw["train_step"][name].get("precision", "fp32") == "int8":
+            if "int8" not in peaks:
+                continue
+            ideal = flops["linear"] / peaks["int8"] + flops["attention"] / peaks["fp32"]
+        else:
+            ideal = flops["total"] / peaks["fp32"]
+        by_backend[name] = ideal / seconds
+    return {"train_step_flops": flops["total"], "peak_gflops": peaks["fp32"] / 1e9,
+            "peak_int8_gops": peaks["int8"] / 1e9 if "int8" in peaks else None,
             "train_step_fraction_of_peak": by_backend.get(fastest) if fastest else None,
             "train_step_fraction_of_peak_by_backend": by_backend}
 
@@ -169,6 +187,15 @@ def machine_line(machine: Mapping[str, Any]) -> str:
     versions = ", ".join(f"{name} {version}" for name, version in machine.get("versions", {}).items())
     return (f"{machine.get('cpu_model', '?')}, {machine.get('cores', '?')} cores, {machine.get('threads', '?')} "
             f"threads per measurement, {machine.get('os', '?')}; {versions}")
+
+
+def load_line(machine: Mapping[str, Any]) -> str:
+    """Other work on the machine inflates times (not memory): the load average says how much there was."""
+    start, end = machine.get("load_average_start"), machine.get("load_average_end")
+    if start is None or end is None:
+        return ""
+    return (f"Load average (1 / 5 / 15 min) when the benchmark started: {' / '.join(f'{v:.2f}' for v in start)}; "
+            f"when it ended: {' / '.join(f'{v:.2f}' for v in end)}.")
 
 
 def _headline_rows(raw: Mapping[str, Any], summary: Mapping[str, Any]) -> list[list[str]]:
@@ -250,7 +277,7 @@ def markdown(raw: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     """The whole report: headline table, targets, FLOPs, footprint, build times, scaling."""
     setting = raw.get("setting", {})
     lines = [f"# edge-sdk benchmark: {setting.get('model', '?')}", "",
-             f"Machine: {machine_line(raw.get('machine', {}))}.", "",
+             f"Machine: {machine_line(raw.get('machine', {}))}.", "", load_line(raw.get("machine", {})), "",
              f"Setting: {setting.get('description', '')}", "",
              "Ratios: times are PyTorch's over ours (above 1: we are faster); memory and sizes are ours over "
              "PyTorch's (below 1: we use less).", ""]
@@ -264,10 +291,14 @@ def markdown(raw: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     if summary.get("train_step_flops"):
         fractions = ", ".join(f"{name} {value:.1%}" for name, value in
                               summary["train_step_fraction_of_peak_by_backend"].items())
+        int8 = summary.get("peak_int8_gops")
         lines += ["## Arithmetic rate", "",
                   f"A training step is {summary['train_step_flops'] / 1e9:.2f} GFLOP ({raw.get('flops_note', '')}). "
-                  f"Measured peak: {summary['peak_gflops']:.1f} GFLOP/s ({raw.get('peak_note', '')}). "
-                  f"Fraction of that peak each training step reaches: {fractions}.", ""]
+                  f"Measured peak: {summary['peak_gflops']:.1f} GFLOP/s float32"
+                  + (f", {int8:.1f} GOP/s int8" if int8 else "") + f" ({raw.get('peak_note', '')}). "
+                  f"Fraction of the peak each training step reaches: {fractions}. An int8 step is held against "
+                  "the time its int8 part (the frozen linear layers) and its float32 part (attention) would take "
+                  "at their peaks.", ""]
     lines += ["## Device footprint", ""]
     lines += _table(["measurement", TORCH_LABEL, "edge-sdk (variant)", "ratio"],
                     _footprint_rows(raw.get("footprint", {})))
@@ -279,12 +310,60 @@ def markdown(raw: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     lines += ["", "## Scaling (training step)", "", raw.get("scaling", {}).get("note", ""), ""]
     lines += _table(["variant", "batch × tokens", "step (ms)", "peak memory (MiB)"],
                     _scaling_rows(raw.get("scaling", {})))
+    lines += _companion_lines(raw)
+    contended = list(_contended(raw))
+    if contended:
+        lines += ["", "## Measurements other work slowed down", "",
+                  f"Other processes (or the hypervisor) took more than {CONTENDED:.0%} of the CPUs while these ran; "
+                  "their times are inflated, their peak memory is not:", "", *contended]
     errors = [f"- {section} / {name}: {run['error']}" for section in ("builds", "train_step", "personalization",
                                                                        "inference")
               for name, run in raw.get(section, {}).items() if isinstance(run, Mapping) and "error" in run]
     if errors:
         lines += ["", "## Failed measurements", "", *errors]
     return "\n".join(lines) + "\n"
+
+
+def _contended(raw: Mapping[str, Any]):
+    """``- section / name: share`` for every measurement during which other work took CPU time."""
+    def walk(prefix: str, node: Any):
+        if isinstance(node, Mapping):
+            if node.get("others_cpu_share", 0.0) > CONTENDED:
+                yield f"- {prefix}: {node['others_cpu_share']:.0%}"
+            for key, child in node.items():
+                if isinstance(child, Mapping):
+                    yield from walk(f"{prefix} / {key}" if prefix else str(key), child)
+
+    for section in ("builds", "train_step", "personalization", "inference", "peak", "scaling"):
+        yield from walk(section, raw.get(section, {}))
+
+
+def _companion_lines(raw: Mapping[str, Any]) -> list[str]:
+    """What tools/bench_generation.py and tools/bench_adapters.py measured, when `make bench` ran them."""
+    lines = []
+    generation = raw.get("generation")
+    if generation:
+        setting = generation.get("setting", {})
+        rates = generation.get("tokens_per_second", {})
+        theirs = rates.get("pytorch+peft")
+        lines += ["", "## Text generation (tools/bench_generation.py)", "",
+                  f"{setting.get('model', '?')}, {setting.get('decoding', '?')}, {setting.get('new_tokens', '?')} new "
+                  "tokens, prefill included.", ""]
+        lines += _table(["runtime", "tokens/s", "vs PyTorch"],
+                        [[name, _number(rate), _ratio(rate / theirs if theirs else None)]
+                         for name, rate in rates.items()])
+    switching = raw.get("adapter_switching")
+    if switching:
+        lines += ["", "## Adapter switching (tools/bench_adapters.py)", ""]
+        rows = [[label, _number(switching.get(key), 2)] for label, key in (
+            ("same adapter every request (ms)", "infer_batch1_same_adapter_ms"),
+            ("another adapter every request (ms)", "infer_batch1_switching_every_request_ms"),
+            ("first load of an adapter from disk (ms)", "adapter_first_load_from_disk_ms"))]
+        rows.append(["resident memory, one adapter / all (MiB)",
+                     f"{_number(switching.get('rss_mib_one_adapter'), 0)} / "
+                     f"{_number(switching.get('rss_mib_all_adapters'), 0)}"])
+        lines += _table(["batch-1 inference", "value"], rows)
+    return lines
 
 
 # --- plot ----------------------------------------------------------------------------------------------

@@ -43,9 +43,10 @@ def raw_measurements() -> dict:
                    "MiniLM int8": {"error": "no such option: --precision"}},
         "train_step": {
             "pytorch": {"median_s": 0.30, "peak_rss_mib": 650.0},
-            "ort-training": {"median_s": 0.20, "peak_rss_mib": 420.0},
+            "ort-training": {"median_s": 0.20, "peak_rss_mib": 420.0, "others_cpu_share": 0.30},
             "portable (stock)": {"median_s": 0.15, "peak_rss_mib": 500.0},
             "portable int8 (stock)": {"error": "boom"},
+            "portable int8 (training build)": {"median_s": 0.25, "peak_rss_mib": 450.0, "precision": "int8"},
         },
         "personalization": {
             "pytorch": {"peak_rss_mib": 1000.0},
@@ -54,7 +55,9 @@ def raw_measurements() -> dict:
         },
         "inference": {"pytorch": latency(0.020, 0.160), "fp32 bundle": latency(0.010, 0.080),
                       "int8 bundle": latency(0.005, 0.080)},
-        "peak": {"numpy (stock env)": {"gflops": 100.0, "size": 2048}, "torch (host env)": {"gflops": 80.0}},
+        "peak": {"numpy (stock env)": {"gflops": 100.0, "size": 2048, "precision": "fp32"},
+                 "torch (host env)": {"gflops": 80.0, "precision": "fp32"},
+                 "onnxruntime int8 (stock env)": {"gflops": 400.0, "precision": "int8"}},
         "model_config": MINILM,
         "footprint": {"import_s": {"pytorch": 2.0, "edge-sdk device runtime": 0.2},
                       "installed_bytes": {"pytorch": 1000 * 2**20, "edge-sdk[device] (stock)": 200 * 2**20},
@@ -104,7 +107,8 @@ def test_summary_ratios_follow_the_issue_convention() -> None:
     # Times: PyTorch's over ours; the fastest SDK backend is the headline, a failed one is left out.
     assert summary["train_step_speedup_vs_torch"] == pytest.approx(2.0)
     assert summary["train_step_fastest_backend"] == "portable (stock)"
-    assert summary["train_step_speedup_by_backend"] == pytest.approx({"ort-training": 1.5, "portable (stock)": 2.0})
+    assert summary["train_step_speedup_by_backend"] == pytest.approx(
+        {"ort-training": 1.5, "portable (stock)": 2.0, "portable int8 (training build)": 1.2})
     # Memory: ours over PyTorch's; the leanest run is the headline.
     assert summary["peak_memory_ratio_vs_torch"] == pytest.approx(0.5)
     assert summary["peak_memory_leanest_backend"] == "portable (stock)"
@@ -116,8 +120,17 @@ def test_summary_ratios_follow_the_issue_convention() -> None:
     assert summary["infer_throughput_sequences_per_s"]["fp32 bundle"] == pytest.approx(100.0)
     flops = report.training_step_flops(MINILM, 8, 128)["total"]
     assert summary["train_step_flops"] == flops
-    assert summary["peak_gflops"] == 100.0 and summary["peak_source"] == "numpy (stock env)"
+    assert summary["peak_gflops"] == 100.0 and summary["peak_int8_gops"] == 400.0
     assert summary["train_step_fraction_of_peak"] == pytest.approx(flops / 0.15 / 100e9)
+
+
+def test_an_int8_step_is_held_against_the_int8_and_float32_peaks_of_its_parts() -> None:
+    fractions = report.summarize(raw_measurements())["train_step_fraction_of_peak_by_backend"]
+    flops = report.training_step_flops(MINILM, 8, 128)
+    assert fractions["pytorch"] == pytest.approx(flops["total"] / 0.30 / 100e9)
+    ideal = flops["linear"] / 400e9 + flops["attention"] / 100e9
+    assert fractions["portable int8 (training build)"] == pytest.approx(ideal / 0.25)
+    assert "portable int8 (stock)" not in fractions  # it failed
 
 
 def test_targets_say_which_are_met() -> None:
@@ -159,6 +172,22 @@ def test_markdown_has_every_headline_row_the_machine_and_the_failures() -> None:
     assert "47.11 GFLOP" in text and "100.0 GFLOP/s" in text
     assert "- train_step / portable int8 (stock): boom" in text
     assert "- builds / MiniLM int8: no such option: --precision" in text
+    assert "- train_step / ort-training: 30%" in text  # other work slowed it down
+    assert "- train_step / pytorch:" not in text
+
+
+def test_markdown_adds_generation_and_adapter_switching_when_measured() -> None:
+    raw = raw_measurements() | {
+        "generation": {"setting": {"model": "SmolLM2", "decoding": "greedy, batch 1", "new_tokens": 64},
+                       "tokens_per_second": {"pytorch+peft": 20.0, "edge-sdk (stock onnxruntime)": 30.0}},
+        "adapter_switching": {"infer_batch1_same_adapter_ms": 12.5, "infer_batch1_switching_every_request_ms": 12.75,
+                              "adapter_first_load_from_disk_ms": 1.0, "rss_mib_one_adapter": 150.0,
+                              "rss_mib_all_adapters": 160.0}}
+    text = report.markdown(raw, report.summarize(raw))
+    assert "| edge-sdk (stock onnxruntime) | 30.0 | 1.50× |" in text
+    assert "| another adapter every request (ms) | 12.75 |" in text
+    assert "| resident memory, one adapter / all (MiB) | 150 / 160 |" in text
+    assert "Text generation" not in report.markdown(raw_measurements(), report.summarize(raw_measurements()))
 
 
 def test_plot_writes_a_png(tmp_path: Path) -> None:
