@@ -488,17 +488,26 @@ def footprint(settings: Settings, bundles: dict) -> dict:
         result["model_bytes"][f"{precision} bundle"] = sum(parts.values())
         result["bundle_parts_bytes"][precision] = parts
         result["adapter_bytes"][f"{precision} bundle"] = (bundle / "adapters" / "initial.safetensors").stat().st_size
-    result["note"] = (
-        "Import time: in-process time of `" + IMPORTS["edge-sdk device runtime"][1] + "` (stock env) vs `"
-        + IMPORTS[TORCH][1] + "` (host env), median of fresh interpreters, interpreter start-up excluded. "
-        "Installed size: the distributions `edge-sdk[device]` pulls in (RECORD file sizes) in .venv-stock, "
-        "edge-sdk itself left out because it is an editable install (its torch-free source is "
-        f"{sdk_source / 1024:.0f} KiB), pip/setuptools/dev tools not counted (the whole site-packages, with them: "
-        f"{result['stock_site_packages_bytes'] / 2**20:.0f} MiB); PyTorch: what torch, transformers and peft pull "
-        "in within .venv. Model size: the Hugging Face folder vs the bundle folder (both training backends' "
-        "files, tokenizer, initial adapter). Adapter: PEFT's adapter_model.safetensors vs the bundle's "
-        "adapters/initial.safetensors (LoRA factors and the classification head).")
+    result["note"] = footprint_note(result)
     return result
+
+
+def footprint_note(result: dict[str, Any]) -> str:
+    """How each footprint figure was taken, for the report."""
+    parts = ", ".join(f"{name}/ {size / 2**20:.1f} MiB" for name, size in
+                      result["bundle_parts_bytes"].get("fp32", {}).items())
+    return (
+        f"Import time: in-process time of `{IMPORTS['edge-sdk device runtime'][1]}` (stock env) vs "
+        f"`{IMPORTS[TORCH][1]}` (host env), median of fresh interpreters, interpreter start-up excluded. "
+        "Installed size: the distributions `edge-sdk[device]` pulls in (their RECORD files' sizes) in .venv-stock; "
+        "edge-sdk itself is left out because it is an editable install here (its torch-free source is "
+        f"{result['edge_sdk_device_source_bytes'] / 1024:.0f} KiB); pip, setuptools and the dev tools are not "
+        f"counted (the whole site-packages, with them: {result['stock_site_packages_bytes'] / 2**20:.0f} MiB). "
+        "PyTorch: what torch, transformers and peft pull in within .venv. Model size: the Hugging Face folder vs "
+        f"the files the bundle's manifest lists (fp32: {parts}; training/ holds the ort-training backend's "
+        "artifacts, which repeat the base weights and which a device that trains with the portable backend "
+        "can leave out; the int8 bundle has none). Adapter: PEFT's adapter_model.safetensors vs the bundle's "
+        "adapters/initial.safetensors (LoRA factors and the classification head).")
 
 
 # --- scaling -------------------------------------------------------------------------------------------
@@ -638,7 +647,7 @@ def run(settings: Settings) -> None:
                     "description": (
                         f"all-MiniLM-L6-v2 seq-cls (5 BBC News topics), LoRA r=8 on query/value, batch "
                         f"{settings.batch} × {settings.seq} tokens, {settings.threads} threads; training step: "
-                        f"{settings.warmup} warm-up steps then the median of {settings.steps}; inference: 3 warm-up "
+                        f"warm-up {settings.warmup}, then the median of {settings.steps} steps; inference: 3 warm-up "
                         f"runs then the median of {settings.infer_repeats}, tokenization excluded on both sides; "
                         f"personalization: 1 epoch over {settings.train_per_label * 5} BBC training articles, "
                         "evaluated on 40 before and after; every measurement in its own process")},
@@ -655,6 +664,14 @@ def run(settings: Settings) -> None:
     if "personalization" not in skip:
         print("personalization (peak memory):", flush=True)
         raw["personalization"] = personalization(settings, bundles, builds, data)
+        raw["personalization_note"] = (
+            f"One epoch over {settings.train_per_label * 5} BBC News training articles (batch {settings.batch}, "
+            "AdamW at 2e-3 with 10% warm-up and linear decay, the same seeded shuffle), the 40 held-out articles "
+            "scored before and after; the whole process: start-up, imports, loading, tokenizing, training, "
+            "evaluation, saving the adapter. edge-sdk: `edge-sdk personalize --json` in the device environments; "
+            "PyTorch: the same steps with transformers + PEFT (tools/bench_measure.py). The PyTorch head starts "
+            "from its own random initialization, hence a different accuracy before training. One epoch is a "
+            "memory measurement, not an accuracy check.")
     if "inference" not in skip:
         print("inference:", flush=True)
         raw["inference"] = inference(settings, bundles, builds)

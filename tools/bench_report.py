@@ -185,8 +185,11 @@ def _count(number: float) -> str:
 
 def machine_line(machine: Mapping[str, Any]) -> str:
     versions = ", ".join(f"{name} {version}" for name, version in machine.get("versions", {}).items())
-    return (f"{machine.get('cpu_model', '?')}, {machine.get('cores', '?')} cores, {machine.get('threads', '?')} "
-            f"threads per measurement, {machine.get('os', '?')}; {versions}")
+    details = [f"{float(machine['cpu_mhz']):.0f} MHz"] if machine.get("cpu_mhz") else []
+    details += machine.get("vector_extensions", [])
+    cpu = machine.get("cpu_model", "?") + (f" ({', '.join(details)})" if details else "")
+    return (f"{cpu}, {machine.get('cores', '?')} cores, {machine.get('threads', '?')} threads per measurement, "
+            f"{machine.get('os', '?')}; {versions}")
 
 
 def load_line(machine: Mapping[str, Any]) -> str:
@@ -239,6 +242,25 @@ def _headline_rows(raw: Mapping[str, Any], summary: Mapping[str, Any]) -> list[l
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
             *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def _personalization_lines(raw: Mapping[str, Any]) -> list[str]:
+    """Each personalization run's work and outcome: the memory comparison is only fair if both sides trained
+    the same steps and evaluated the same examples."""
+    runs = raw.get("personalization", {})
+    if not runs:
+        return []
+    rows = []
+    for name, run in runs.items():
+        if not ok(run):
+            rows.append([name, "failed", "—", "—", "—"])
+            continue
+        accuracy = f"{run.get('accuracy_before', 0):.3f} → {run.get('accuracy_after', 0):.3f}"
+        rows.append([name, str(run.get("steps", "—")), accuracy, _number(run.get("wall_s")),
+                     _number(run.get("peak_rss_mib"), 0)])
+    return ["## Personalization runs", "", raw.get("personalization_note", ""), "",
+            *_table(["run", "steps", "held-out accuracy before → after", "wall time (s)", "peak memory (MiB)"], rows),
+            ""]
 
 
 def _footprint_rows(footprint: Mapping[str, Any]) -> list[list[str]]:
@@ -299,8 +321,9 @@ def markdown(raw: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
                   f"Fraction of the peak each training step reaches: {fractions}. An int8 step is held against "
                   "the time its int8 part (the frozen linear layers) and its float32 part (attention) would take "
                   "at their peaks.", ""]
+    lines += _personalization_lines(raw)
     lines += ["## Device footprint", ""]
-    lines += _table(["measurement", TORCH_LABEL, "edge-sdk (variant)", "ratio"],
+    lines += _table(["measurement", TORCH_LABEL, "edge-sdk (variant)", "edge-sdk ÷ PyTorch"],
                     _footprint_rows(raw.get("footprint", {})))
     lines += ["", raw.get("footprint", {}).get("note", ""), "", "## Build time", ""]
     lines += _table(["bundle", "`edge-sdk build` wall time (s)", "build's own time (s)", "peak memory (MiB)"],
