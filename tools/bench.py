@@ -269,7 +269,8 @@ def _missing(bundles: dict[str, Path | None], key: str, builds: dict[str, Any]) 
 
 
 def train_step(settings: Settings, bundles: dict, builds: dict, batch: int, seq: int, variants: tuple[str, ...],
-               steps: int, warmup: int, source: Path = MINILM_RECIPE, bundle_keys: dict | None = None) -> dict:
+               steps: int, warmup: int, source: Path = MINILM_RECIPE, bundle_keys: dict | None = None,
+               model: str = "MiniLM") -> dict:
     """Median training-step time (and the process's peak memory) of each variant at ``batch`` x ``seq``."""
     keys = bundle_keys or {"fp32": "fp32", "int8": "int8"}
     texts = str(settings.work / "data" / "train.jsonl")
@@ -281,12 +282,12 @@ def train_step(settings: Settings, bundles: dict, builds: dict, batch: int, seq:
             bundle = bundles.get(keys["fp32"])
             runs[name] = _missing(bundles, keys["fp32"], builds) or run_child(
                 "host", "train-torch", common | {"bundle": str(bundle), "source": str(source),
-                                                 "label": f"{name} {batch}x{seq}"}, settings)
+                                                 "label": f"{name}, {model} {batch}x{seq}"}, settings)
             continue
         env, backend, precision = TRAIN_VARIANTS[name]
         missing = _missing(bundles, keys[precision], builds)
         runs[name] = missing or run_child(env, "train-sdk", common | {
-            "bundle": str(bundles.get(keys[precision])), "backend": backend, "label": f"{name} {batch}x{seq}"},
+            "bundle": str(bundles.get(keys[precision])), "backend": backend, "label": f"{name}, {model} {batch}x{seq}"},
             settings) | {"precision": precision}
     return runs
 
@@ -384,15 +385,16 @@ def write_peak_models(folder: Path, sizes: tuple[int, ...]) -> dict[str, dict[st
 def peak_rate(settings: Settings) -> dict:
     """The machine's best float32 rate (numpy, torch, ONNX Runtime) and ONNX Runtime's int8 GEMM rate."""
     sizes = (1024, 2048) if settings.quick else (1024, 2048, 4096)
-    models = write_peak_models(settings.work / "peak-models", sizes)
-    common = {"sizes": list(sizes), "threads": settings.threads, "repeats": 3}
-    sources = {"numpy (stock env)": ("stock", {"library": "numpy"}),
-               "torch (host env)": ("host", {"library": "torch"}),
-               "onnxruntime fp32 (stock env)": ("stock", {"library": "onnxruntime", "models": models["fp32"]}),
-               "onnxruntime int8 (stock env)": ("stock", {"library": "onnxruntime", "models": models["int8"],
-                                                          "precision": "int8"})}
-    return {name: run_child(env, "peak-matmul", common | extra | {"label": name}, settings)
-            for name, (env, extra) in sources.items()}
+    with tempfile.TemporaryDirectory(prefix="bench-peak-") as folder:  # ~100 MB of random weights
+        models = write_peak_models(Path(folder), sizes)
+        common = {"sizes": list(sizes), "threads": settings.threads, "repeats": 3}
+        sources = {"numpy (stock env)": ("stock", {"library": "numpy"}),
+                   "torch (host env)": ("host", {"library": "torch"}),
+                   "onnxruntime fp32 (stock env)": ("stock", {"library": "onnxruntime", "models": models["fp32"]}),
+                   "onnxruntime int8 (stock env)": ("stock", {"library": "onnxruntime", "models": models["int8"],
+                                                              "precision": "int8"})}
+        return {name: run_child(env, "peak-matmul", common | extra | {"label": name}, settings)
+                for name, (env, extra) in sources.items()}
 
 
 # --- footprint -----------------------------------------------------------------------------------------
@@ -529,7 +531,8 @@ def scaling(settings: Settings, bundles: dict, builds: dict, headline: dict) -> 
     by_model = {}
     for model, (key, source) in sizes.items():
         runs = train_step(settings, bundles, builds, settings.size_batch, 128, (TORCH, "portable (stock)"),
-                          settings.scaling_steps, 1, source=source, bundle_keys={"fp32": key, "int8": key})
+                          settings.scaling_steps, 1, source=source, bundle_keys={"fp32": key, "int8": key},
+                          model=model)
         manifest = bundles.get(key) and json.loads((bundles[key] / "manifest.json").read_text(encoding="utf-8"))
         by_model[model] = {"parameters": manifest["model"]["parameters"] if manifest else 0,
                            "batch": settings.size_batch, "seq": 128, "runs": runs}
