@@ -34,7 +34,7 @@ LEARNING_RATE = 1e-2
 # Beyond these the int8 graphs are not an approximation of the float ones but a different function (a
 # weight read transposed, a scale on the wrong axis): int8 itself moves BERT-sized logits by ~1e-2.
 MAX_OUTPUT_CHANGE = 0.25   # of the largest float32 output magnitude
-MAX_LOSS_CHANGE = 0.05     # relative, per training step
+MAX_LOSS_CHANGE = 0.05     # relative, on the first training step
 
 
 def _outputs(path: Path, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
@@ -102,12 +102,18 @@ def convert_to_int8(staged: Callable[[Manifest], Bundle], manifest: Manifest, ro
                               "build it with --precision fp32")
         output_change[name] = change
     losses = _step_losses(staged(manifest), step_feeds)
-    loss_change = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, reference_losses, strict=True))
-    if not np.isfinite(loss_change) or loss_change > MAX_LOSS_CHANGE:
-        raise ExportError(f"the int8 training step's loss differs from float32's by {loss_change:.2%} "
-                          f"({losses} vs {reference_losses}); build it with --precision fp32")
+    changes = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, reference_losses, strict=True)]
+    # The first step runs both from the same weights, so it measures int8's forward error alone; later
+    # steps follow two trajectories that drift apart by design, so of them only the direction is checked.
+    if not np.all(np.isfinite(losses)) or changes[0] > MAX_LOSS_CHANGE:
+        raise ExportError(f"the int8 training step's first loss differs from float32's by {changes[0]:.2%} "
+                          f"({losses[0]:.6g} vs {reference_losses[0]:.6g}); build it with --precision fp32")
+    if reference_losses[-1] < reference_losses[0] and not losses[-1] < losses[0]:
+        raise ExportError(f"the int8 training step does not reduce the loss over {STEPS} steps ({losses}) while "
+                          f"float32 does ({reference_losses}); build it with --precision fp32")
     return {"precision": "int8", "graphs": summaries, "max_abs_output_change_vs_fp32": output_change,
-            "max_relative_step_loss_change_vs_fp32": loss_change}
+            "step_losses": {"fp32": reference_losses, "int8": losses},
+            "relative_step_loss_change_vs_fp32": changes}
 
 
 def _generation_files(manifest: Manifest) -> list[str]:

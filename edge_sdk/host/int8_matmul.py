@@ -28,7 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_sdk.host.quantize import quantize_rows
 
-SCHEME = "int8 weights (symmetric, one scale per output column) x uint8 activations (dynamic, per tensor)"
+SCHEME = ("int8 weights (symmetric, one scale per output column) x uint8 activations (dynamic, per tensor); "
+          "embedding tables int8 with one scale per row")
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,10 @@ class Int8Summary:
     weights: int          # distinct quantized matrices stored
     float_bytes: int      # what those matrices take as float32
     int8_bytes: int
+    gathers: int = 0      # embedding lookups rewritten
 
     def to_dict(self) -> dict:
-        return {"scheme": SCHEME, "matmuls": self.matmuls, "weights": self.weights,
+        return {"scheme": SCHEME, "matmuls": self.matmuls, "gathers": self.gathers, "weights": self.weights,
                 "float_bytes": self.float_bytes, "int8_bytes": self.int8_bytes}
 
 
@@ -81,7 +83,22 @@ def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Sum
     zero_point = "int8_matmul.zero_point"
     nodes: list[onnx.NodeProto] = []
     rewritten = float_bytes = int8_bytes = 0
+    gathers = 0
+    rows: dict[str, tuple[str, str]] = {}  # embedding table -> (int8 rows, row scales)
     for node in graph.node:
+        if _is_table_lookup(node, initializers):
+            table = node.input[0]
+            if table not in rows:
+                matrix = numpy_helper.to_array(initializers[table])
+                q = quantize_rows(matrix)
+                stem = f"{table}.int8rows"
+                added += [numpy_helper.from_array(q.values, stem), numpy_helper.from_array(q.scale, stem + ".scale")]
+                rows[table] = (stem, stem + ".scale")
+                float_bytes += matrix.size * 4
+                int8_bytes += q.values.nbytes + q.scale.nbytes
+            nodes += _dequantized_lookup(node, *rows[table])
+            gathers += 1
+            continue
         source = _frozen_source(node.input[1], producers, initializers) if node.op_type == "MatMul" else None
         if source is None:
             nodes.append(node)
@@ -110,9 +127,38 @@ def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Sum
             helper.make_node("Mul", [f"{stem}.a_scale", b_scale], [f"{stem}.scale"], name=f"{stem}.scales"),
             helper.make_node("Mul", [f"{stem}.float", f"{stem}.scale"], [output], name=f"{stem}.rescale"),
         ]
-    if rewritten:
+    if rewritten or gathers:
         added.append(numpy_helper.from_array(np.zeros((), np.int8), zero_point))
+        added.append(numpy_helper.from_array(np.asarray([-1], np.int64), _LAST_AXIS))
         graph.initializer.extend(added)
         del graph.node[:]
         graph.node.extend(nodes)
-    return Int8Summary(matmuls=rewritten, weights=len(quantized), float_bytes=float_bytes, int8_bytes=int8_bytes)
+    return Int8Summary(matmuls=rewritten, weights=len(quantized) + len(rows), float_bytes=float_bytes,
+                       int8_bytes=int8_bytes, gathers=gathers)
+
+
+_LAST_AXIS = "int8_matmul.last_axis"
+
+
+def _is_table_lookup(node: onnx.NodeProto, frozen: dict[str, TensorProto]) -> bool:
+    """Gather of rows (axis 0) from a frozen 2-D float table: an embedding lookup."""
+    if node.op_type != "Gather" or node.input[0] not in frozen:
+        return False
+    table = frozen[node.input[0]]
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+    return table.data_type == TensorProto.FLOAT and len(table.dims) == 2 and axis == 0
+
+
+def _dequantized_lookup(node: onnx.NodeProto, values: str, scales: str) -> list[onnx.NodeProto]:
+    """rows = float(int8 table[ids]) * scale[ids][..., None]: the lookup reads int8 rows and dequantizes
+    only them, so the float table never exists (opset 13+ Unsqueeze, axes as an input)."""
+    ids, output = node.input[1], node.output[0]
+    stem = (node.name or output) + ".int8"
+    return [
+        helper.make_node("Gather", [values, ids], [f"{stem}.rows"], name=f"{stem}.gather", axis=0),
+        helper.make_node("Gather", [scales, ids], [f"{stem}.row_scales"], name=f"{stem}.gather_scales", axis=0),
+        helper.make_node("Unsqueeze", [f"{stem}.row_scales", _LAST_AXIS], [f"{stem}.row_scales_column"],
+                         name=f"{stem}.unsqueeze"),
+        helper.make_node("Cast", [f"{stem}.rows"], [f"{stem}.rows_float"], to=TensorProto.FLOAT, name=f"{stem}.cast"),
+        helper.make_node("Mul", [f"{stem}.rows_float", f"{stem}.row_scales_column"], [output], name=f"{stem}.rescale"),
+    ]

@@ -62,7 +62,7 @@ def test_frozen_matmuls_become_int8_and_stay_close() -> None:
     assert summary.matmuls == 3           # the adapter's MatMul (an input) is left alone
     assert summary.weights == 2           # w1^T and w2: read directly and through two Transposes, stored once
     ops = [node.op_type for node in model.graph.node]
-    assert ops.count("MatMulInteger") == 3 and ops.count("MatMul") == 1
+    assert ops.count("MatMulInteger") == 3 and ops.count("MatMul") == 1 and summary.gathers == 0
     stored = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     assert all(value.dtype == np.int8 for name, value in stored.items() if name.endswith(".int8mm"))
     actual = _run(model, feeds)
@@ -85,13 +85,35 @@ def test_a_graph_without_frozen_matmuls_is_unchanged() -> None:
     assert model.SerializeToString() == before
 
 
+def test_embedding_lookups_read_int8_rows() -> None:
+    rng = np.random.default_rng(3)
+    table = rng.normal(0, 1, (20, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"]), helper.make_node("Gather", ["bias", "ids"], ["b"])],
+        "lookup", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 6]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, ["batch", "sequence"])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(table[:, 0].copy(), "bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    ids = {"ids": rng.integers(0, 20, (3, 7))}
+    expected = _run(model, ids)
+    summary = quantize_frozen_matmuls(model, {"table", "bias"})
+    assert (summary.gathers, summary.matmuls) == (1, 0)  # a 1-D table is not an embedding matrix
+    int8 = next(init for init in model.graph.initializer if init.name == "table.int8rows")
+    assert int8.data_type == TensorProto.INT8
+    actual = _run(model, ids)
+    # per-row symmetric int8: each value within half a step (row max / 254) of the float one
+    assert np.all(np.abs(actual - expected) <= np.max(np.abs(table), axis=1)[ids["ids"]][..., None] / 254 + 1e-6)
+
+
 def test_int8_bundle_layout(fixtures_dir: Path) -> None:
     manifest = json.loads((fixtures_dir / "tiny-seq-cls-int8" / "manifest.json").read_text())
     assert manifest["inference"]["precision"] == "int8"
     assert manifest["training"]["backends"] == ["portable"] and "ort-training" not in manifest["training"]
     assert not (fixtures_dir / "tiny-seq-cls-int8" / "training").exists()
     record = manifest["build"]["precision"]
-    assert record["graphs"]["inference.onnx"]["matmuls"] > 0
+    assert record["graphs"]["inference.onnx"]["matmuls"] > 0 and record["graphs"]["inference.onnx"]["gathers"] > 0
     assert record["graphs"]["train_step.onnx"]["matmuls"] > record["graphs"]["inference.onnx"]["matmuls"]
     assert 0 < record["max_abs_output_change_vs_fp32"]["logits"] < 0.25
     float_bundle = sum(entry["size"] for entry in json.loads(
