@@ -1,8 +1,8 @@
 """Benchmark: this SDK against PyTorch eager + PEFT on the same machine, threads, model, batch, sequence
 length and LoRA settings (all-MiniLM-L6-v2, LoRA r=8 on query/value, 5 BBC News topics, batch 8 x 128).
 
-    python tools/bench.py [--threads 2] [--batch 8] [--seq 128] [--steps 20] [--warmup 3]
-                          [--quick] [--reuse-bundles] [--skip SECTION ...]
+    python tools/bench.py [--threads 2] [--batch 8] [--seq 128] [--steps 20] [--warmup 3] [--work build/bench]
+                          [--quick] [--reuse-bundles] [--skip SECTION ...] [--report-only]
 
 Measures, each in its own process of the right environment (host: torch; device: ONNX Runtime's training
 build; stock: the newest onnxruntime), warm-up first, then the median of repeated runs:
@@ -15,8 +15,9 @@ build; stock: the newest onnxruntime), warm-up first, then the median of repeate
 - the training step's FLOPs and the fraction of this CPU's measured matmul peak it reaches;
 - scaling: step time and peak memory over sequence lengths 32..512 and model sizes (tiny, MiniLM, SmolLM2).
 
-Every child's whole-process peak memory comes from `os.wait4` (ru_maxrss). Writes bench-results/latest.json,
-latest.md and scaling.png, and prints the headline ratios.
+Every measured process's whole-process peak memory is its ru_maxrss from `os.wait4`, taken by a small
+launcher (see LAUNCHER). Writes bench-results/latest.json, latest.md and scaling.png, and prints the headline
+ratios.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -113,27 +115,47 @@ def child_env(threads: int) -> dict[str, str]:
     return dict(os.environ, **pools, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
+# A process's ru_maxrss starts from its parent's peak resident size (Linux records the old address space's
+# high-water mark at exec), so a child of this process would report at least this process's own peak. A
+# small launcher spawns the measured command instead and reports that grandchild's rusage on a pipe.
+LAUNCHER = """
+import os, sys
+report = int(sys.argv[1])
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}".encode())
+"""
+
+
 def run_process(command: list[str], threads: int, timeout_s: float = 1200) -> Finished:
-    """Run ``command`` to completion; ``os.wait4`` reaps it so its rusage (peak RSS) is ours to read."""
+    """Run ``command`` (an absolute path first) to completion under the launcher and measure it."""
+    report_read, report_write = os.pipe()
     with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
         busy_before = busy_cpu_seconds()
         started = time.perf_counter()
-        process = subprocess.Popen([str(part) for part in command], stdout=subprocess.PIPE, stderr=errors, text=True,
-                                   env=child_env(threads), cwd=ROOT)
-        watchdog = threading.Timer(timeout_s, process.kill)  # a hung child must not hang `make bench`
+        process = subprocess.Popen([sys.executable, "-S", "-c", LAUNCHER, str(report_write),
+                                    *(str(part) for part in command)],
+                                   stdout=subprocess.PIPE, stderr=errors, text=True, env=child_env(threads), cwd=ROOT,
+                                   pass_fds=(report_write,), start_new_session=True)
+        os.close(report_write)
+        # A hung command must not hang `make bench`: the launcher and the command share a session to kill.
+        watchdog = threading.Timer(timeout_s, os.killpg, (process.pid, signal.SIGKILL))
         watchdog.start()
         try:
             stdout = process.stdout.read()
             process.stdout.close()
-            _, status, usage = os.wait4(process.pid, 0)
+            _, _, usage = os.wait4(process.pid, 0)  # its CPU times include the command's (it waited for it)
         finally:
             watchdog.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        with os.fdopen(report_read, "rb") as report:
+            figures = report.read().split()
+        peak_kib, returncode = (int(figures[0]), int(figures[1])) if len(figures) == 2 else (0, -signal.SIGKILL)
+        process.returncode = returncode  # reaped above: Popen must not wait again
         wall = time.perf_counter() - started
         others = busy_cpu_seconds() - busy_before - usage.ru_utime - usage.ru_stime
         errors.seek(0)
         stderr = errors.read()
-    return Finished(stdout, stderr, process.returncode, wall, usage.ru_maxrss / 1024,  # ru_maxrss is KiB
+    return Finished(stdout, stderr, returncode, wall, peak_kib / 1024,  # ru_maxrss is in KiB on Linux
                     max(0.0, others) / (wall * (os.cpu_count() or 1)))
 
 

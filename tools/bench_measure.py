@@ -246,8 +246,11 @@ def personalize_torch(spec: dict) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec["lr"])
     steps = -(-len(train[0]) // spec["batch"]) * spec["epochs"]
     warmup = max(1, round(steps * spec["warmup_fraction"]))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (step + 1) / warmup if step < warmup else max(0.0, (steps - step) / (steps - warmup)))
+
+    def factor(step: int) -> float:  # the SDK's schedule (edge_sdk.device.personalize.learning_rate_at)
+        return (step + 1) / warmup if step < warmup else max(0.0, (steps - step) / max(1, steps - warmup))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     before = _accuracy(model, dev)
     rng = np.random.default_rng(spec["seed"])
     losses = []
