@@ -39,6 +39,11 @@ class Profile:
         # ones, and keeps it; the arena reuses them instead. MiniLM, batch 8x128: the portable training step
         # peaks at 442 instead of 763 MB, an evaluation at batch 32 at 246 instead of 328 MB, at the same speed.
         options.enable_mem_pattern = False
+        # One CPU arena for every session of the process: memory a training step frees is what the next
+        # evaluation's activations reuse, instead of each session keeping its own high-water mark
+        # (MiniLM int8 personalization: 511 -> 474 MB).
+        _register_shared_cpu_arena(onnxruntime)
+        options.add_session_config_entry("session.use_env_allocators", "1")
         # A qlora bundle's int8 weights feed MatMuls through DequantizeLinear; newer ONNX Runtime fuses the
         # pair into MatMulNBits, by default (level 4) quantizing the activations to int8 too, which moved
         # MiniLM-sized logits by ~3e-3 against the validated graph. Level 1 keeps the int8 weights and
@@ -48,6 +53,20 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_shared_arena_registered = False
+
+
+def _register_shared_cpu_arena(onnxruntime) -> None:
+    global _shared_arena_registered
+    if _shared_arena_registered:
+        return
+    memory = onnxruntime.OrtMemoryInfo("Cpu", onnxruntime.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                                       onnxruntime.OrtMemType.DEFAULT)
+    # No limit, ONNX Runtime's default growth; -1 keeps the defaults of the remaining settings.
+    onnxruntime.create_and_register_allocator(memory, onnxruntime.OrtArenaCfg(0, 0, -1, -1))
+    _shared_arena_registered = True
 
 
 def available_profiles() -> list[str]:
