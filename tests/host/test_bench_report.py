@@ -4,7 +4,6 @@ on made-up measurements (no timing here)."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,7 +17,6 @@ def load_bench_report() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_report", TOOLS / "bench_report.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_report"] = module
     spec.loader.exec_module(module)
     return module
 
