@@ -39,6 +39,9 @@ class Profile:
         # ones, and keeps it; the arena reuses them instead. MiniLM, batch 8x128: the portable training step
         # peaks at 442 instead of 763 MB, an evaluation at batch 32 at 246 instead of 328 MB, at the same speed.
         options.enable_mem_pattern = False
+        # Priority-based order runs each backward node as soon as its inputs exist, so forward activations are
+        # freed earlier (MiniLM int8 training step, batch 8x128: peak 439 -> 421 MB, same step time).
+        options.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
         # One CPU arena for every session of the process: memory a training step frees is what the next
         # evaluation's activations reuse, instead of each session keeping its own high-water mark
         # (MiniLM int8 personalization: 511 -> 474 MB).
