@@ -145,6 +145,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
         f"{', '.join(manifest.peft['target_modules'])}; trains {manifest.peft['trainable_parameters']:,} parameters",
         f"inputs      {', '.join(spec.name for spec in manifest.inputs)} (max length {manifest.max_length})",
         f"backends    {', '.join(manifest.training['backends'])}",
+        f"precision   {manifest.inference.get('precision', 'fp32')}",
         f"generation  {'KV-cache graphs (' + manifest.task + ')' if 'generation' in manifest.inference else 'no'}",
         f"profile     {manifest.profile['name']}",
         f"files       {len(manifest.files)} ({size / 1e6:.1f} MB)",

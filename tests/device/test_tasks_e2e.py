@@ -164,3 +164,13 @@ def test_generation_streams_on_the_command_line(fixtures_dir: Path) -> None:
     assert "tokens/s" in streamed.stderr and result["tokens"]["generated"] <= 5
     refused = runner.invoke(cli, ["infer", bundle, "--text", "x", "--num-beams", "2"])
     assert refused.exit_code == 1 and "beam search is for seq2seq" in refused.stderr
+
+
+def test_an_int8_bundle_says_how_it_trains(fixtures_dir: Path) -> None:
+    runner = CliRunner()
+    bundle = str(fixtures_dir / "tiny-seq-cls-int8")
+    refused = runner.invoke(cli, ["personalize", bundle, "--data", str(fixtures_dir / "data" / "train.jsonl"),
+                                  "--backend", "ort-training"])
+    assert refused.exit_code == 1
+    assert "int8 build, which trains with the portable backend only" in refused.output
+    assert "precision   int8" in runner.invoke(cli, ["inspect", bundle]).stdout

@@ -20,6 +20,10 @@ def create_backend(name: str, bundle: Bundle, threads: int | None = None) -> Tra
         chosen = "ort-training" if training_build_installed() and "ort-training" in supported else "portable"
     else:
         chosen = name
+    if chosen not in supported and bundle.manifest.inference.get("precision", "fp32") != "fp32":
+        raise ConfigError(f"bundle {str(bundle.root)!r} is an {bundle.manifest.inference['precision']} build, which "
+                          f"trains with the {', '.join(supported)} backend only (its frozen layers run in "
+                          f"{bundle.manifest.inference['precision']}); use --backend auto or portable")
     if chosen not in supported:
         raise ConfigError(
             f"bundle {str(bundle.root)!r} has no artifacts for backend {chosen!r}; it supports "
