@@ -251,7 +251,7 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
             report("int8: quantizing the frozen linear layers and measuring what that changes")
             adapter = _perturbed(initial, config.seed)
             manifest.build["precision"] = convert_to_int8(
-                writer.staged, manifest, writer.staged(manifest).root,
-                validation_batch | {name: adapter[name] for name in graph.trainable}, step_feeds)
+                writer.staged, manifest, validation_batch | {name: adapter[name] for name in graph.trainable},
+                step_feeds)
         report("writing the bundle")
         return writer.commit(manifest)

@@ -27,6 +27,7 @@ from edge_sdk.device.backends.portable import PortableBackend
 from edge_sdk.errors import ExportError
 from edge_sdk.host.inference_graph import prune_unused
 from edge_sdk.host.int8_matmul import quantize_frozen_matmuls
+from edge_sdk.host.ort_session import cpu_session
 from edge_sdk.host.portable.weights import save_with_shared_weights
 
 STEPS = 4
@@ -38,12 +39,7 @@ MAX_LOSS_CHANGE = 0.05     # relative, on the first training step
 
 
 def _outputs(path: Path, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return dict(zip(names, session.run(names, feeds), strict=True))
+    return dict(zip(names, cpu_session(path).run(names, feeds), strict=True))
 
 
 def _step_losses(bundle: Bundle, feeds: dict[str, np.ndarray]) -> list[float]:
@@ -67,13 +63,14 @@ def _rewrite_graphs(paths: list[Path], weights_path: Path) -> dict:
     return summaries
 
 
-def convert_to_int8(staged: Callable[[Manifest], Bundle], manifest: Manifest, root: Path,
+def convert_to_int8(staged: Callable[[Manifest], Bundle], manifest: Manifest,
                     inference_feeds: dict[str, np.ndarray], step_feeds: dict[str, np.ndarray]) -> dict:
-    """Rewrite the staged bundle under ``root`` in place and update ``manifest``; return the build record.
+    """Rewrite the staged bundle in place and update ``manifest``; return the build record.
 
     ``inference_feeds`` are the inference graph's inputs with adapter weights; ``step_feeds`` a training
     batch with its targets.
     """
+    root = staged(manifest).root
     names = [spec.name for spec in manifest.outputs]
     inference_path = root / manifest.inference["model"]
     reference = _outputs(inference_path, inference_feeds, names)
