@@ -229,6 +229,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
                 "seed": config.seed,
                 "opset": config.opset,
                 "validation_max_abs_diff": diffs,
+                # > 0: the head's position gather sits above that many position-wise ops of the last layer
+                "positions_selected_early": graph.positions_selected_early,
                 "seconds": round(time.perf_counter() - started, 1),
                 "host": {
                     "python": platform.python_version(),

@@ -21,6 +21,7 @@ import torch
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from edge_sdk.errors import ExportError
+from edge_sdk.host.row_selection import select_rows_early
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class ExportedGraph:
     output_names: list[str]
     trainable: list[str]          # ONNX initializer names of the trainable parameters, in model order
     frozen: list[str]
+    # Position-wise ops above which the head's one-position gather was moved (host/row_selection.py).
+    positions_selected_early: int = 0
 
 
 def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarray], output_names: list[str],
@@ -160,6 +163,9 @@ def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarr
     for name in output_names:
         dynamic_axes[name] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     model_proto = trace_to_onnx(wrapper, args, path, input_names, output_names, dynamic_axes, opset, "the model")
+    # A sequence-level head reads one position: compute only that row in the last layer's position-wise
+    # blocks (inference, ORT training and the portable step are all built from this graph).
+    moved = 0 if per_token else select_rows_early(model_proto)
     onnx.save(model_proto, str(path))
     initializers = [init.name for init in model_proto.graph.initializer]
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
@@ -173,7 +179,7 @@ def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarr
     trainable_set = set(trainable)
     frozen = [name for name in initializers if name not in trainable_set]
     return ExportedGraph(path=path, input_names=input_names, output_names=output_names,
-                         trainable=trainable, frozen=frozen)
+                         trainable=trainable, frozen=frozen, positions_selected_early=moved)
 
 
 def _strip_prefix_from_initializers(model_proto: onnx.ModelProto) -> None:

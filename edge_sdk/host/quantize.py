@@ -18,6 +18,7 @@ to the manifest (``build.quantization``), not gated by a threshold that would ha
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -113,8 +114,7 @@ class QuantizedBase:
         added = self.rewrite(model, require_all=True)
         onnx.save(model, str(graph.path))
         frozen = [name for name in graph.frozen if name not in self.weights] + added
-        return ExportedGraph(path=graph.path, input_names=graph.input_names, output_names=graph.output_names,
-                             trainable=graph.trainable, frozen=frozen)
+        return dataclasses.replace(graph, frozen=frozen)
 
     def output_change(self, peft_model: torch.nn.Module, batch: dict[str, np.ndarray],
                       output_names: list[str]) -> dict[str, float]:
