@@ -241,6 +241,14 @@ def build(name: str, source: Path, out: Path, settings: Settings, *extra: str) -
     return result
 
 
+def positions_selected_early(bundle: Path | None) -> bool:
+    """Whether the bundle's graphs run the last layer's position-wise blocks on the head's one position."""
+    if bundle is None or not (bundle / "manifest.json").is_file():
+        return False
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    return manifest["build"].get("positions_selected_early", 0) > 0
+
+
 def _bundle_build_info(bundle: Path) -> dict[str, Any]:
     manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     return {"build_s": manifest["build"]["seconds"], "bytes": sum(f["size"] for f in manifest["files"])}
@@ -686,6 +694,7 @@ def run(settings: Settings) -> None:
         if config:
             raw["model_config"] = config
             raw["flops_note"] = flops_note(config, settings)
+            raw["sdk_one_position_last_layer"] = positions_selected_early(bundles.get("fp32"))
     if "personalization" not in skip:
         print("personalization (peak memory):", flush=True)
         raw["personalization"] = personalization(settings, bundles, builds, data)

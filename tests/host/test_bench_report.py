@@ -192,3 +192,19 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     path = report.plot_scaling(raw_measurements(), tmp_path / "plots" / "scaling.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000  # four panels of curves, not an empty canvas
+
+
+def test_sdk_steps_that_run_the_last_layer_on_one_position_are_held_against_the_work_they_execute() -> None:
+    raw = raw_measurements() | {"sdk_one_position_last_layer": True}
+    summary = report.summarize(raw)
+    nominal = report.training_step_flops(MINILM, 8, 128)
+    executed = report.training_step_flops(MINILM, 8, 128, one_position_last_layer=True)
+    # The last layer's attention output and feed-forward (384² + 2·384·1536 weights) on 8 rows instead of 1024.
+    assert nominal["linear"] - executed["linear"] == 4 * (1024 - 8) * (384 * 384 + 2 * 384 * 1536)
+    assert executed["attention"] == nominal["attention"]
+    assert summary["train_step_flops"] == nominal["total"]
+    assert summary["sdk_train_step_flops"] == executed["total"]
+    fractions = summary["train_step_fraction_of_peak_by_backend"]
+    assert fractions["pytorch"] == pytest.approx(nominal["total"] / 0.30 / 100e9)  # PyTorch runs it all
+    assert fractions["portable (stock)"] == pytest.approx(executed["total"] / 0.15 / 100e9)
+    assert "execute" in report.markdown(raw, summary)
