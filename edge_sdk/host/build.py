@@ -219,7 +219,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
                 "targets": [{"name": name, "dtype": "int64", "shape": shape}
                             for name, shape in task.target_inputs.items()],
                 "ort-training": {key: f"{TRAINING_DIR}/{name}" for key, name in training_files.items()},
-                "portable": {"model": TRAIN_STEP_MODEL, "weights": BASE_WEIGHTS,
+                # The step reads each frozen matrix as stored; prepacking would copy it once per product.
+                "portable": {"model": TRAIN_STEP_MODEL, "weights": BASE_WEIGHTS, "prepack_weights": False,
                              "names": state_names(graph.trainable, train_step)},
             },
             inference={"model": INFERENCE_MODEL, "weights": BASE_WEIGHTS, "initial_adapter": INITIAL_ADAPTER}

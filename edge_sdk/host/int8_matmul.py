@@ -1,7 +1,8 @@
 """`--precision int8`: the frozen linear layers compute in int8 (weights) x uint8 (activations).
 
 Every MatMul whose right-hand side is a frozen float weight (directly, or through 2-D Transposes, as
-exporters and ORT's gradient builder wire ``nn.Linear``) becomes the standard-ONNX dynamic quantization
+exporters and ORT's gradient builder wire ``nn.Linear``), and every bias-free ``Gemm(A, W, transB)`` by one
+(how the portable step reads a weight transposed), becomes the standard-ONNX dynamic quantization
 pattern::
 
     DynamicQuantizeLinear(A) -> MatMulInteger(A_u8, B_s8) -> Cast(float) -> Mul(a_scale * b_scale)
@@ -50,7 +51,7 @@ def _is_2d_transpose(node: onnx.NodeProto) -> bool:
     return node.op_type == "Transpose" and perm in (None, [1, 0])
 
 
-def _frozen_source(name: str, producers: dict[str, onnx.NodeProto], frozen: dict[str, TensorProto]
+def frozen_source(name: str, producers: dict[str, onnx.NodeProto], frozen: dict[str, TensorProto]
                    ) -> tuple[str, bool] | None:
     """(initializer, transposed?) when ``name`` is a frozen 2-D float weight seen through Transposes and
     Identities; None otherwise."""
@@ -70,6 +71,24 @@ def _frozen_source(name: str, producers: dict[str, onnx.NodeProto], frozen: dict
             return None
         name = node.input[0]
     return None
+
+
+def _product_weight(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], frozen: dict[str, TensorProto]
+                    ) -> tuple[str, bool] | None:
+    """(weight, transposed?) for a MatMul by a frozen weight, or for a bias-free ``Gemm(A, W, transB)`` (how a
+    portable step reads a weight transposed without a copy); None for anything else."""
+    if node.op_type == "MatMul":
+        return frozen_source(node.input[1], producers, frozen)
+    if node.op_type != "Gemm" or (len(node.input) > 2 and node.input[2]):
+        return None
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0:
+        return None
+    source = frozen_source(node.input[1], producers, frozen)
+    if source is None:
+        return None
+    weight, transposed = source
+    return weight, transposed != bool(attributes.get("transB", 0))
 
 
 def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Summary:
@@ -99,7 +118,7 @@ def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Sum
             nodes += _dequantized_lookup(node, *rows[table])
             gathers += 1
             continue
-        source = _frozen_source(node.input[1], producers, initializers) if node.op_type == "MatMul" else None
+        source = _product_weight(node, producers, initializers)
         if source is None:
             nodes.append(node)
             continue

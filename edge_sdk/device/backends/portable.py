@@ -29,8 +29,13 @@ class PortableBackend:
         manifest = bundle.manifest
         spec = manifest.training["portable"]
         profile = profile_from_dict(manifest.profile)
-        self._session = onnxruntime.InferenceSession(str(bundle.path(spec["model"])),
-                                                     profile.session_options(threads), providers=profile.providers)
+        options = profile.session_options(threads)
+        if not spec.get("prepack_weights", True):
+            # Prepacking keeps a packed copy of a weight per product reading it (the forward pass reads it
+            # transposed, the backward as stored): SmolLM2-135M's step 1.87 -> 1.26 GB without, about 4% slower.
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        self._session = onnxruntime.InferenceSession(str(bundle.path(spec["model"])), options,
+                                                     providers=profile.providers)
         self._names = spec["names"]
         self._trainable = [tensor.name for tensor in manifest.trainable]
         self._shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in manifest.trainable}

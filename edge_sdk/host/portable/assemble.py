@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from edge_sdk.errors import ExportError
 from edge_sdk.host.inference_graph import prune_unused
+from edge_sdk.host.portable.frozen_weights import read_frozen_weights_in_place
 from edge_sdk.host.portable.lowering import LoweringContext, lower_node, unsupported_ops
 
 OPSET = 14
@@ -223,6 +224,8 @@ def build_train_step(training_model: onnx.ModelProto, optimizer_model: onnx.Mode
     del graph.input[:]
     graph.input.extend(new_inputs)
     graph.initializer.extend(frozen_values[name] for name in frozen)
+    # One copy of each frozen matrix on the device: products read it as stored (see frozen_weights.py).
+    read_frozen_weights_in_place(model, set(frozen))
 
     outputs = {value.name: value for value in graph.output}
     new_outputs = [outputs[loss_output]]
