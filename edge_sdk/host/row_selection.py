@@ -56,6 +56,10 @@ class _Shapes:
     def dims(self, name: str) -> list | None:
         return self._dims.get(name)
 
+    def record(self, name: str, dims: list) -> None:
+        """The shape of a tensor the rewrite adds."""
+        self._dims[name] = dims
+
 
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.data_type}
@@ -240,7 +244,7 @@ class _Rewriter:
                                                     name=self._name("Gather"), axis=axis))
             dims = list(self.shapes.dims(producer.input[position]))
             dims[axis] = 1
-            self.shapes._dims[selected] = dims
+            self.shapes.record(selected, dims)
             new_inputs[position] = selected
         keeps_axis = self.constants[gather.input[1]].ndim == 1
         # A one-element index keeps the axis: the moved node writes the gather's output itself (no Identity
@@ -248,7 +252,7 @@ class _Rewriter:
         rows = gather.output[0] if keeps_axis else self._name("rows")
         out_dims = list(self.shapes.dims(producer.output[0]))
         out_dims[_SEQUENCE_AXIS] = 1
-        self.shapes._dims[rows] = out_dims
+        self.shapes.record(rows, out_dims)
         moved = helper.make_node(producer.op_type, new_inputs, [rows, *producer.output[1:]],
                                  name=producer.name, domain=producer.domain)
         moved.attribute.extend(producer.attribute)
