@@ -3,7 +3,7 @@
 The exported forward pass multiplies by ``Transpose(W)`` (how ``nn.Linear`` exports), and the gradient of
 the activations multiplies by ``W`` again through the gradient builder's own Transpose. ONNX Runtime folds
 each transposed constant into a second full copy of the matrix when it loads the graph, and prepacks both:
-the SmolLM2-135M training step held 1.25 GB for 0.54 GB of weights. Here a product that needs ``Wᵀ``
+the SmolLM2-135M training step session held 1,247 MiB for 513 MiB of weights. Here a product that needs ``Wᵀ``
 becomes ``Gemm(A, W, transB=1)`` (standard ONNX, which reads ``W`` transposed without a copy), one that
 needs ``W`` reads it directly, and the Transposes of frozen weights disappear.
 """
