@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_sdk.host.portable.lowering import attribute
 from edge_sdk.host.quantize import quantize_rows
 
 SCHEME = ("int8 weights (symmetric, one scale per output column) x uint8 activations (dynamic, per tensor); "
@@ -47,8 +48,8 @@ class Int8Summary:
 
 
 def _is_2d_transpose(node: onnx.NodeProto) -> bool:
-    perm = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
-    return node.op_type == "Transpose" and perm in (None, [1, 0])
+    perm = attribute(node, "perm")
+    return node.op_type == "Transpose" and (perm is None or list(perm) == [1, 0])
 
 
 def frozen_source(name: str, producers: dict[str, onnx.NodeProto], frozen: dict[str, TensorProto]
@@ -81,14 +82,13 @@ def _product_weight(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], 
         return frozen_source(node.input[1], producers, frozen)
     if node.op_type != "Gemm" or (len(node.input) > 2 and node.input[2]):
         return None
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0:
+    if attribute(node, "transA", 0) or attribute(node, "alpha", 1.0) != 1.0:
         return None
     source = frozen_source(node.input[1], producers, frozen)
     if source is None:
         return None
     weight, transposed = source
-    return weight, transposed != bool(attributes.get("transB", 0))
+    return weight, transposed != bool(attribute(node, "transB", 0))
 
 
 def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Summary:
@@ -164,7 +164,7 @@ def _is_table_lookup(node: onnx.NodeProto, frozen: dict[str, TensorProto]) -> bo
     if node.op_type != "Gather" or node.input[0] not in frozen:
         return False
     table = frozen[node.input[0]]
-    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+    axis = attribute(node, "axis", 0)
     return table.data_type == TensorProto.FLOAT and len(table.dims) == 2 and axis == 0
 
 

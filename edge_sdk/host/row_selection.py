@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edge_sdk.host.portable.lowering import attribute
+
 # Ops whose output position p depends only on position p of their inputs (with numpy broadcasting).
 _ELEMENTWISE = frozenset({
     "Abs", "Add", "Cast", "Clip", "Div", "Dropout", "Elu", "Erf", "Exp", "Gelu", "HardSigmoid", "Identity",
@@ -33,11 +35,35 @@ _LAST_AXIS = frozenset({"LayerNormalization", "Softmax", "LogSoftmax", "ReduceMe
 _SEQUENCE_AXIS = 1
 
 
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                          onnx.TensorProto.BFLOAT16})
+
+
+def _without_float_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with its float initializers declared as inputs of their type and shape: all that shape
+    inference reads of them, without serializing the weights (integer initializers keep their values, which
+    shape inference reads as Reshape targets and the like)."""
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    graph = light.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    for init in model.graph.initializer:
+        if init.data_type in _FLOAT_TYPES:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        else:
+            graph.initializer.append(init)
+    return light
+
+
 class _Shapes:
     """Ranks and dimensions of the graph's tensors, from shape inference plus initializers and constants."""
 
     def __init__(self, model: onnx.ModelProto) -> None:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_without_float_weights(model))
         self._dims: dict[str, list] = {}
         graph = inferred.graph
         for value in [*graph.input, *graph.output, *graph.value_info]:
@@ -49,9 +75,9 @@ class _Shapes:
             self._dims[init.name] = list(init.dims)
         for node in model.graph.node:
             if node.op_type == "Constant":
-                for attribute in node.attribute:
-                    if attribute.name == "value":
-                        self._dims[node.output[0]] = list(attribute.t.dims)
+                for entry in node.attribute:
+                    if entry.name == "value":
+                        self._dims[node.output[0]] = list(entry.t.dims)
 
     def dims(self, name: str) -> list | None:
         return self._dims.get(name)
@@ -62,20 +88,16 @@ class _Shapes:
 
 
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.data_type}
+    """The integer constants (gather indices, reduction axes): the only values the rewrite reads."""
+    integers = (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer
+              if init.data_type in integers}
     for node in model.graph.node:
         if node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attribute.t)
+            for entry in node.attribute:
+                if entry.name == "value" and entry.t.data_type in integers:
+                    values[node.output[0]] = numpy_helper.to_array(entry.t)
     return values
-
-
-def _attribute(node: onnx.NodeProto, name: str, default=None):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
 
 
 class _Rewriter:
@@ -87,7 +109,6 @@ class _Rewriter:
         self.opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 14)
         self.moved = 0
         self.reshaped: set[str] = set()  # outputs whose shape changed: their inferred value_info is stale
-        self.readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         self._count = 0
 
     def _name(self, hint: str) -> str:
@@ -101,7 +122,7 @@ class _Rewriter:
         dims = self.shapes.dims(node.input[0])
         if dims is None or len(dims) < 2:
             return None
-        axis = _attribute(node, "axis", 0)
+        axis = attribute(node, "axis", 0)
         if axis < 0:
             axis += len(dims)
         index = self.constants.get(node.input[1])
@@ -111,7 +132,8 @@ class _Rewriter:
             return None  # already one position
         return int(index.reshape(-1)[0])
 
-    def _row_inputs(self, node: onnx.NodeProto, out_dims: list, index: int) -> dict[int, int] | None:
+    def _row_inputs(self, node: onnx.NodeProto, out_dims: list, index: int,
+                    readers: dict[str, list[onnx.NodeProto]]) -> dict[int, int] | None:
         """Input index -> the axis of that input that carries the output's positions; None if ``node`` mixes
         positions or a shape is unknown.
 
@@ -123,7 +145,7 @@ class _Rewriter:
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
             return None
-        if any(name and (self.readers[name] or name in self.outputs) for name in node.output[1:]):
+        if any(name and (readers[name] or name in self.outputs) for name in node.output[1:]):
             return None  # a second output (Dropout's mask) that something reads would change shape too
         if (op in _LAST_AXIS or op == "MatMul") and rank < 3:
             return None  # the selected axis would be one the op reduces or multiplies over
@@ -132,8 +154,8 @@ class _Rewriter:
             if data is None:
                 return None
             rank = len(data)  # a reduction without keepdims has one axis fewer than its input
-            axis = _attribute(node, "axis", -1 if op not in ("Softmax", "LogSoftmax") or self.opset >= 13 else 1)
-            axes = _attribute(node, "axes")
+            axis = attribute(node, "axis", -1 if op not in ("Softmax", "LogSoftmax") or self.opset >= 13 else 1)
+            axes = attribute(node, "axes")
             if axes is None and op.startswith("Reduce") and len(node.input) > 1 and node.input[1]:
                 value = self.constants.get(node.input[1])
                 axes = None if value is None else [int(v) for v in value.reshape(-1)]
@@ -192,7 +214,7 @@ class _Rewriter:
             index = self.constants.get(node.input[1])
             if index is None:
                 continue
-            key = (node.input[0], _attribute(node, "axis", 0), index.shape, tuple(index.reshape(-1).tolist()))
+            key = (node.input[0], attribute(node, "axis", 0), index.shape, tuple(index.reshape(-1).tolist()))
             if key not in seen:
                 seen[key] = node.output[0]
                 continue
@@ -215,7 +237,6 @@ class _Rewriter:
                 consumers[name].append(node)
             for name in node.output:
                 producers[name] = node
-        self.readers = consumers
         for gather in list(self.graph.node):
             index = self._selected_index(gather)
             if index is None:
@@ -226,7 +247,7 @@ class _Rewriter:
             if (producer is None or producer.output[0] != source or len(consumers[source]) != 1
                     or source in self.outputs or out_dims is None):
                 continue
-            carried = self._row_inputs(producer, out_dims, index)
+            carried = self._row_inputs(producer, out_dims, index, consumers)
             if not carried:
                 continue
             self._sink(gather, producer, carried, index)

@@ -224,8 +224,6 @@ def build_train_step(training_model: onnx.ModelProto, optimizer_model: onnx.Mode
     del graph.input[:]
     graph.input.extend(new_inputs)
     graph.initializer.extend(frozen_values[name] for name in frozen)
-    # One copy of each frozen matrix on the device: products read it as stored (see frozen_weights.py).
-    read_frozen_weights_in_place(model, set(frozen))
 
     outputs = {value.name: value for value in graph.output}
     new_outputs = [outputs[loss_output]]
@@ -238,6 +236,9 @@ def build_train_step(training_model: onnx.ModelProto, optimizer_model: onnx.Mode
     graph.output.extend(new_outputs)
     graph.name = "train_step"
 
+    # One copy of each frozen matrix on the device: products read it as stored (see frozen_weights.py); the
+    # pruning below removes the Transposes they no longer read.
+    read_frozen_weights_in_place(model, set(frozen))
     prune_unused(graph)
     del model.opset_import[:]
     model.opset_import.extend([helper.make_opsetid("", OPSET)])

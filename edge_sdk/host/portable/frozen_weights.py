@@ -15,14 +15,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edge_sdk.host.int8_matmul import frozen_source
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+from edge_sdk.host.portable.lowering import attribute
 
 
 def read_frozen_weights_in_place(model: onnx.ModelProto, frozen: set[str]) -> int:
     """Rewrite ``model`` in place (see the module docstring); return how many products were rewired.
+
+    The Transposes that only served the rewired products are left for ``prune_unused`` to remove.
 
     ``frozen`` names the initializers that are constants of the graph (never a trained parameter, whose
     value changes every step)."""
@@ -53,7 +52,7 @@ def read_frozen_weights_in_place(model: onnx.ModelProto, frozen: set[str]) -> in
         weight, transposed = source
         rewired += 1
         if node.op_type == "Gemm":
-            flip = transposed != bool(_attribute(node, "transB", 0))
+            flip = transposed != bool(attribute(node, "transB", 0))
             gemm = helper.make_node("Gemm", [node.input[0], weight, *node.input[2:]], list(node.output), name=node.name)
             gemm.attribute.extend(a for a in node.attribute if a.name != "transB")
             gemm.attribute.append(helper.make_attribute("transB", int(flip)))
@@ -80,18 +79,5 @@ def read_frozen_weights_in_place(model: onnx.ModelProto, frozen: set[str]) -> in
     if rewired:
         del graph.node[:]
         graph.node.extend(nodes)
-        _drop_dead_weight_transposes(graph)
     return rewired
-
-
-def _drop_dead_weight_transposes(graph: onnx.GraphProto) -> None:
-    """Remove the Transpose/Identity nodes nothing reads any more (they only served the rewired products)."""
-    while True:
-        read = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
-        dead = [node for node in graph.node if node.op_type in ("Transpose", "Identity")
-                and not any(output in read for output in node.output)]
-        if not dead:
-            return
-        for node in dead:
-            graph.node.remove(node)
 

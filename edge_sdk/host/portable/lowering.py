@@ -171,10 +171,11 @@ def _fail(node: onnx.NodeProto, problem: str) -> ExportError:
     )
 
 
-def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for attribute in node.attribute:
-        if attribute.name == name:
-            value = helper.get_attribute_value(attribute)
+def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """A node attribute's value (strings decoded), or ``default`` when the node does not set it."""
+    for entry in node.attribute:
+        if entry.name == name:
+            value = helper.get_attribute_value(entry)
             return value.decode() if isinstance(value, bytes) else value
     return default
 
@@ -400,7 +401,7 @@ def _lower_quick_gelu(node: onnx.NodeProto, context: LoweringContext) -> None:
     # x * sigmoid(alpha * x), alpha defaults to 1.702
     _check_arity(node, 1, 1)
     x = _require_input(node, 0, "X")
-    alpha = context.const(float(_attr(node, "alpha", 1.702)), "alpha", _float_dtype(node, context, x))
+    alpha = context.const(float(attribute(node, "alpha", 1.702)), "alpha", _float_dtype(node, context, x))
     sigmoid = context.node("Sigmoid", [context.node("Mul", [x, alpha])[0]])[0]
     context.node("Mul", [x, sigmoid], _out_or_new(node, 0))
 
@@ -411,7 +412,7 @@ def _lower_quick_gelu_grad(node: onnx.NodeProto, context: LoweringContext) -> No
     _check_arity(node, 2, 1)
     dy, x = _require_input(node, 0, "dY"), _require_input(node, 1, "X")
     dtype = _float_dtype(node, context, x)
-    alpha = context.const(float(_attr(node, "alpha", 1.702)), "alpha", dtype)
+    alpha = context.const(float(attribute(node, "alpha", 1.702)), "alpha", dtype)
     one = context.const(1.0, "one", dtype)
     ax = context.node("Mul", [x, alpha])[0]
     sigmoid = context.node("Sigmoid", [ax])[0]
@@ -460,7 +461,7 @@ def _lower_leaky_relu_grad(node: onnx.NodeProto, context: LoweringContext) -> No
     dy, y = _require_input(node, 0, "dY"), _require_input(node, 1, "Y")
     dtype = _float_dtype(node, context, y)
     positive = context.node("Greater", [y, context.const(0.0, "zero", dtype)])[0]
-    leaked = context.node("Mul", [dy, context.const(float(_attr(node, "alpha", 0.01)), "alpha", dtype)])[0]
+    leaked = context.node("Mul", [dy, context.const(float(attribute(node, "alpha", 0.01)), "alpha", dtype)])[0]
     context.node("Where", [positive, dy, leaked], _out_or_new(node, 0))
 
 
@@ -469,7 +470,7 @@ def _lower_softmax_grad_13(node: onnx.NodeProto, context: LoweringContext) -> No
     # Opset-13 semantics (one axis, default -1): dX = Y * (dY - sum(Y * dY, axis)).
     _check_arity(node, 2, 1)
     dy, y = _require_input(node, 0, "dY"), _require_input(node, 1, "Y")
-    axis = int(_attr(node, "axis", -1))
+    axis = int(attribute(node, "axis", -1))
     dot = _reduce_sum(context, context.node("Mul", [y, dy])[0], [axis], keepdims=1)
     context.node("Mul", [y, context.node("Sub", [dy, dot])[0]], _out_or_new(node, 0))
 
@@ -479,7 +480,7 @@ def _lower_log_softmax_grad_13(node: onnx.NodeProto, context: LoweringContext) -
     # Y is the LogSoftmax output: dX = dY - exp(Y) * sum(dY, axis).
     _check_arity(node, 2, 1)
     dy, y = _require_input(node, 0, "dY"), _require_input(node, 1, "Y")
-    axis = int(_attr(node, "axis", -1))
+    axis = int(attribute(node, "axis", -1))
     total = _reduce_sum(context, dy, [axis], keepdims=1)
     context.node("Sub", [dy, context.node("Mul", [context.node("Exp", [y])[0], total])[0]], _out_or_new(node, 0))
 
@@ -510,7 +511,7 @@ def _lower_scale(node: onnx.NodeProto, context: LoweringContext) -> None:
     data, scale = _require_input(node, 0, "A"), _require_input(node, 1, "scale")
     dtype = _float_dtype(node, context, data)
     factor = context.node("Cast", [scale], to=_elem_type(dtype))[0]
-    if int(_attr(node, "scale_down", 0)):
+    if int(attribute(node, "scale_down", 0)):
         factor = context.node("Reciprocal", [factor])[0]
     context.node("Mul", [data, factor], _out_or_new(node, 0))
 
@@ -523,19 +524,19 @@ def _lower_fused_matmul(node: onnx.NodeProto, context: LoweringContext) -> None:
     # Y = alpha * op(A) @ op(B), where op transposes the last two dims.
     _check_arity(node, 2, 1)
     for flag in ("transBatchA", "transBatchB"):
-        if int(_attr(node, flag, 0)):
+        if int(attribute(node, flag, 0)):
             raise _fail(node, f"{flag}=1 (batch-dimension transposition) is not supported")
     operands = []
     for index, what, flag in ((0, "A", "transA"), (1, "B", "transB")):
         name = _require_input(node, index, what)
-        if int(_attr(node, flag, 0)):
+        if int(attribute(node, flag, 0)):
             rank = _rank(node, context, [name], f"input {what}")
             if rank < 2:
                 raise _fail(node, f"{flag}=1 on a rank-{rank} input {what}")
             perm = list(range(rank - 2)) + [rank - 1, rank - 2]
             name = context.node("Transpose", [name], perm=perm)[0]
         operands.append(name)
-    alpha = float(_attr(node, "alpha", 1.0))
+    alpha = float(attribute(node, "alpha", 1.0))
     if alpha == 1.0:
         context.node("MatMul", operands, _out_or_new(node, 0))
         return
@@ -561,10 +562,10 @@ def _lower_softmax_cross_entropy_loss_grad(node: onnx.NodeProto, context: Loweri
     log_prob = _require_input(node, 1, "log_prob")
     label = _require_input(node, 2, "label")
     weight = _input(node, 3)
-    reduction = _attr(node, "reduction", "mean")
+    reduction = attribute(node, "reduction", "mean")
     if reduction not in ("mean", "sum", "none"):
         raise _fail(node, f"reduction {reduction!r} is not one of mean/sum/none")
-    ignore_index = int(_attr(node, "ignore_index", -1))
+    ignore_index = int(attribute(node, "ignore_index", -1))
     dtype = _float_dtype(node, context, log_prob)
     zero_i = _ints(context, 0, "zero")
 
@@ -624,7 +625,7 @@ def _lower_gather_grad(node: onnx.NodeProto, context: LoweringContext) -> None:
         r = int(rank_dy) - q + 1
     else:
         r = _rank(node, context, [_output(node, 0)], "dY and of the output")
-    axis = _normalize_axis(node, int(_attr(node, "axis", 0)), r)
+    axis = _normalize_axis(node, int(attribute(node, "axis", 0)), r)
     pre, post = axis, r - axis - 1
     q_eff = max(q, 1)
     if pre + q_eff + post + 1 > len(string.ascii_lowercase):
@@ -673,7 +674,7 @@ def _lower_layer_normalization(node: onnx.NodeProto, context: LoweringContext) -
     scale = _require_input(node, 1, "Scale")
     bias = _input(node, 2)
     _require_float32_or_double(node, context, [x, scale, bias])
-    axis = int(_attr(node, "axis", -1))
+    axis = int(attribute(node, "axis", -1))
     if axis < 0:
         norm = list(range(axis, 0))  # negative axes need no rank
     else:
@@ -682,7 +683,7 @@ def _lower_layer_normalization(node: onnx.NodeProto, context: LoweringContext) -
     mean = context.node("ReduceMean", [x], _out_or_new(node, 1), axes=norm, keepdims=1)[0]
     centered = context.node("Sub", [x, mean])[0]
     variance = _reduce_mean(context, context.node("Mul", [centered, centered])[0], norm)
-    epsilon = context.const(float(_attr(node, "epsilon", 1e-5)), "epsilon", dtype)
+    epsilon = context.const(float(attribute(node, "epsilon", 1e-5)), "epsilon", dtype)
     std = context.node("Sqrt", [context.node("Add", [variance, epsilon])[0]])[0]
     inv_std = context.node("Reciprocal", [std], _out_or_new(node, 2))[0]
     normalized = context.node("Mul", [centered, inv_std])[0]
@@ -706,7 +707,7 @@ def _lower_layer_normalization_grad(node: onnx.NodeProto, context: LoweringConte
     inv_std = _require_input(node, 4, "inv_std_var")
     _require_float32_or_double(node, context, [dy, x, scale, mean, inv_std])
     rank = _rank(node, context, [x, dy, mean, inv_std, _output(node, 0)], "X")
-    outer, norm = _norm_axes(node, int(_attr(node, "axis", -1)), rank)
+    outer, norm = _norm_axes(node, int(attribute(node, "axis", -1)), rank)
 
     xhat = context.node("Mul", [context.node("Sub", [x, mean])[0], inv_std])[0]
     if _output(node, 0):
@@ -729,14 +730,14 @@ def _lower_simplified_layer_normalization(node: onnx.NodeProto, context: Lowerin
     x = _require_input(node, 0, "X")
     scale = _require_input(node, 1, "scale")
     _require_float32_or_double(node, context, [x, scale])
-    axis = int(_attr(node, "axis", -1))
+    axis = int(attribute(node, "axis", -1))
     if axis < 0:
         norm = list(range(axis, 0))
     else:
         _, norm = _norm_axes(node, axis, _rank(node, context, [x, _output(node, 0)], "X"))
     dtype = _float_dtype(node, context, x)
     mean_square = _reduce_mean(context, context.node("Mul", [x, x])[0], norm)
-    epsilon = context.const(float(_attr(node, "epsilon", 1e-5)), "epsilon", dtype)
+    epsilon = context.const(float(attribute(node, "epsilon", 1e-5)), "epsilon", dtype)
     rms = context.node("Sqrt", [context.node("Add", [mean_square, epsilon])[0]])[0]
     inv_std = context.node("Reciprocal", [rms], _out_or_new(node, 1))[0]
     context.node("Mul", [context.node("Mul", [x, inv_std])[0], scale], _out_or_new(node, 0))
@@ -753,7 +754,7 @@ def _lower_simplified_layer_normalization_grad(node: onnx.NodeProto, context: Lo
     inv_std = _require_input(node, 3, "inv_std_var")
     _require_float32_or_double(node, context, [dy, x, scale, inv_std])
     rank = _rank(node, context, [x, dy, inv_std, _output(node, 0)], "X")
-    outer, norm = _norm_axes(node, int(_attr(node, "axis", -1)), rank)
+    outer, norm = _norm_axes(node, int(attribute(node, "axis", -1)), rank)
     xhat = context.node("Mul", [x, inv_std])[0]
     if _output(node, 0):
         a = context.node("Mul", [dy, scale])[0]
@@ -770,7 +771,7 @@ def _lower_simplified_layer_normalization_grad(node: onnx.NodeProto, context: Lo
 @_register(MS_DOMAIN, "ConcatTraining")
 def _lower_concat_training(node: onnx.NodeProto, context: LoweringContext) -> None:
     # Outputs the concatenation and, optionally, each input's int64 length along `axis` (SplitTraining's split).
-    axis = _attr(node, "axis")
+    axis = attribute(node, "axis")
     if axis is None:
         raise _fail(node, "the required attribute 'axis' is missing")
     _check_arity(node, len(node.input), 2)
@@ -788,7 +789,7 @@ def _lower_split_training(node: onnx.NodeProto, context: LoweringContext) -> Non
     _check_arity(node, 2, len(node.output))
     data, split = _require_input(node, 0, "input"), _require_input(node, 1, "split")
     outputs = [name or context.name("unused_split") for name in node.output]
-    context.node("Split", [data, split], outputs, axis=int(_attr(node, "axis", 0)))
+    context.node("Split", [data, split], outputs, axis=int(attribute(node, "axis", 0)))
 
 
 @_register(MS_DOMAIN, "SliceGrad")
