@@ -242,16 +242,19 @@ def build(name: str, source: Path, out: Path, settings: Settings, *extra: str) -
     return result
 
 
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+
+
 def positions_selected_early(bundle: Path | None) -> bool:
     """Whether the bundle's graphs run the last layer's position-wise blocks on the head's one position."""
     if bundle is None or not (bundle / "manifest.json").is_file():
         return False
-    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    return manifest["build"].get("positions_selected_early", 0) > 0
+    return read_manifest(bundle)["build"].get("positions_selected_early", 0) > 0
 
 
 def _bundle_build_info(bundle: Path) -> dict[str, Any]:
-    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(bundle)
     return {"build_s": manifest["build"]["seconds"], "bytes": sum(f["size"] for f in manifest["files"])}
 
 
@@ -547,7 +550,7 @@ def footprint(settings: Settings, bundles: dict) -> dict:
         if bundle is None:
             continue
         # The files the manifest lists are what ships; adapters personalized into the folder since are not.
-        files = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["files"]
+        files = read_manifest(bundle)["files"]
         parts: dict[str, int] = {}
         for entry in files:
             parts[entry["path"].split("/")[0]] = parts.get(entry["path"].split("/")[0], 0) + entry["size"]
@@ -597,7 +600,7 @@ def scaling(settings: Settings, bundles: dict, builds: dict, headline: dict) -> 
         runs = train_step(settings, bundles, builds, settings.size_batch, 128, (TORCH, "portable (stock)"),
                           settings.scaling_steps, 1, source=source, bundle_keys={"fp32": key, "int8": key},
                           model=model)
-        manifest = bundles.get(key) and json.loads((bundles[key] / "manifest.json").read_text(encoding="utf-8"))
+        manifest = bundles.get(key) and read_manifest(bundles[key])
         by_model[model] = {"parameters": manifest["model"]["parameters"] if manifest else 0,
                            "batch": settings.size_batch, "seq": 128, "runs": runs}
     return {"sequence": by_seq, "sequence_batch": 8, "model_size": by_model,
