@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_sdk.bundle.int8_arithmetic import check_int8_portable
 from edge_sdk.bundle.store import Bundle, open_bundle, sha256_file
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
@@ -37,6 +38,7 @@ class DeviceBundle:
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         manifest = bundle.manifest
+        check_int8_portable(manifest.inference, str(bundle.root))
         self.bundle = bundle
         self.manifest = manifest
         self.labels = list(manifest.labels)

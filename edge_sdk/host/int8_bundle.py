@@ -26,6 +26,7 @@ from edge_sdk.bundle.store import Bundle
 from edge_sdk.device.backends.portable import PortableBackend
 from edge_sdk.errors import ExportError
 from edge_sdk.host.inference_graph import prune_unused
+from edge_sdk.host.int8_diagnosis import diagnose
 from edge_sdk.host.int8_matmul import quantize_frozen_matmuls
 from edge_sdk.host.ort_session import cpu_session
 from edge_sdk.host.portable.weights import save_with_shared_weights
@@ -89,6 +90,12 @@ def convert_to_int8(staged: Callable[[Manifest], Bundle], manifest: Manifest,
     manifest.training["portable"]["prepack_weights"] = True
     del manifest.training["ort-training"]
     manifest.inference["precision"] = "int8"
+    # What the device checks before it runs the bundle: no pair of integer products overflows 16 bits.
+    manifest.inference["int8_max_pair_sum"] = max(summary["max_pair_sum"] for summary in summaries.values())
+
+    def refuse(what: str) -> ExportError:
+        return ExportError(f"{what}; likely cause: {diagnose(inference_path, inference_feeds)}; "
+                           "build it with --precision fp32")
 
     quantized = _outputs(inference_path, inference_feeds, names)
     output_change = {}
@@ -96,20 +103,19 @@ def convert_to_int8(staged: Callable[[Manifest], Bundle], manifest: Manifest,
         change = float(np.max(np.abs(quantized[name] - reference[name])))
         scale = max(float(np.max(np.abs(reference[name]))), 1e-6)
         if not np.isfinite(change) or change > MAX_OUTPUT_CHANGE * scale:
-            raise ExportError(f"int8 moved the inference graph's {name!r} by up to {change:.3g} against float32 "
-                              f"(largest value {scale:.3g}); this model does not survive the int8 rewrite, "
-                              "build it with --precision fp32")
+            raise refuse(f"int8 moved the inference graph's {name!r} by up to {change:.3g} against float32 "
+                         f"(largest value {scale:.3g}); this model does not survive the int8 rewrite")
         output_change[name] = change
     losses = _step_losses(staged(manifest), step_feeds)
     changes = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, reference_losses, strict=True)]
     # The first step runs both from the same weights, so it measures int8's forward error alone; later
     # steps follow two trajectories that drift apart by design, so of them only the direction is checked.
     if not np.all(np.isfinite(losses)) or changes[0] > MAX_LOSS_CHANGE:
-        raise ExportError(f"the int8 training step's first loss differs from float32's by {changes[0]:.2%} "
-                          f"({losses[0]:.6g} vs {reference_losses[0]:.6g}); build it with --precision fp32")
+        raise refuse(f"the int8 training step's first loss differs from float32's by {changes[0]:.2%} "
+                     f"({losses[0]:.6g} vs {reference_losses[0]:.6g})")
     if reference_losses[-1] < reference_losses[0] and not losses[-1] < losses[0]:
-        raise ExportError(f"the int8 training step does not reduce the loss over {STEPS} steps ({losses}) while "
-                          f"float32 does ({reference_losses}); build it with --precision fp32")
+        raise refuse(f"the int8 training step does not reduce the loss over {STEPS} steps ({losses}) while "
+                     f"float32 does ({reference_losses})")
     return {"precision": "int8", "graphs": summaries, "max_abs_output_change_vs_fp32": output_change,
             "step_losses": {"fp32": reference_losses, "int8": losses},
             "relative_step_loss_change_vs_fp32": changes}

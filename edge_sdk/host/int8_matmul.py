@@ -7,16 +7,30 @@ pattern::
 
     DynamicQuantizeLinear(A) -> MatMulInteger(A_u8, B_s8) -> Cast(float) -> Mul(a_scale * b_scale)
 
-B is quantized offline, symmetric int8 with one scale per output column; A is quantized per tensor at run
-time. ONNX Runtime fuses the pattern into one ``DynamicQuantizeMatMul`` (its int8 GEMM, VNNI where the CPU
-has it), and any runtime that lacks the fusion still runs the standard operators: the graph stays
-portable. Why a rewrite of our own rather than ``onnxruntime.quantization.quantize_dynamic``: that tool only
+B is quantized offline, symmetric, one scale per output column, to the values -64..64 rather than the full
+-127..127; A is quantized per tensor at run time (uint8, 0..255). ONNX Runtime fuses the pattern into one
+``DynamicQuantizeMatMul`` (its int8 GEMM, VNNI where the CPU has it), and any runtime that lacks the
+fusion still runs the standard operators: the graph stays portable.
+
+Why 7-bit weights: on x86 CPUs without VNNI (AVX2, AVX-512 core) ONNX Runtime's u8 x s8 kernel adds
+neighbouring products in saturating 16-bit lanes; full-range weights overflow them (255 * 127 * 2 > 32767)
+and those CPUs compute a different function than VNNI or ARM ones. With |B| <= 64 no pair can overflow
+(255 * 64 * 2 = 32640), so every CPU computes the exact integer product and an int8 bundle means the same
+thing everywhere (:mod:`edge_sdk.bundle.int8_arithmetic` has the arithmetic; each stored matrix's bound is
+checked here). It costs one bit of weight resolution and nothing in speed: the same kernels run. The
+alternatives were worse: uint8 weights take a widening kernel that is about 25% slower on AVX2 and cannot
+use VNNI; 7-bit activations need a hand-made quantizer instead of ``DynamicQuantizeLinear`` and lose the
+fusion.
+
+Why a rewrite of our own rather than ``onnxruntime.quantization.quantize_dynamic``: that tool only
 quantizes MatMuls whose weight is an initializer, while both our graphs read weights through Transposes
 (and the training step reads each weight twice, transposed for the forward pass and as is for the
 gradient of the activations); it also cannot tell frozen weights from the adapter's.
 
-What stays float: the LoRA/DoRA matrices and heads (they are trained), attention's activation x activation
-products, embeddings, LayerNorms, and Gemm nodes (small heads and poolers).
+Embedding tables are stored as int8 rows (full -127..127, one scale per row) and dequantized right after
+the lookup: no integer product reads them, so no kernel can saturate on them. What stays float: the
+LoRA/DoRA matrices and heads (they are trained), attention's activation x activation products,
+LayerNorms, and Gemm nodes with a bias (small heads and poolers).
 """
 
 from __future__ import annotations
@@ -27,11 +41,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_sdk.bundle.int8_arithmetic import INT16_MAX, WEIGHT_MAX, pair_sum_bound
+from edge_sdk.errors import ExportError
 from edge_sdk.host.portable.lowering import attribute
 from edge_sdk.host.quantize import quantize_rows
 
-SCHEME = ("int8 weights (symmetric, one scale per output column) x uint8 activations (dynamic, per tensor); "
-          "embedding tables int8 with one scale per row")
+SCHEME = (f"int8 weights in [-{WEIGHT_MAX}, {WEIGHT_MAX}] (symmetric, one scale per output column) x uint8 "
+          "activations (dynamic, per tensor), so no pair of products overflows a 16-bit lane; embedding tables "
+          "int8 with one scale per row")
 
 
 @dataclass(frozen=True)
@@ -41,9 +58,11 @@ class Int8Summary:
     float_bytes: int      # what those matrices take as float32
     int8_bytes: int
     gathers: int = 0      # embedding lookups rewritten
+    max_pair_sum: int = 0  # the largest |a_i*b_i + a_j*b_j| any stored matrix allows (int8_arithmetic)
 
     def to_dict(self) -> dict:
         return {"scheme": SCHEME, "matmuls": self.matmuls, "gathers": self.gathers, "weights": self.weights,
+                "weight_max": WEIGHT_MAX, "max_pair_sum": self.max_pair_sum,
                 "float_bytes": self.float_bytes, "int8_bytes": self.int8_bytes}
 
 
@@ -101,7 +120,7 @@ def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Sum
     added: list[TensorProto] = []
     zero_point = "int8_matmul.zero_point"
     nodes: list[onnx.NodeProto] = []
-    rewritten = float_bytes = int8_bytes = 0
+    rewritten = float_bytes = int8_bytes = max_pair_sum = 0
     gathers = 0
     rows: dict[str, tuple[str, str]] = {}  # embedding table -> (int8 rows, row scales)
     for node in graph.node:
@@ -126,9 +145,16 @@ def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Sum
             weight, transposed = source
             matrix = numpy_helper.to_array(initializers[weight])
             b = matrix.T if transposed else matrix  # B as the MatMul reads it: [K, N]
-            q = quantize_rows(np.ascontiguousarray(b.T))  # a row of B.T is an output column of the MatMul
+            # a row of B.T is an output column of the MatMul
+            q = quantize_rows(np.ascontiguousarray(b.T), max_level=WEIGHT_MAX)
+            stored = np.ascontiguousarray(q.values.T)
+            bound = pair_sum_bound(stored)
+            if bound > INT16_MAX:  # cannot happen with WEIGHT_MAX; guards the scheme against later edits
+                raise ExportError(f"int8 weight {weight!r} lets two products sum to {bound}, beyond a 16-bit lane "
+                                  f"({INT16_MAX}): CPUs without VNNI would saturate; this is a bug in edge-sdk")
+            max_pair_sum = max(max_pair_sum, bound)
             stem = f"{weight}{'.T' if transposed else ''}.int8mm"
-            added += [numpy_helper.from_array(np.ascontiguousarray(q.values.T), stem),
+            added += [numpy_helper.from_array(stored, stem),
                       numpy_helper.from_array(q.scale, stem + ".scale")]
             quantized[source] = (stem, stem + ".scale")
             float_bytes += b.size * 4
@@ -153,7 +179,7 @@ def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Sum
         del graph.node[:]
         graph.node.extend(nodes)
     return Int8Summary(matmuls=rewritten, weights=len(quantized) + len(rows), float_bytes=float_bytes,
-                       int8_bytes=int8_bytes, gathers=gathers)
+                       int8_bytes=int8_bytes, gathers=gathers, max_pair_sum=max_pair_sum)
 
 
 _LAST_AXIS = "int8_matmul.last_axis"

@@ -6,6 +6,7 @@ Adding a task to the registry without adding it here fails `test_every_registere
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 
 from edge_sdk.cli.main import cli
 from edge_sdk.device import DeviceBundle, TrainingSettings
+from edge_sdk.errors import BundleError
 from edge_sdk.tasks.registry import TASK_NAMES
 
 
@@ -174,3 +176,23 @@ def test_an_int8_bundle_says_how_it_trains(fixtures_dir: Path) -> None:
     assert refused.exit_code == 1
     assert "int8 build, which trains with the portable backend only" in refused.output
     assert "precision   int8" in runner.invoke(cli, ["inspect", bundle]).stdout
+
+
+def test_an_int8_bundle_whose_weights_could_overflow_16_bits_is_refused(fixtures_dir: Path, tmp_path: Path) -> None:
+    """A bundle from before 7-bit weights records no pair-sum bound: on CPUs without VNNI it would compute
+    something else than it was validated for, so the device refuses it and says to rebuild."""
+    bundle = Path(shutil.copytree(fixtures_dir / "tiny-seq-cls-int8", tmp_path / "bundle"))
+    manifest_path = bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert 0 < manifest["inference"]["int8_max_pair_sum"] <= 32767
+    assert DeviceBundle.open(bundle).infer(["market"])  # as built, it runs
+    for recorded in (None, 64770):
+        if recorded is None:
+            manifest["inference"].pop("int8_max_pair_sum")
+        else:
+            manifest["inference"]["int8_max_pair_sum"] = recorded
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(BundleError, match="rebuild it with this edge-sdk"):
+            DeviceBundle.open(bundle)
+        refused = CliRunner().invoke(cli, ["infer", str(bundle), "--text", "market"])
+        assert refused.exit_code == 1 and "without AVX-512 VNNI" in refused.output
