@@ -29,7 +29,6 @@ from edge_sdk.bundle.int8_arithmetic import (
     saturating_matmul_integer,
 )
 
-
 # Gaussian-like activations peak at about 4-5 RMS over thousands of values; ten times the RMS is the
 # systematic outlier channel of transformer activations that a per-tensor scale spends its range on.
 OUTLIER_PEAK_TO_RMS = 10.0
