@@ -612,21 +612,35 @@ def scaling(settings: Settings, bundles: dict, builds: dict, headline: dict) -> 
 
 # --- machine and report --------------------------------------------------------------------------------
 
+# The CPU features the measured speeds depend on. int8 most of all: without VNNI (avx512_vnni, avx_vnni) or
+# AMX an x86 u8 x s8 GEMM takes two instructions per multiply-add; ARM's dot-product (asimddp) and matrix
+# (i8mm) extensions play that part there.
+VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+                     "amx_bf16", "amx_int8", "asimddp", "i8mm")
+
+
+def cpuinfo_fields() -> dict[str, str]:
+    """The fields of /proc/cpuinfo, the last processor's where they repeat (empty where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
+    return {key.strip(): value.strip() for key, value in
+            (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
+
+
+def vector_extensions(fields: dict[str, str]) -> list[str]:
+    """The extensions of :data:`VECTOR_EXTENSIONS` the CPU has (x86 lists them as flags, ARM as Features)."""
+    flags = set((fields.get("flags") or fields.get("Features", "")).split())
+    return [flag for flag in VECTOR_EXTENSIONS if flag in flags]
+
+
 def machine(settings: Settings) -> dict[str, Any]:
     from importlib import metadata
 
-    cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8") if Path("/proc/cpuinfo").is_file() else ""
-    fields = {key.strip(): value.strip() for key, value in
-              (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
-    flags = fields.get("flags", "").split()
+    fields = cpuinfo_fields()
     stock = {d.metadata["Name"]: d.version for d in metadata.distributions(path=[str(site_packages("stock"))])}
     return {
         "cpu_model": fields.get("model name", platform.processor() or platform.machine()),
         "cpu_mhz": fields.get("cpu MHz"),
-        # int8 speed depends on VNNI (avx512_vnni, avx_vnni) or AMX: without, the u8 x s8 GEMM takes two steps
-        "vector_extensions": [f for f in flags if f in ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
-                                                        "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-                                                        "amx_int8")],
+        "vector_extensions": vector_extensions(fields),
         "cores": os.cpu_count(),
         "cores_per_socket_in_cpuinfo": fields.get("cpu cores"),
         "load_average_start": list(os.getloadavg()),

@@ -34,17 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 VARIANTS = ("fp32", "int8 7-bit (shipped)", "int8 8-bit u8u8", "int8 8-bit s8")
-EXTENSIONS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
-
-
-def cpu_extensions() -> list[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = set()
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8").splitlines():
-            if line.startswith(("flags", "Features")):
-                flags |= set(line.split(":", 1)[1].split())
-    return [flag for flag in EXTENSIONS if flag in flags]
 
 
 def int8_graph(fp32_graph, frozen: set[str], weight_max: int, unsigned: bool):
@@ -89,6 +78,7 @@ def main() -> None:
 
     import onnx
     import onnxruntime
+    from bench import cpuinfo_fields, vector_extensions
     from prepare_bbc import prepare_bbc
 
     from edge_sdk.device import DeviceBundle, TrainingSettings
@@ -144,8 +134,9 @@ def main() -> None:
                 runs.append(time.perf_counter() - started)
             timings[name].append(statistics.median(runs))
 
-    results = {"cpu_extensions": cpu_extensions(), "onnxruntime": onnxruntime.__version__, "threads": args.threads,
-               "batch_shape": list(batch["input_ids"].shape), "test_documents": len(test), "variants": {}}
+    results = {"cpu_extensions": vector_extensions(cpuinfo_fields()), "onnxruntime": onnxruntime.__version__,
+               "threads": args.threads, "batch_shape": list(batch["input_ids"].shape), "test_documents": len(test),
+               "variants": {}}
     for name in VARIANTS:
         change = np.abs(logits[name] - logits["fp32"])
         results["variants"][name] = {

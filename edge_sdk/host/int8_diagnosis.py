@@ -70,6 +70,11 @@ def integer_products(model: onnx.ModelProto) -> list[IntegerProduct]:
     int8 initializer, in graph order."""
     graph = model.graph
     producers = {output: node for node in graph.node for output in node.output}
+    multipliers: dict[str, list[onnx.NodeProto]] = {}  # tensor -> the Mul nodes that read it
+    for node in graph.node:
+        if node.op_type == "Mul":
+            for name in node.input:
+                multipliers.setdefault(name, []).append(node)
     initializers = {init.name: init for init in graph.initializer}
     found = []
     for node in graph.node:
@@ -82,12 +87,11 @@ def integer_products(model: onnx.ModelProto) -> list[IntegerProduct]:
             continue
         scale = quantize.output[1]
         weight_scale = None
-        for consumer in graph.node:
-            if consumer.op_type == "Mul" and scale in consumer.input:
-                other = consumer.input[1] if consumer.input[0] == scale else consumer.input[0]
-                if other in initializers:
-                    weight_scale = other
-                    break
+        for consumer in multipliers.get(scale, []):
+            other = consumer.input[1] if consumer.input[0] == scale else consumer.input[0]
+            if other in initializers:
+                weight_scale = other
+                break
         found.append(IntegerProduct(node=node.name or node.output[0], activations=quantize.input[0],
                                     quantized=quantize.output[0], scale=scale, zero_point=quantize.output[2],
                                     weights=node.input[1], weight_scale=weight_scale, result=node.output[0]))
