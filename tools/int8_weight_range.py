@@ -42,8 +42,8 @@ def int8_graph(fp32_graph, frozen: set[str], weight_max: int, unsigned: bool):
     import onnx
     from onnx import numpy_helper
 
+    from edge_sdk.graph.prune import prune_unused
     from edge_sdk.host import int8_matmul
-    from edge_sdk.host.inference_graph import prune_unused
 
     model = onnx.ModelProto()
     model.CopyFrom(fp32_graph)

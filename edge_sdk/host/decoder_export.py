@@ -27,6 +27,7 @@ import torch
 from transformers import DynamicCache
 
 from edge_sdk.errors import ExportError
+from edge_sdk.graph.prune import prune_unused
 from edge_sdk.host.export import (
     compare_outputs,
     model_mode,
@@ -34,7 +35,7 @@ from edge_sdk.host.export import (
     trace_to_onnx,
     weights_loaded,
 )
-from edge_sdk.host.inference_graph import inference_model, prune_unused
+from edge_sdk.host.inference_graph import inference_model
 from edge_sdk.host.ort_session import cpu_session
 
 log = logging.getLogger(__name__)

@@ -46,29 +46,3 @@ def inference_model(model: onnx.ModelProto, trainable: list[str]) -> onnx.ModelP
     _promote_to_inputs(model, trainable)
     _drop_dropout(model)
     return model
-
-
-def node_inputs(node: onnx.NodeProto) -> set[str]:
-    names = set(node.input)
-    for attribute in node.attribute:  # outer-scope names read inside If/Loop bodies
-        for subgraph in [attribute.g, *attribute.graphs]:
-            for inner in subgraph.node:
-                names |= node_inputs(inner)
-    return names
-
-
-def prune_unused(graph: onnx.GraphProto) -> None:
-    """Remove the nodes and initializers no graph output depends on (the ratio constants of removed
-    Dropouts, shape probes of traced code, dead gradient paths): ONNX Runtime would warn about each one
-    every time a device opens the graph. Nodes are stored in topological order."""
-    needed = {output.name for output in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(name in needed for name in node.output):
-            kept.append(node)
-            needed |= node_inputs(node)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    initializers = [init for init in graph.initializer if init.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)

@@ -28,6 +28,7 @@ from edge_sdk.bundle.int8_arithmetic import (
     pair_sum_bound,
     saturating_matmul_integer,
 )
+from edge_sdk.graph import wiring
 
 # Gaussian-like activations peak at about 4-5 RMS over thousands of values; ten times the RMS is the
 # systematic outlier channel of transformer activations that a per-tensor scale spends its range on.
@@ -69,12 +70,8 @@ def integer_products(model: onnx.ModelProto) -> list[IntegerProduct]:
     """Every MatMulInteger whose left side a DynamicQuantizeLinear produced and whose right side is an
     int8 initializer, in graph order."""
     graph = model.graph
-    producers = {output: node for node in graph.node for output in node.output}
-    multipliers: dict[str, list[onnx.NodeProto]] = {}  # tensor -> the Mul nodes that read it
-    for node in graph.node:
-        if node.op_type == "Mul":
-            for name in node.input:
-                multipliers.setdefault(name, []).append(node)
+    producers = wiring.producers(graph.node)
+    readers = wiring.consumers(graph.node)
     initializers = {init.name: init for init in graph.initializer}
     found = []
     for node in graph.node:
@@ -87,7 +84,7 @@ def integer_products(model: onnx.ModelProto) -> list[IntegerProduct]:
             continue
         scale = quantize.output[1]
         weight_scale = None
-        for consumer in multipliers.get(scale, []):
+        for consumer in (reader for reader in readers[scale] if reader.op_type == "Mul"):
             other = consumer.input[1] if consumer.input[0] == scale else consumer.input[0]
             if other in initializers:
                 weight_scale = other

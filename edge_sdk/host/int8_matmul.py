@@ -43,8 +43,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_sdk.bundle.int8_arithmetic import INT16_MAX, WEIGHT_MAX, pair_sum_bound
 from edge_sdk.errors import ExportError
-from edge_sdk.host.portable.lowering import attribute
-from edge_sdk.host.quantize import quantize_rows
+from edge_sdk.graph import wiring
+from edge_sdk.graph.attributes import attribute
+from edge_sdk.graph.frozen import frozen_source
+from edge_sdk.graph.row_quantization import quantize_rows
 
 SCHEME = (f"int8 weights in [-{WEIGHT_MAX}, {WEIGHT_MAX}] (symmetric, one scale per output column) x uint8 "
           "activations (dynamic, per tensor), so no pair of products overflows a 16-bit lane; embedding tables "
@@ -64,33 +66,6 @@ class Int8Summary:
         return {"scheme": SCHEME, "matmuls": self.matmuls, "gathers": self.gathers, "weights": self.weights,
                 "weight_max": WEIGHT_MAX, "max_pair_sum": self.max_pair_sum,
                 "float_bytes": self.float_bytes, "int8_bytes": self.int8_bytes}
-
-
-def _is_2d_transpose(node: onnx.NodeProto) -> bool:
-    perm = attribute(node, "perm")
-    return node.op_type == "Transpose" and (perm is None or list(perm) == [1, 0])
-
-
-def frozen_source(name: str, producers: dict[str, onnx.NodeProto], frozen: dict[str, TensorProto]
-                   ) -> tuple[str, bool] | None:
-    """(initializer, transposed?) when ``name`` is a frozen 2-D float weight seen through Transposes and
-    Identities; None otherwise."""
-    transposed = False
-    for _ in range(8):  # chains are short; a bound keeps a malformed graph from looping
-        if name in frozen:
-            tensor = frozen[name]
-            if tensor.data_type == TensorProto.FLOAT and len(tensor.dims) == 2:
-                return name, transposed
-            return None
-        node = producers.get(name)
-        if node is None:
-            return None
-        if _is_2d_transpose(node):
-            transposed = not transposed
-        elif node.op_type != "Identity":
-            return None
-        name = node.input[0]
-    return None
 
 
 def _product_weight(node: onnx.NodeProto, producers: dict[str, onnx.NodeProto], frozen: dict[str, TensorProto]
@@ -115,7 +90,7 @@ def quantize_frozen_matmuls(model: onnx.ModelProto, frozen: set[str]) -> Int8Sum
     quantized (never the trainable ones). Initializer values must be loaded (not external)."""
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer if init.name in frozen}
-    producers = {output: node for node in graph.node for output in node.output}
+    producers = wiring.producers(graph.node)
     quantized: dict[tuple[str, bool], tuple[str, str]] = {}  # (weight, transposed) -> (int8 B, scale)
     added: list[TensorProto] = []
     zero_point = "int8_matmul.zero_point"

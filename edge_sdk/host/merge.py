@@ -20,32 +20,12 @@ from onnx import numpy_helper
 
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.errors import AdapterError, ExportError
-from edge_sdk.host.inference_graph import node_inputs, prune_unused
+from edge_sdk.graph.frozen import frozen_value
+from edge_sdk.graph.nodes import node_inputs
+from edge_sdk.graph.prune import prune_unused
 from edge_sdk.host.ort_session import cpu_session
 
 _LORA_A, _LORA_B, _BASE = "lora_A.default.weight", "lora_B.default.weight", "base_layer.weight"
-
-
-def _float_weight(graph: onnx.GraphProto, name: str) -> np.ndarray:
-    """The float value of the frozen weight ``name``: an initializer, or a DequantizeLinear of initializers
-    (a qlora bundle's int8 base), which is then replaced by the float value."""
-    for init in graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init).astype(np.float32)
-    initializers = {init.name: init for init in graph.initializer}
-    for node in graph.node:
-        if node.output[0] == name and node.op_type == "DequantizeLinear":
-            values = [numpy_helper.to_array(initializers[i]) if i in initializers else None for i in node.input]
-            if any(value is None for value in values[:2]):
-                break
-            quantized, scale = values[0].astype(np.float32), values[1].astype(np.float32)
-            zero = values[2].astype(np.float32) if len(values) > 2 and values[2] is not None else 0.0
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-            shape = [1] * quantized.ndim
-            if np.ndim(scale):
-                shape[axis] = -1
-            return (quantized - np.reshape(zero, shape if np.ndim(zero) else [])) * np.reshape(scale, shape)
-    raise ExportError(f"the base weight {name!r} is neither an initializer nor a dequantized initializer")
 
 
 def _set_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
@@ -117,7 +97,9 @@ def merged_model(bundle: Bundle, weights: dict[str, np.ndarray]) -> onnx.ModelPr
     for name in [n for n in weights if n.endswith(_LORA_A)]:
         prefix = name[: -len(_LORA_A)]
         base_name = prefix + _BASE
-        base = _float_weight(graph, base_name)
+        base = frozen_value(graph, base_name)
+        if base is None:
+            raise ExportError(f"the base weight {base_name!r} is neither an initializer nor a dequantized initializer")
         a, b = weights[name], weights[prefix + _LORA_B]
         if base.shape != (b.shape[0], a.shape[1]):
             raise ExportError(f"{base_name} has shape {list(base.shape)}, not [out, in] = {[b.shape[0], a.shape[1]]}; "

@@ -15,13 +15,12 @@ sequence dimension is unknown stops the move rather than risk a wrong broadcast.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_sdk.host.portable.lowering import attribute
+from edge_sdk.graph import wiring
+from edge_sdk.graph.attributes import attribute
 
 # Ops whose output position p depends only on position p of their inputs (with numpy broadcasting).
 _ELEMENTWISE = frozenset({
@@ -74,10 +73,9 @@ class _Shapes:
         for init in model.graph.initializer:
             self._dims[init.name] = list(init.dims)
         for node in model.graph.node:
-            if node.op_type == "Constant":
-                for entry in node.attribute:
-                    if entry.name == "value":
-                        self._dims[node.output[0]] = list(entry.t.dims)
+            value = attribute(node, "value") if node.op_type == "Constant" else None
+            if value is not None:
+                self._dims[node.output[0]] = list(value.dims)
 
     def dims(self, name: str) -> list | None:
         return self._dims.get(name)
@@ -93,10 +91,9 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer
               if init.data_type in integers}
     for node in model.graph.node:
-        if node.op_type == "Constant":
-            for entry in node.attribute:
-                if entry.name == "value" and entry.t.data_type in integers:
-                    values[node.output[0]] = numpy_helper.to_array(entry.t)
+        tensor = attribute(node, "value") if node.op_type == "Constant" else None
+        if tensor is not None and tensor.data_type in integers:
+            values[node.output[0]] = numpy_helper.to_array(tensor)
     return values
 
 
@@ -230,13 +227,8 @@ class _Rewriter:
     def _move_one(self) -> bool:
         if self._merge_duplicates():
             return True
-        consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        producers: dict[str, onnx.NodeProto] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                consumers[name].append(node)
-            for name in node.output:
-                producers[name] = node
+        consumers = wiring.consumers(self.graph.node)
+        producers = wiring.producers(self.graph.node)
         for gather in list(self.graph.node):
             index = self._selected_index(gather)
             if index is None:
@@ -298,7 +290,7 @@ def _restore_topological_order(graph: onnx.GraphProto) -> None:
     available = {value.name for value in graph.input} | {init.name for init in graph.initializer} | {""}
     pending = list(graph.node)
     ordered: list[onnx.NodeProto] = []
-    producers = {name: node for node in pending for name in node.output}
+    producers = wiring.producers(pending)
     placed: set[int] = set()
 
     def place(node: onnx.NodeProto) -> None:

@@ -32,8 +32,9 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, EncoderDecoderCache
 
 from edge_sdk.errors import ConfigError, ExportError
+from edge_sdk.graph.prune import prune_unused
 from edge_sdk.host.export import ExportedGraph, compare_outputs, trace_to_onnx
-from edge_sdk.host.inference_graph import inference_model, prune_unused
+from edge_sdk.host.inference_graph import inference_model
 from edge_sdk.host.ort_session import cpu_session
 
 log = logging.getLogger(__name__)

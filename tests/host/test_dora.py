@@ -28,6 +28,7 @@ from edge_sdk.device.backends import training_build_installed
 from edge_sdk.device.backends.ort_training import OrtTrainingBackend
 from edge_sdk.device.backends.portable import PortableBackend
 from edge_sdk.errors import ConfigError
+from edge_sdk.graph.attributes import attribute
 from edge_sdk.host.build import build_bundle
 from edge_sdk.host.config import PEFT_METHODS, BuildConfig, LoraSettings, load_recipe
 from edge_sdk.host.export import peft_forward, sample_batch, weights_loaded
@@ -102,7 +103,7 @@ def _torch_step(loaded: LoadedModel, weights: dict[str, np.ndarray], feeds: dict
 def _adam_epsilon(bundle: Path) -> float:
     optimizer = onnx.load(str(bundle / open_bundle(bundle).manifest.training["ort-training"]["optimizer_model"]))
     node = next(n for n in optimizer.graph.node if n.op_type == "AdamWOptimizer")
-    return next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon")
+    return attribute(node, "epsilon")
 
 
 def _graph_gradients(bundle: Path, weights: dict[str, np.ndarray], feeds: dict[str, np.ndarray]

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-from edge_sdk.host.inference_graph import prune_unused
+from edge_sdk.graph.prune import prune_unused
 from edge_sdk.host.int8_matmul import quantize_frozen_matmuls
 from edge_sdk.host.portable.frozen_weights import read_frozen_weights_in_place
 

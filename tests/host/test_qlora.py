@@ -23,6 +23,7 @@ from tiny_seq2seq import make_tiny_seq2seq
 from edge_sdk.bundle import open_bundle
 from edge_sdk.device import DeviceBundle, TrainingSettings
 from edge_sdk.errors import ExportError
+from edge_sdk.graph.row_quantization import quantize_rows
 from edge_sdk.host import quantize as quantize_module
 from edge_sdk.host.build import build_bundle
 from edge_sdk.host.config import BuildConfig, LoraSettings
@@ -33,7 +34,6 @@ from edge_sdk.host.quantize import (
     SCALE_SUFFIX,
     adapted_base_weights,
     quantize_adapted_base,
-    quantize_rows,
 )
 
 STOCK_PYTHON = Path(__file__).resolve().parents[2] / ".venv-stock" / "bin" / "python"

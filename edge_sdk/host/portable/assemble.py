@@ -14,7 +14,8 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from edge_sdk.errors import ExportError
-from edge_sdk.host.inference_graph import prune_unused
+from edge_sdk.graph.attributes import attributes as attributes_of
+from edge_sdk.graph.prune import prune_unused
 from edge_sdk.host.portable.frozen_weights import read_frozen_weights_in_place
 from edge_sdk.host.portable.lowering import LoweringContext, lower_node, unsupported_ops
 
@@ -51,7 +52,7 @@ class AdamWSettings:
     def from_optimizer_model(cls, model: onnx.ModelProto) -> AdamWSettings:
         for node in model.graph.node:
             if node.op_type == "AdamWOptimizer":
-                attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                attributes = attributes_of(node)
                 if attributes.get("adam_mode", 0) != 1 or attributes.get("correct_bias", 1) != 1:
                     raise ExportError(f"unsupported AdamW variant in the optimizer graph: {attributes}")
                 return cls(beta1=attributes.get("alpha", 0.9), beta2=attributes.get("beta", 0.999),

@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_sdk.host.int8_matmul import frozen_source
-from edge_sdk.host.portable.lowering import attribute
+from edge_sdk.graph import wiring
+from edge_sdk.graph.attributes import attribute
+from edge_sdk.graph.frozen import frozen_source
 
 
 def read_frozen_weights_in_place(model: onnx.ModelProto, frozen: set[str]) -> int:
@@ -27,7 +28,7 @@ def read_frozen_weights_in_place(model: onnx.ModelProto, frozen: set[str]) -> in
     value changes every step)."""
     graph = model.graph
     initializers = {init.name: init for init in graph.initializer if init.name in frozen}
-    producers = {output: node for node in graph.node for output in node.output}
+    producers = wiring.producers(graph.node)
     nodes: list[onnx.NodeProto] = []
     rewired = 0
     constants: dict[tuple[str, tuple[int, ...]], str] = {}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import string
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_sdk.errors import ExportError
+from edge_sdk.graph.attributes import attribute
+from edge_sdk.graph.nodes import input_at, output_at, walk_nodes
 
 MS_DOMAIN = "com.microsoft"
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -126,7 +128,7 @@ def unsupported_ops(graph: onnx.GraphProto | onnx.ModelProto, opset: int | None 
         graph = graph.graph
     opset = DEFAULT_OPSET if opset is None else opset
     found: list[str] = []
-    for node in _walk_nodes(graph):
+    for node in walk_nodes(graph):
         domain = _domain_key(node.domain)
         if (domain, node.op_type) in LOWERINGS or (domain == "" and _is_standard(node.op_type, opset)):
             continue
@@ -134,17 +136,6 @@ def unsupported_ops(graph: onnx.GraphProto | onnx.ModelProto, opset: int | None 
         if label not in found:
             found.append(label)
     return found
-
-
-def _walk_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _walk_nodes(attribute.g)
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for subgraph in attribute.graphs:
-                    yield from _walk_nodes(subgraph)
 
 
 def _is_standard(op_type: str, opset: int) -> bool:
@@ -171,26 +162,8 @@ def _fail(node: onnx.NodeProto, problem: str) -> ExportError:
     )
 
 
-def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    """A node attribute's value (strings decoded), or ``default`` when the node does not set it."""
-    for entry in node.attribute:
-        if entry.name == name:
-            value = helper.get_attribute_value(entry)
-            return value.decode() if isinstance(value, bytes) else value
-    return default
-
-
-def _input(node: onnx.NodeProto, index: int) -> str | None:
-    """The name of an input, None when it is absent or left empty (an omitted optional input)."""
-    return node.input[index] if index < len(node.input) and node.input[index] else None
-
-
-def _output(node: onnx.NodeProto, index: int) -> str | None:
-    return node.output[index] if index < len(node.output) and node.output[index] else None
-
-
 def _require_input(node: onnx.NodeProto, index: int, what: str) -> str:
-    name = _input(node, index)
+    name = input_at(node, index)
     if name is None:
         raise _fail(node, f"required input {index} ({what}) is missing")
     return name
@@ -265,7 +238,7 @@ def _reduce_mean(context: LoweringContext, x: str, axes: Sequence[int]) -> str:
 
 def _out_or_new(node: onnx.NodeProto, index: int) -> list[str] | int:
     """Target for a lowering's final node: the original output name, or a fresh one when it is unused."""
-    name = _output(node, index)
+    name = output_at(node, index)
     return [name] if name else 1
 
 
@@ -366,7 +339,7 @@ def _lower_bias_gelu(node: onnx.NodeProto, context: LoweringContext) -> None:
 @_register(MS_DOMAIN, "FastGelu")
 def _lower_fast_gelu(node: onnx.NodeProto, context: LoweringContext) -> None:
     _check_arity(node, 2, 1)
-    x = _biased(context, _require_input(node, 0, "X"), _input(node, 1))
+    x = _biased(context, _require_input(node, 0, "X"), input_at(node, 1))
     _fast_gelu(node, context, x, _out_or_new(node, 0))
 
 
@@ -491,7 +464,7 @@ def _lower_dropout_grad(node: onnx.NodeProto, context: LoweringContext) -> None:
     _check_arity(node, 4, 1)
     dy, mask = _require_input(node, 0, "dy"), _require_input(node, 1, "mask")
     dtype = _float_dtype(node, context, dy)
-    ratio_name = _input(node, 2)
+    ratio_name = input_at(node, 2)
     if ratio_name:
         ratio = context.node("Cast", [ratio_name], to=_elem_type(dtype))[0]
     else:
@@ -561,7 +534,7 @@ def _lower_softmax_cross_entropy_loss_grad(node: onnx.NodeProto, context: Loweri
     dy = _require_input(node, 0, "dY")
     log_prob = _require_input(node, 1, "log_prob")
     label = _require_input(node, 2, "label")
-    weight = _input(node, 3)
+    weight = input_at(node, 3)
     reduction = attribute(node, "reduction", "mean")
     if reduction not in ("mean", "sum", "none"):
         raise _fail(node, f"reduction {reduction!r} is not one of mean/sum/none")
@@ -624,7 +597,7 @@ def _lower_gather_grad(node: onnx.NodeProto, context: LoweringContext) -> None:
     if rank_dy is not None:
         r = int(rank_dy) - q + 1
     else:
-        r = _rank(node, context, [_output(node, 0)], "dY and of the output")
+        r = _rank(node, context, [output_at(node, 0)], "dY and of the output")
     axis = _normalize_axis(node, int(attribute(node, "axis", 0)), r)
     pre, post = axis, r - axis - 1
     q_eff = max(q, 1)
@@ -672,13 +645,13 @@ def _lower_layer_normalization(node: onnx.NodeProto, context: LoweringContext) -
     _check_arity(node, 3, 3)
     x = _require_input(node, 0, "X")
     scale = _require_input(node, 1, "Scale")
-    bias = _input(node, 2)
+    bias = input_at(node, 2)
     _require_float32_or_double(node, context, [x, scale, bias])
     axis = int(attribute(node, "axis", -1))
     if axis < 0:
         norm = list(range(axis, 0))  # negative axes need no rank
     else:
-        _, norm = _norm_axes(node, axis, _rank(node, context, [x, _output(node, 0)], "X"))
+        _, norm = _norm_axes(node, axis, _rank(node, context, [x, output_at(node, 0)], "X"))
     dtype = _float_dtype(node, context, x)
     mean = context.node("ReduceMean", [x], _out_or_new(node, 1), axes=norm, keepdims=1)[0]
     centered = context.node("Sub", [x, mean])[0]
@@ -706,19 +679,19 @@ def _lower_layer_normalization_grad(node: onnx.NodeProto, context: LoweringConte
     mean = _require_input(node, 3, "mean")
     inv_std = _require_input(node, 4, "inv_std_var")
     _require_float32_or_double(node, context, [dy, x, scale, mean, inv_std])
-    rank = _rank(node, context, [x, dy, mean, inv_std, _output(node, 0)], "X")
+    rank = _rank(node, context, [x, dy, mean, inv_std, output_at(node, 0)], "X")
     outer, norm = _norm_axes(node, int(attribute(node, "axis", -1)), rank)
 
     xhat = context.node("Mul", [context.node("Sub", [x, mean])[0], inv_std])[0]
-    if _output(node, 0):
+    if output_at(node, 0):
         a = context.node("Mul", [dy, scale])[0]
         mean_a = _reduce_mean(context, a, norm)
         mean_c = _reduce_mean(context, context.node("Mul", [a, xhat])[0], norm)
         inner = context.node("Sub", [context.node("Sub", [a, mean_a])[0], context.node("Mul", [xhat, mean_c])[0]])[0]
         context.node("Mul", [inv_std, inner], [node.output[0]])
-    if _output(node, 1):
+    if output_at(node, 1):
         _reduce_sum(context, context.node("Mul", [dy, xhat])[0], outer, keepdims=0, out=node.output[1])
-    if _output(node, 2):
+    if output_at(node, 2):
         _reduce_sum(context, dy, outer, keepdims=0, out=node.output[2])
 
 
@@ -734,7 +707,7 @@ def _lower_simplified_layer_normalization(node: onnx.NodeProto, context: Lowerin
     if axis < 0:
         norm = list(range(axis, 0))
     else:
-        _, norm = _norm_axes(node, axis, _rank(node, context, [x, _output(node, 0)], "X"))
+        _, norm = _norm_axes(node, axis, _rank(node, context, [x, output_at(node, 0)], "X"))
     dtype = _float_dtype(node, context, x)
     mean_square = _reduce_mean(context, context.node("Mul", [x, x])[0], norm)
     epsilon = context.const(float(attribute(node, "epsilon", 1e-5)), "epsilon", dtype)
@@ -753,15 +726,15 @@ def _lower_simplified_layer_normalization_grad(node: onnx.NodeProto, context: Lo
     scale = _require_input(node, 2, "scale")
     inv_std = _require_input(node, 3, "inv_std_var")
     _require_float32_or_double(node, context, [dy, x, scale, inv_std])
-    rank = _rank(node, context, [x, dy, inv_std, _output(node, 0)], "X")
+    rank = _rank(node, context, [x, dy, inv_std, output_at(node, 0)], "X")
     outer, norm = _norm_axes(node, int(attribute(node, "axis", -1)), rank)
     xhat = context.node("Mul", [x, inv_std])[0]
-    if _output(node, 0):
+    if output_at(node, 0):
         a = context.node("Mul", [dy, scale])[0]
         mean_c = _reduce_mean(context, context.node("Mul", [a, xhat])[0], norm)
         inner = context.node("Sub", [a, context.node("Mul", [xhat, mean_c])[0]])[0]
         context.node("Mul", [inv_std, inner], [node.output[0]])
-    if _output(node, 1):
+    if output_at(node, 1):
         _reduce_sum(context, context.node("Mul", [dy, xhat])[0], outer, keepdims=0, out=node.output[1])
 
 
@@ -777,7 +750,7 @@ def _lower_concat_training(node: onnx.NodeProto, context: LoweringContext) -> No
     _check_arity(node, len(node.input), 2)
     inputs = [name for name in node.input if name]
     context.node("Concat", inputs, _out_or_new(node, 0), axis=int(axis))
-    if _output(node, 1):
+    if output_at(node, 1):
         axis_index = _ints(context, [int(axis)], "axis_index")
         lengths = [context.node("Gather", [context.node("Shape", [name])[0], axis_index], axis=0)[0] for name in inputs]
         context.node("Concat", lengths, [node.output[1]], axis=0)
@@ -806,8 +779,8 @@ def _lower_slice_grad(node: onnx.NodeProto, context: LoweringContext) -> None:
     slice_args = [
         _require_input(node, 2, "starts"),
         _require_input(node, 3, "ends"),
-        _input(node, 4) or "",
-        _input(node, 5) or "",
+        input_at(node, 4) or "",
+        input_at(node, 5) or "",
     ]
     while slice_args and not slice_args[-1]:
         slice_args.pop()
@@ -868,7 +841,7 @@ def _lower_broadcast_gradient_args(node: onnx.NodeProto, context: LoweringContex
         context.node("Or", [missing_b, context.node("And", [b_is_1, context.node("Not", [a_is_1])[0]])[0]])[0],
     )
     for index, selected in enumerate(selections):
-        if not _output(node, index):
+        if not output_at(node, index):
             continue
         ascending = context.node("Squeeze", [context.node("NonZero", [selected])[0], axis0])[0]
         context.node(
