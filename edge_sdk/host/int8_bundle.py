@@ -25,7 +25,7 @@ from edge_sdk.bundle import Manifest
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.device.backends.portable import PortableBackend
 from edge_sdk.errors import ExportError
-from edge_sdk.host.inference_graph import prune_unused
+from edge_sdk.graph.prune import prune_unused
 from edge_sdk.host.int8_diagnosis import diagnose
 from edge_sdk.host.int8_matmul import quantize_frozen_matmuls
 from edge_sdk.host.ort_session import cpu_session
