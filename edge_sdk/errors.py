@@ -10,6 +10,7 @@
     │   ├── BundleIntegrityError    a file is missing or its hash does not match the manifest
     │   └── BundleVersionError      the bundle was written by a newer schema than this SDK reads
     ├── AdapterError                an adapter is missing, malformed or was trained for another bundle
+    ├── GraphRunError               ONNX Runtime could not run a bundle graph (inputs that do not fit it, a failure)
     └── DependencyError             an optional dependency (host or training build) is not installed
 
 Messages say what happened, the offending value, and what to do about it.
@@ -56,6 +57,10 @@ class BundleVersionError(BundleError):
 
 class AdapterError(EdgeSdkError):
     """An adapter cannot be found, read or applied to this bundle."""
+
+
+class GraphRunError(EdgeSdkError):
+    """ONNX Runtime failed running a bundle graph: inputs of the wrong name, shape or type, or a runtime failure."""
 
 
 class DependencyError(EdgeSdkError):

@@ -10,41 +10,16 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from edge_sdk.bundle.atomic import atomic_path, default_permissions, replace_folder, staging_folder
 from edge_sdk.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
 from edge_sdk.errors import BundleError, BundleIntegrityError
 
 _CHUNK = 1 << 20
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def default_permissions(path: Path) -> None:
-    """Give a file or folder made by mkstemp/mkdtemp (private by design) the usual permissions."""
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
-
-
-def replace_folder(staging: Path, destination: Path) -> None:
-    """Move a fully written ``staging`` folder to ``destination``, replacing what is there.
-
-    The old folder is first renamed aside, so an interruption leaves either the old or the new one.
-    """
-    if destination.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old.", dir=destination.parent))
-        backup.rmdir()
-        os.replace(destination, backup)
-        os.replace(staging, destination)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(staging, destination)
 
 
 def sha256_file(path: Path) -> str:
@@ -129,8 +104,7 @@ class BundleWriter:
                     "choose another --out"
                 )
         try:
-            self.destination.parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=self.destination.parent))
+            self.staging = staging_folder(self.destination)
         except OSError as exc:
             raise BundleError(f"cannot create the output folder {where!r}: {exc.strerror or exc}") from exc
         self._committed = False
@@ -184,6 +158,7 @@ class BundleWriter:
         """Hash every staged file into ``manifest``, write it, and move the bundle into place."""
         self._hash_files(manifest)
         (self.staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        # A tool that wrote into the staging folder through mkstemp/mkdtemp left its files private (0600/0700).
         for path in [self.staging, *self.staging.rglob("*")]:
             default_permissions(path)
         replace_folder(self.staging, self.destination)
@@ -202,19 +177,13 @@ def pack_bundle(root: str | os.PathLike, archive: str | os.PathLike) -> Path:
     archive = Path(archive)
     if archive.is_dir():
         raise BundleError(f"--out {str(archive)!r} is a folder; give the archive's file name, e.g. bundle.tar.gz")
-    try:
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", dir=archive.parent)
-    except OSError as exc:
-        raise BundleError(f"cannot write the archive {str(archive)!r}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    try:
+    with ExitStack() as stack:
+        try:
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            temporary = stack.enter_context(atomic_path(archive))
+        except OSError as exc:
+            raise BundleError(f"cannot write the archive {str(archive)!r}: {exc.strerror or exc}") from exc
         with tarfile.open(temporary, "w:gz") as tar:
             for relative in [MANIFEST_NAME, *(entry.path for entry in manifest.files)]:
                 tar.add(root / relative, arcname=f"{root.name}/{relative}")
-        default_permissions(Path(temporary))
-        os.replace(temporary, archive)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return archive

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,8 +19,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from edge_sdk.bundle.atomic import atomic_path, atomic_write_text
 from edge_sdk.bundle.manifest import Manifest
-from edge_sdk.bundle.store import Bundle, default_permissions
+from edge_sdk.bundle.store import Bundle
 from edge_sdk.errors import AdapterError
 
 INITIAL = "initial"
@@ -85,7 +84,7 @@ class AdapterStore:
         """Make ``name`` the adapter that inference and evaluation use when none is named."""
         self.info(name)  # exists and is readable
         self.load(name)  # and belongs to this bundle
-        _write_atomically(self._active_file, json.dumps({"name": name}) + "\n")
+        atomic_write_text(self._active_file, json.dumps({"name": name}) + "\n")
 
     def remove(self, name: str) -> None:
         if name == INITIAL:
@@ -163,7 +162,7 @@ class AdapterStore:
         return weights
 
     def save(self, name: str, weights: dict[str, np.ndarray], training: dict[str, Any]) -> AdapterInfo:
-        """Write an adapter atomically (temp file + rename), replacing one of the same name."""
+        """Write an adapter atomically and durably (temp file, fsync, rename), replacing one of the same name."""
         if name == INITIAL:
             raise AdapterError(f"{INITIAL!r} is the bundle's built-in starting adapter; save under another name")
         path = self.path(name)
@@ -180,27 +179,9 @@ class AdapterStore:
             "training": training,
         }
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
-        try:
+        with atomic_path(path) as temporary:
             save_file({key: np.ascontiguousarray(value, dtype=np.float32) for key, value in weights.items()},
-                      temporary, metadata={_METADATA_KEY: json.dumps(metadata)})
-            default_permissions(Path(temporary))
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+                      str(temporary), metadata={_METADATA_KEY: json.dumps(metadata)})
         self._cache.pop(name, None)
         return AdapterInfo(name=name, path=path, metadata=metadata)
 
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        default_permissions(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

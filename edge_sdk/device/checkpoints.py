@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from edge_sdk.bundle.store import replace_folder
+from edge_sdk.bundle.atomic import atomic_folder
 from edge_sdk.errors import AdapterError
 
 _PROGRESS = "progress.json"
@@ -51,16 +50,11 @@ class CheckpointStore:
     def save(self, backend, progress: TrainingProgress, best_weights: dict[str, np.ndarray] | None,
              identity: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.adapter}.", dir=self.root))
-        try:
+        with atomic_folder(self.folder, overwrite=True) as staging:
             backend.save_state(staging)
             if best_weights is not None:
                 save_file({k: np.ascontiguousarray(v) for k, v in best_weights.items()}, str(staging / _BEST))
             (staging / _PROGRESS).write_text(json.dumps({"identity": identity, "progress": asdict(progress)}))
-            replace_folder(staging, self.folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
 
     def load(self, backend, identity: dict[str, Any]) -> tuple[TrainingProgress, dict[str, np.ndarray] | None]:
         """Restore ``backend`` and the loop's progress; refuse a checkpoint of a different run."""

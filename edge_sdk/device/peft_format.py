@@ -10,9 +10,6 @@ saved under the module's own name (``classifier.modules_to_save.default.weight``
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from edge_sdk.bundle.atomic import atomic_folder
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.errors import AdapterError
 
@@ -66,18 +64,11 @@ def export_peft(manifest: Manifest, weights: dict[str, np.ndarray], out: Path, o
         raise AdapterError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
     if out.exists() and not (out / CONFIG_FILE).is_file():
         raise AdapterError(f"{str(out)!r} exists and is not a PEFT adapter folder; it was left alone")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # Staged beside ``out`` and swapped in: a failure leaves the old adapter folder (if any) as it was.
+    with atomic_folder(out, overwrite=overwrite) as staging:
         save_file({peft_key(name): np.ascontiguousarray(value) for name, value in weights.items()},
                   str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(json.dumps(peft_config(manifest), indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

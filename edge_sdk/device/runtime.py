@@ -15,6 +15,7 @@ from edge_sdk.bundle.store import Bundle, open_bundle, sha256_file
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
 from edge_sdk.device.checkpoints import CheckpointStore
+from edge_sdk.device.ort_errors import DeviceSession, open_session
 from edge_sdk.device.personalize import (
     EpochReport,
     PersonalizeResult,
@@ -70,14 +71,7 @@ class DeviceBundle:
 
     def _inference_session(self):
         if self._session is None:
-            import onnxruntime
-
-            profile = profile_from_dict(self.manifest.profile)
-            self._session = onnxruntime.InferenceSession(
-                str(self.bundle.path(self.manifest.inference["model"])),
-                profile.session_options(self.threads),
-                providers=profile.providers,
-            )
+            self._session = self._session_for(self.manifest.inference["model"])
         return self._session
 
     def _rows_per_batch(self, length: int) -> int:
@@ -133,12 +127,10 @@ class DeviceBundle:
         """Whether this bundle's task produces text (causal-lm) rather than labels, tags or spans."""
         return "generation" in self.manifest.inference
 
-    def _session_for(self, relative: str):
-        import onnxruntime
-
+    def _session_for(self, relative: str) -> DeviceSession:
+        """A session of the bundle graph ``relative``: ONNX Runtime's failures come out as the SDK's errors."""
         profile = profile_from_dict(self.manifest.profile)
-        return onnxruntime.InferenceSession(str(self.bundle.path(relative)), profile.session_options(self.threads),
-                                            providers=profile.providers)
+        return open_session(self.bundle.path(relative), profile.session_options(self.threads), profile.providers)
 
     def _generator(self):
         if self._decoder is None:

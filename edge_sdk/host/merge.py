@@ -10,14 +10,13 @@ Needs the ``onnx`` package (host side); the bundle is read as is, nothing in it 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edge_sdk.bundle.atomic import move_file, scratch_folder
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.errors import AdapterError, ExportError
 from edge_sdk.graph.frozen import frozen_value
@@ -168,17 +167,13 @@ def export_merged_onnx(bundle: Bundle, weights: dict[str, np.ndarray], out: Path
                            f"{bundle.manifest.inference['precision']}; a merged graph needs the float32 base: "
                            "build the bundle with --precision fp32, or export with --format peft")
     model = merged_model(bundle, weights)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    # The graph and its .data file are written and checked in a scratch folder beside ``out``, then moved
+    # into place data first, so ``out`` never refers to weights that are not there yet.
+    with scratch_folder(out) as staging:
         onnx.save(model, str(staging / out.name), save_as_external_data=True, all_tensors_to_one_file=True,
                   location=data.name, size_threshold=1024)
         check_merged(bundle, weights, model, staging / out.name)
         if (staging / data.name).exists():
-            os.replace(staging / data.name, data)
-        os.replace(staging / out.name, out)
-    finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+            move_file(staging / data.name, data)
+        move_file(staging / out.name, out)
     return out

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.bundle.store import Bundle
+from edge_sdk.device.ort_errors import ort_errors
 from edge_sdk.errors import DependencyError
 from edge_sdk.profiles import profile_from_dict
 
@@ -47,15 +48,21 @@ class OrtTrainingBackend:
         attach an optimizer (fresh, unless the checkpoint carries optimizer state)."""
         capi = self._capi
         self._release()
-        self._state = state = capi.load_checkpoint(checkpoint or self._paths["checkpoint"])
+        # Each artifact is loaded under its own name, so a damaged one is named in the error.
+        checkpoint = checkpoint or self._paths["checkpoint"]
+        with ort_errors(checkpoint, "load"):
+            self._state = state = capi.load_checkpoint(checkpoint)
         # The module must exist before parameters are written: it gives the state its data-transfer
         # manager (writing earlier crashes), and the optimizer created after it starts with zero moments.
-        self._module = capi.Module(self._paths["training_model"], state, self._paths["eval_model"], self._device,
-                                   self._options)
-        for name, value in (weights or {}).items():
-            array = np.ascontiguousarray(value, dtype=np.float32)
-            state.copy_parameter_from(name, capi.OrtValue.ortvalue_from_numpy(array, self._device))
-        self._optimizer = capi.Optimizer(self._paths["optimizer_model"], state, self._device, self._options)
+        with ort_errors(f"{self._paths['training_model']} or {self._paths['eval_model']}", "load"):
+            self._module = capi.Module(self._paths["training_model"], state, self._paths["eval_model"],
+                                       self._device, self._options)
+        with ort_errors(checkpoint, "run"):
+            for name, value in (weights or {}).items():
+                array = np.ascontiguousarray(value, dtype=np.float32)
+                state.copy_parameter_from(name, capi.OrtValue.ortvalue_from_numpy(array, self._device))
+        with ort_errors(self._paths["optimizer_model"], "load"):
+            self._optimizer = capi.Optimizer(self._paths["optimizer_model"], state, self._device, self._options)
         self._input_order = list(self._module.input_names(True))
 
     def _release(self) -> None:
@@ -74,7 +81,8 @@ class OrtTrainingBackend:
 
     def save_state(self, folder: Path) -> None:
         """Parameters and AdamW state, in ONNX Runtime's checkpoint format."""
-        self._capi.save_checkpoint(self._state, str(folder / _STATE_FILE), True)
+        with ort_errors(folder / _STATE_FILE, "run"):
+            self._capi.save_checkpoint(self._state, str(folder / _STATE_FILE), True)
 
     def load_state(self, folder: Path) -> None:
         self._open(None, checkpoint=str(folder / _STATE_FILE))
@@ -85,8 +93,10 @@ class OrtTrainingBackend:
     def train_step(self, feeds: dict[str, np.ndarray], learning_rate: float) -> float:
         fetches = self._capi.OrtValueVector()
         self._optimizer.set_learning_rate(float(learning_rate))
-        self._module.train_step([feeds[name] for name in self._input_order], fetches)
-        self._optimizer.optimizer_step()
+        with ort_errors(self._paths["training_model"], "run"):
+            self._module.train_step([feeds[name] for name in self._input_order], fetches)
+        with ort_errors(self._paths["optimizer_model"], "run"):
+            self._optimizer.optimizer_step()
         self._module.lazy_reset_grad()
         return float(fetches[0].numpy())
 

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from edge_sdk.bundle.store import Bundle
+from edge_sdk.device.ort_errors import open_session, ort_errors
 from edge_sdk.profiles import profile_from_dict
 
 _STATE_FILE = "portable-state.safetensors"
@@ -34,8 +35,8 @@ class PortableBackend:
             # Prepacking keeps a packed copy of a weight per product reading it (the forward pass reads it
             # transposed, the backward as stored): SmolLM2-135M's step 1,873 -> 1,256 MiB without, about 4% slower.
             options.add_session_config_entry("session.disable_prepacking", "1")
-        self._session = onnxruntime.InferenceSession(str(bundle.path(spec["model"])), options,
-                                                     providers=profile.providers)
+        self._graph = bundle.path(spec["model"])
+        self._session = open_session(self._graph, options, profile.providers)
         self._names = spec["names"]
         self._trainable = [tensor.name for tensor in manifest.trainable]
         self._shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in manifest.trainable}
@@ -80,6 +81,10 @@ class PortableBackend:
             self._step = int(handle.metadata()["step"])
 
     def train_step(self, feeds: dict[str, np.ndarray], learning_rate: float) -> float:
+        with ort_errors(self._graph):  # binding checks names and types too, before the run
+            return self._train_step(feeds, learning_rate)
+
+    def _train_step(self, feeds: dict[str, np.ndarray], learning_rate: float) -> float:
         source, target = self._buffers[self._current], self._buffers[1 - self._current]
         binding = self._session.io_binding()
         for name, value in feeds.items():
