@@ -1,0 +1,20 @@
+"""Where a bundle keeps its files: every name and folder defined once, for the host that writes them and
+the device that reads them (the manifest records each path, so a device reads paths from the manifest;
+these constants are what the build puts there)."""
+
+from __future__ import annotations
+
+MANIFEST = "manifest.json"
+GRAPHS_DIR = "portable"                      # graphs that share one weights file sit in its folder
+INFERENCE_GRAPH = f"{GRAPHS_DIR}/inference.onnx"
+TRAIN_STEP_GRAPH = f"{GRAPHS_DIR}/train_step.onnx"
+BASE_WEIGHTS = f"{GRAPHS_DIR}/base.weights"
+INITIAL_ADAPTER = "adapters/initial.safetensors"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILE = f"{TOKENIZER_DIR}/tokenizer.json"
+ORT_TRAINING_DIR = "training/ort"            # ONNX Runtime's training artifacts (float32 bases only)
+
+
+def graph_path(file_name: str) -> str:
+    """The bundle path of a graph that reads the shared base weights."""
+    return f"{GRAPHS_DIR}/{file_name}"
