@@ -143,12 +143,12 @@ def make_fixtures(root: Path) -> Path:
     seq2seq_model = make_tiny_seq2seq(root / "tiny-seq2seq-model", "bart", seed=0)
     build_bundle(BuildConfig(model_dir=seq2seq_model, task="seq2seq", labels=(), max_length=32),
                  root / "tiny-seq2seq", overwrite=True)
-    # --precision int8 for a classifier (inference graph, training step) and both generating families
+    # --base int8-compute for a classifier (inference graph, training step) and both generating families
     # (decoder with a KV cache; encoder + cached decoder).
     for name, config in (("tiny-seq-cls-int8", BuildConfig(model_dir=model, task="seq-cls", labels=LABELS)),
                          ("tiny-causal-lm-int8", BuildConfig(model_dir=chat_model, task="causal-lm", labels=())),
                          ("tiny-seq2seq-int8", BuildConfig(model_dir=seq2seq_model, task="seq2seq", labels=()))):
-        build_bundle(replace(config, max_length=32, precision="int8"), root / name, overwrite=True)
+        build_bundle(replace(config, max_length=32, base="int8-compute"), root / name, overwrite=True)
     write_seq2seq_data(root / "data" / "s2s-train.jsonl", 96, seed=9)
     write_seq2seq_data(root / "data" / "s2s-dev.jsonl", 48, seed=10)
     write_qa_data(root / "data" / "qa-train.jsonl", 96, seed=5)

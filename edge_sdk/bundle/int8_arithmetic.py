@@ -106,4 +106,4 @@ def check_int8_portable(inference: dict, bundle: str) -> None:
     raise BundleError(f"bundle {bundle!r} is an int8 build whose weights may overflow the 16-bit lanes of ONNX "
                       f"Runtime's integer kernel on x86 CPUs without AVX-512 VNNI (its manifest {found}; at most "
                       f"{INT16_MAX} is exact everywhere): it was built by an earlier edge-sdk and computes wrong "
-                      "results on those CPUs; rebuild it with this edge-sdk (`edge-sdk build … --precision int8`)")
+                      "results on those CPUs; rebuild it with this edge-sdk (`edge-sdk build … --base int8-compute`)")

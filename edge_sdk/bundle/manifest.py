@@ -104,6 +104,40 @@ class Manifest:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{source} is missing or has a malformed field ({exc!r}); rebuild the bundle") from exc
 
+    # --- typed reads of the sections (bundles of older SDKs included) ------------------------------------
+
+    @property
+    def adapter(self) -> str:
+        """How the adapter is parametrised: "lora" or "dora" (older bundles named it in ``peft.method``)."""
+        return self.peft.get("adapter") or ("dora" if self.peft.get("method") == "dora" else "lora")
+
+    @property
+    def base(self) -> str:
+        """How the frozen base is stored and computes: "float32", "int8-storage" or "int8-compute"."""
+        if "base" in self.peft:
+            return self.peft["base"]
+        if self.compute_precision == "int8":
+            return "int8-compute"
+        return "int8-storage" if self.peft.get("method") == "qlora" else "float32"
+
+    @property
+    def compute_precision(self) -> str:
+        """What the frozen linear layers of the graphs compute in: "fp32" or "int8"."""
+        return self.inference.get("precision", "fp32")
+
+    @property
+    def training_backends(self) -> list[str]:
+        return list(self.training.get("backends", []))
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return self.training.get("max_batch_size")
+
+    @property
+    def generation(self) -> dict[str, Any] | None:
+        """The generation graphs' spec of a text-generating bundle."""
+        return self.inference.get("generation")
+
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
             if entry.path == path:

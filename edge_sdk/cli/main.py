@@ -15,7 +15,8 @@ import edge_sdk
 from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.errors import DependencyError, EdgeSdkError
-from edge_sdk.host.config import PEFT_METHODS, PRECISIONS  # torch-free: the device CLI loads it too
+from edge_sdk.host.config import ADAPTERS, BASES, LEGACY_METHODS, LEGACY_PRECISIONS  # torch-free
+from edge_sdk.tasks.registry import TASKS
 
 
 class _UserError(click.ClickException):
@@ -46,30 +47,37 @@ def cli(verbose: bool) -> None:
 @cli.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Folder to write the bundle to.")
-@click.option("--task", help="seq-cls, token-cls, qa, causal-lm or seq2seq (a recipe names its own).")
-@click.option("--labels", help="seq-cls/token-cls: comma-separated labels, or a file with one label per line.")
-@click.option("--method", type=click.Choice(PEFT_METHODS),
-              help="PEFT method (default lora; dora: weight-decomposed LoRA; qlora: LoRA over an int8 base).")
+@click.option("--task", help="The task (a recipe names its own): " + "; ".join(f"{name}: {spec.summary}"
+                                                                   for name, spec in TASKS.items()) + ".")
+@click.option("--labels", help="Tasks with labels: comma-separated labels, or a file with one label per line.")
+@click.option("--adapter", type=click.Choice(ADAPTERS),
+              help="How the adapter is parametrised: lora (default) or dora (weight-decomposed LoRA).")
+@click.option("--base", type=click.Choice(BASES),
+              help="How the frozen base is stored and computes: float32 (default); int8-storage (int8 weights, "
+                   "float compute: QLoRA's idea); int8-compute (int8 weights in integer products: smaller and "
+                   "faster, portable training step only).")
+@click.option("--method", type=click.Choice(list(LEGACY_METHODS)),
+              help="Alias: lora|dora = --adapter; qlora = --adapter lora --base int8-storage.")
 @click.option("--rank", type=int, help="LoRA rank (default 8).")
 @click.option("--alpha", type=float, help="LoRA alpha (default 16).")
 @click.option("--target-modules", help="Comma-separated module names LoRA adapts (default: per architecture).")
 @click.option("--max-length", type=int, help="Maximum tokens per example (default 128).")
 @click.option("--profile", help="Execution-provider profile (default cpu).")
 @click.option("--seed", type=int, help="Seed for new weights (default 0).")
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              help="fp32 (default) or int8: frozen linear layers compute in int8 on the device (inference and "
-                   "the portable training step); smaller and faster, slightly less exact.")
+@click.option("--precision", type=click.Choice(list(LEGACY_PRECISIONS)),
+              help="Alias: fp32 = --base float32; int8 = --base int8-compute.")
 @click.option("--adapter-from", type=click.Path(path_type=Path),
               help="A PEFT adapter folder to start from (its rank, alpha, targets and DoRA setting win).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved settings and the build's stages; build nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
-def build(source: Path, out: Path, task: str | None, labels: str | None, method: str | None, rank: int | None,
-          alpha: float | None, target_modules: str | None, max_length: int | None, profile: str | None,
-          seed: int | None, precision: str | None, adapter_from: Path | None, overwrite: bool,
-          as_json: bool) -> None:
+def build(source: Path, out: Path, task: str | None, labels: str | None, adapter: str | None, base: str | None,
+          method: str | None, rank: int | None, alpha: float | None, target_modules: str | None,
+          max_length: int | None, profile: str | None, seed: int | None, precision: str | None,
+          adapter_from: Path | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
     """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml)."""
     try:
-        from edge_sdk.host.build import build_bundle
+        from edge_sdk.host.build import build_bundle, describe_build
         from edge_sdk.host.config import BuildConfig, load_recipe
         from edge_sdk.host.model_source import check_gguf_file, check_model_dir
     except ImportError as exc:
@@ -89,14 +97,22 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, method:
         folder, gguf_file = check_gguf_file(source) if source.suffix == ".gguf" else (check_model_dir(source), None)
         config = BuildConfig(model_dir=folder, task=task, labels=label_list or (), source_description=str(source),
                              gguf_file=gguf_file)
-    config = config.with_overrides(task=task, labels=label_list, method=method, rank=rank, alpha=alpha,
-                                   target_modules=targets, max_length=max_length, profile=profile, seed=seed,
-                                   precision=precision)
+    config = config.with_overrides(task=task, labels=label_list, adapter=adapter, base=base, method=method,
+                                   rank=rank, alpha=alpha, target_modules=targets, max_length=max_length,
+                                   profile=profile, seed=seed, precision=precision)
     if adapter_from is not None:
         from edge_sdk.host.adapter_import import lora_overrides
 
         # The adapter's own shape wins over recipe and flags: its weights must fit the graphs.
         config = config.with_overrides(adapter_from=adapter_from, **lora_overrides(adapter_from))
+    if dry_run:
+        plan = describe_build(config) | {"out": str(out)}
+        if as_json:
+            emit_json(plan)
+        else:
+            for number, stage in enumerate(plan["stages"], start=1):
+                click.echo(f"{number:2}. {stage['name']}: {stage['does']}")
+        return
     path = build_bundle(config, out, overwrite=overwrite, progress=None if as_json else note)
     from edge_sdk.bundle import open_bundle
 
@@ -141,12 +157,13 @@ def inspect(bundle: Path, as_json: bool) -> None:
         f"labels      {', '.join(manifest.labels) or '(none: the task has no label list)'}",
         f"model       {manifest.model['architecture']} ({_count(manifest.model['parameters'])} parameters) "
         f"from {manifest.model['source']}",
-        f"adapter     {manifest.peft['method']} r={manifest.peft['rank']} alpha={manifest.peft['alpha']} on "
+        f"adapter     {manifest.adapter} r={manifest.peft['rank']} alpha={manifest.peft['alpha']} on "
         f"{', '.join(manifest.peft['target_modules'])}; trains {manifest.peft['trainable_parameters']:,} parameters",
+        f"base        {manifest.base}",
         f"inputs      {', '.join(spec.name for spec in manifest.inputs)} (max length {manifest.max_length})",
-        f"backends    {', '.join(manifest.training['backends'])}",
-        f"precision   {manifest.inference.get('precision', 'fp32')}",
-        f"generation  {'KV-cache graphs (' + manifest.task + ')' if 'generation' in manifest.inference else 'no'}",
+        f"backends    {', '.join(manifest.training_backends)}",
+        f"precision   {manifest.compute_precision}",
+        f"generation  {'KV-cache graphs (' + manifest.task + ')' if manifest.generation else 'no'}",
         f"profile     {manifest.profile['name']}",
         f"files       {len(manifest.files)} ({size / 1e6:.1f} MB)",
         f"adapters    {', '.join(adapters)}",
@@ -273,6 +290,18 @@ def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None,
                              for key, value in metrics.items()))
 
 
+def _predict_options(command):
+    """``edge-sdk infer`` gets every registered task's prediction settings as flags (default: the task's)."""
+    seen = {}
+    for name, spec in TASKS.items():
+        for option in spec.predict_options:
+            seen.setdefault(option.name, (option, []))[1].append(name)
+    for option, tasks in reversed(seen.values()):
+        command = click.option("--" + option.name.replace("_", "-"), option.name, type=option.type, default=None,
+                               help=f"{'/'.join(tasks)}: {option.help} (default {option.default}).")(command)
+    return command
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--text", "texts", multiple=True,
@@ -294,11 +323,12 @@ def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None,
 @click.option("--raw", is_flag=True, help="causal-lm: use the prompt as is, without the model's chat template.")
 @click.option("--num-beams", type=click.IntRange(min=1), default=1, show_default=True,
               help="seq2seq: beam search with this many beams (1: greedy).")
+@_predict_options
 @_threads_option
 @click.option("--json", "as_json", is_flag=True)
 def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, context_file, adapter: str | None,
           max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop: tuple[str, ...],
-          seed: int | None, raw: bool, num_beams: int, threads: int | None, as_json: bool) -> None:
+          seed: int | None, raw: bool, num_beams: int, threads: int | None, as_json: bool, **options) -> None:
     """Run the bundle's task with an adapter: classify, tag, answer, or generate (streamed)."""
     inputs = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
     if not inputs:
@@ -315,7 +345,8 @@ def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, 
                                       top_p=top_p, stop=stop, seed=seed)
         _generate(device_bundle, inputs, settings, adapter, not raw, num_beams, as_json)
         return
-    predictions = device_bundle.infer(inputs, adapter=adapter, context=context)
+    chosen = {name: value for name, value in options.items() if value is not None}
+    predictions = device_bundle.infer(inputs, adapter=adapter, context=context, **chosen)
     if as_json:
         emit_json({"predictions": [{"text": text} | p.to_dict()
                                    for text, p in zip(inputs, predictions, strict=True)]})

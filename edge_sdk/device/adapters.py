@@ -171,7 +171,7 @@ class AdapterStore:
             "name": name,
             "base_id": self.base_id,
             "task": manifest.task,
-            "method": manifest.peft.get("method"),
+            "adapter": manifest.adapter,
             "rank": manifest.peft.get("rank"),
             "target_modules": manifest.peft.get("target_modules"),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),

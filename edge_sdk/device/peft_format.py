@@ -20,13 +20,11 @@ from safetensors.numpy import save_file
 from edge_sdk.bundle.atomic import atomic_folder
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.errors import AdapterError
+from edge_sdk.tasks.registry import TASKS
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 ADAPTER_NAME = "default"
-# PEFT's task types of this SDK's tasks (the host's task table holds the same, but needs transformers).
-PEFT_TASK_TYPES = {"seq-cls": "SEQ_CLS", "token-cls": "TOKEN_CLS", "qa": "QUESTION_ANS", "causal-lm": "CAUSAL_LM",
-                   "seq2seq": "SEQ_2_SEQ_LM"}
 
 
 def peft_key(name: str) -> str:
@@ -42,14 +40,14 @@ def peft_config(manifest: Manifest) -> dict[str, Any]:
     peft = manifest.peft
     return {
         "peft_type": "LORA",
-        "task_type": PEFT_TASK_TYPES.get(manifest.task),
+        "task_type": TASKS[manifest.task].peft_task_type if manifest.task in TASKS else None,
         "base_model_name_or_path": manifest.model.get("source"),
         "r": peft["rank"],
         "lora_alpha": peft["alpha"],
         "lora_dropout": 0.0,
         "target_modules": list(peft["target_modules"]),
         "modules_to_save": list(peft.get("modules_to_save") or []) or None,
-        "use_dora": peft.get("method") == "dora",
+        "use_dora": manifest.adapter == "dora",
         "bias": "none",
         "fan_in_fan_out": False,
         "init_lora_weights": True,
@@ -85,8 +83,8 @@ def _check_settings(config: dict[str, Any], manifest: Manifest, folder: Path) ->
     targets = sorted(targets) if isinstance(targets, list) else targets
     if targets != sorted(peft["target_modules"]):
         problems.append(f"target_modules {targets!r} vs the bundle's {sorted(peft['target_modules'])!r}")
-    if bool(config.get("use_dora")) != (peft.get("method") == "dora"):
-        problems.append(f"use_dora {bool(config.get('use_dora'))} vs the bundle's method {peft.get('method')!r}")
+    if bool(config.get("use_dora")) != (manifest.adapter == "dora"):
+        problems.append(f"use_dora {bool(config.get('use_dora'))} vs the bundle's adapter {manifest.adapter!r}")
     if problems:
         raise AdapterError(f"the PEFT adapter in {str(folder)!r} does not fit this bundle: {'; '.join(problems)}. "
                            "Rebuild the bundle with those settings (edge-sdk build --adapter-from DIR does that)")

@@ -27,7 +27,7 @@ from edge_sdk.device.tokenizer import BundleTokenizer
 from edge_sdk.errors import AdapterError, ConfigError
 from edge_sdk.profiles import profile_from_dict
 from edge_sdk.tasks.base import TaskData, reject_context
-from edge_sdk.tasks.registry import device_task
+from edge_sdk.tasks.registry import TASKS, device_task
 
 DEFAULT_ADAPTER = "default"
 _EVAL_BATCH = 16
@@ -46,6 +46,7 @@ class DeviceBundle:
         self.threads = threads
         self.tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer["file"]), manifest)
         self.task = device_task(manifest, self.tokenizer)
+        self.spec = TASKS[manifest.task]
         self.adapters = AdapterStore(bundle)
         self._session = None
         self._decoder = None
@@ -108,9 +109,12 @@ class DeviceBundle:
                     for name, value in batch.items()})
         return results
 
-    def infer(self, texts: Sequence[str], adapter: str | None = None, context: str | None = None) -> list:
+    def infer(self, texts: Sequence[str], adapter: str | None = None, context: str | None = None,
+              **options) -> list:
         """Run the task on raw texts with the named adapter (labels, entities, answers … per the task);
-        ``context`` is the text a qa bundle answers the questions ``texts`` from."""
+        ``context`` is the text a qa bundle answers the questions ``texts`` from; ``options`` are the task's
+        prediction settings (its spec's ``predict_options``, e.g. a multi-label threshold)."""
+        self.spec.check_predict_options(options)
         if not texts:
             return []
         if self.generates:
@@ -118,14 +122,14 @@ class DeviceBundle:
             return [self.generate(text, adapter=adapter) for text in texts]
         weights = self.adapters.load(self.resolve_adapter(adapter))
         data = self.task.from_texts(texts, context)
-        return self.task.predict(data, self.outputs(data, weights))
+        return self.task.predict(data, self.outputs(data, weights), **options)
 
     # --- generation -----------------------------------------------------------------------------------
 
     @property
     def generates(self) -> bool:
-        """Whether this bundle's task produces text (causal-lm) rather than labels, tags or spans."""
-        return "generation" in self.manifest.inference
+        """Whether this bundle's task produces text (causal-lm, seq2seq) rather than labels, tags or spans."""
+        return self.spec.generates
 
     def _session_for(self, relative: str) -> DeviceSession:
         """A session of the bundle graph ``relative``: ONNX Runtime's failures come out as the SDK's errors."""
@@ -135,7 +139,7 @@ class DeviceBundle:
     def _generator(self):
         if self._decoder is None:
             spec = self.manifest.inference["generation"]
-            if self.manifest.task == "seq2seq":
+            if self.spec.generation == "encoder-decoder":
                 from edge_sdk.device.seq2seq_generation import Seq2SeqGenerator
 
                 self._decoder = Seq2SeqGenerator(self._session_for(spec["encoder"]["file"]),
@@ -155,12 +159,12 @@ class DeviceBundle:
         from edge_sdk.device.generation import GenerationSettings
 
         if not self.generates:
-            raise ConfigError(f"this bundle's task is {self.manifest.task}; only causal-lm and seq2seq bundles "
-                              "generate text")
+            generating = ", ".join(name for name, spec in TASKS.items() if spec.generates)
+            raise ConfigError(f"this bundle's task is {self.manifest.task}; only {generating} bundles generate text")
         settings = settings or GenerationSettings()
         settings.validate()
         weights = self.adapters.load(self.resolve_adapter(adapter))
-        if self.manifest.task == "seq2seq":
+        if self.spec.generation == "encoder-decoder":
             return self._translate(prompt, settings, weights, on_text, num_beams)
         if num_beams != 1:
             raise ConfigError("beam search is for seq2seq bundles; causal-lm generation samples or picks greedily")

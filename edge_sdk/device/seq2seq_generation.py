@@ -15,56 +15,15 @@ near-tie closer than ONNX Runtime's last-bit differences from PyTorch could pick
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from edge_sdk.errors import AdapterError, BundleError, ConfigError
-from edge_sdk.tasks.base import IGNORE_INDEX
 
 _NEG = np.float32(-1.0e9)  # transformers' "never choose" offset in beam search (finite, unlike -inf)
 _SPEC_KEYS = {"encoder": ("inputs", "outputs", "weight_inputs", "cross_outputs"),
               "decoder": ("inputs", "outputs", "weight_inputs", "past_self", "present_self", "past_cross",
                           "heads", "head_dim"),
               "generation": ("decoder_start_token_id", "eos_token_ids", "pad_token_id")}
-
-
-def teacher_forced_inputs(target_ids: np.ndarray | Sequence[Sequence[int]], decoder_start_token_id: int,
-                          pad_id: int, target_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Training inputs from tokenized targets: ``decoder_input_ids`` (targets shifted right after the start
-    token), ``decoder_attention_mask`` and ``labels`` (the targets, IGNORE_INDEX at padding).
-
-    ``target_ids`` is a padded int array [batch, target] (padding found by ``target_mask``, else by
-    ``pad_id``) or a list of unpadded id lists. Targets should end with the eos token, as the tokenizer's
-    post-processor adds it, so the model learns to stop.
-    """
-    targets, mask = _padded_targets(target_ids, pad_id, target_mask)
-    decoder_input_ids = np.full_like(targets, pad_id)
-    decoder_input_ids[:, 0] = decoder_start_token_id
-    decoder_input_ids[:, 1:] = np.where(mask[:, :-1] == 1, targets[:, :-1], pad_id)
-    decoder_mask = np.ones_like(mask)
-    decoder_mask[:, 1:] = mask[:, :-1]  # position t reads target t-1: real wherever t-1 was real
-    labels = np.where(mask == 1, targets, IGNORE_INDEX).astype(np.int64)
-    return {"decoder_input_ids": decoder_input_ids, "decoder_attention_mask": decoder_mask, "labels": labels}
-
-
-def _padded_targets(target_ids, pad_id: int, target_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(target_ids, np.ndarray):
-        targets = np.asarray(target_ids, dtype=np.int64)
-        if targets.ndim != 2 or targets.shape[1] == 0:
-            raise ConfigError(f"target_ids must be [batch, target] with target >= 1, got shape {targets.shape}")
-        mask = (targets != pad_id) if target_mask is None else np.asarray(target_mask) != 0
-        return targets, mask.astype(np.int64)
-    rows = [list(map(int, row)) for row in target_ids]
-    if not rows or min(len(row) for row in rows) == 0:
-        raise ConfigError("every target needs at least one token (its eos at least)")
-    width = max(len(row) for row in rows)
-    targets = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for index, row in enumerate(rows):
-        targets[index, :len(row)] = row
-        mask[index, :len(row)] = 1
-    return targets, mask
 
 
 class Seq2SeqGenerator:

@@ -34,7 +34,7 @@ def lora_overrides(folder: Path) -> dict[str, Any]:
         raise AdapterError(f"{str(Path(folder) / CONFIG_FILE)!r}: target_modules must be a list of module names "
                            f"(found {targets!r}); regex targets cannot be rebuilt")
     return {"rank": int(config["r"]), "alpha": float(config["lora_alpha"]), "target_modules": tuple(targets),
-            "method": "dora" if config.get("use_dora") else "lora"}
+            "adapter": "dora" if config.get("use_dora") else "lora"}
 
 
 def load_adapter_weights(peft_model: torch.nn.Module, folder: Path) -> None:

@@ -8,8 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-import onnx
-
 from edge_sdk.errors import ExportError
 from edge_sdk.host.export import ExportedGraph
 
@@ -48,7 +46,7 @@ def build_training_artifacts(graph: ExportedGraph, loss, directory: Path) -> dic
     from onnxruntime.training import artifacts
 
     directory.mkdir(parents=True, exist_ok=True)
-    model = onnx.load(str(graph.path))
+    model = graph.model
     native_log = directory.parent / "artifacts.log"
     try:
         with _native_stderr_captured(native_log):

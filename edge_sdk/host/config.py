@@ -12,30 +12,65 @@ from pathlib import Path
 from typing import Any
 
 from edge_sdk.errors import ConfigError
-from edge_sdk.tasks.registry import TASK_NAMES
+from edge_sdk.tasks.registry import task_spec
 
-PEFT_METHODS = ("lora", "dora", "qlora")
-PRECISIONS = ("fp32", "int8")  # how the frozen linear layers compute (edge_sdk.host.int8_matmul)
+# Two independent axes. How the adapter is parametrised:
+ADAPTERS = ("lora", "dora")
+# How the frozen base is stored and computes: float32; int8 weights dequantized to float32 products (the
+# QLoRA idea, edge_sdk.host.quantize); int8 weights in integer products (edge_sdk.host.int8_matmul).
+BASES = ("float32", "int8-storage", "int8-compute")
+# The older single method string and the precision flag, still accepted: each names one axis or both.
+LEGACY_METHODS = {"lora": ("lora", None), "dora": ("dora", None), "qlora": ("lora", "int8-storage")}
+LEGACY_PRECISIONS = {"fp32": "float32", "int8": "int8-compute"}
 MIN_OPSET, MAX_OPSET = 14, 15
+
+
+def resolve_axes(adapter: str | None = None, base: str | None = None, method: str | None = None,
+                 precision: str | None = None) -> tuple[str | None, str | None]:
+    """(adapter, base) from the new names and the legacy ``method``/``precision`` aliases (None: not named).
+
+    Names that contradict each other are refused rather than one silently winning: ``qlora`` (int8 storage,
+    float compute) with ``precision int8`` (int8 compute) used to build float layers where int8 was asked for.
+    """
+    if method is not None and method not in LEGACY_METHODS:
+        raise ConfigError(f"unknown PEFT method {method!r}; choose one of {', '.join(LEGACY_METHODS)} "
+                          f"(or --adapter {'|'.join(ADAPTERS)} with --base {'|'.join(BASES)})")
+    if precision is not None and precision not in LEGACY_PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(LEGACY_PRECISIONS)} "
+                          f"(or --base {'|'.join(BASES)})")
+    method_adapter, method_base = LEGACY_METHODS[method] if method else (None, None)
+    if adapter is not None and method_adapter is not None and adapter != method_adapter:
+        raise ConfigError(f"the adapter is named twice: adapter {adapter!r} and method {method!r}; drop the method")
+    precision_base = LEGACY_PRECISIONS[precision] if precision else None
+    if method_base == "int8-storage" and precision_base == "float32":
+        precision_base = None  # qlora computes in float32: "fp32" agrees with it
+    named = [(source, value) for source, value in (("base", base), ("method", method_base),
+                                                   ("precision", precision_base)) if value is not None]
+    if len({value for _, value in named}) > 1:
+        raise ConfigError(
+            "the frozen base is named more than once, differently: "
+            + ", ".join(f"{source} -> {value}" for source, value in named)
+            + f" (qlora = int8 storage with float compute; precision int8 = int8 compute); choose one with "
+            f"--base {'|'.join(BASES)}")
+    return adapter or method_adapter, named[0][1] if named else None
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     """PEFT LoRA settings; ``target_modules=None`` means the architecture's default.
 
-    ``method`` "dora" is weight-decomposed LoRA (PEFT ``use_dora=True``): a trainable magnitude per output
-    row of each adapted layer on top of the LoRA matrices.
-    ``method`` "qlora" is LoRA over an int8 base: the frozen weights of the adapted layers are stored as int8
-    with a scale per output channel (``edge_sdk.host.quantize``)."""
+    ``adapter`` "dora" is weight-decomposed LoRA (PEFT ``use_dora=True``): a trainable magnitude per output
+    row of each adapted layer on top of the LoRA matrices. How the frozen base is stored is
+    ``BuildConfig.base``, a separate axis."""
 
-    method: str = "lora"
+    adapter: str = "lora"
     rank: int = 8
     alpha: float = 16.0
     target_modules: tuple[str, ...] | None = None
 
     def validate(self) -> None:
-        if self.method not in PEFT_METHODS:
-            raise ConfigError(f"unknown PEFT method {self.method!r}; choose one of {', '.join(PEFT_METHODS)}")
+        if self.adapter not in ADAPTERS:
+            raise ConfigError(f"unknown adapter {self.adapter!r}; choose one of {', '.join(ADAPTERS)}")
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r}")
         if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
@@ -60,30 +95,10 @@ class BuildConfig:
     source_description: str = ""
     gguf_file: str | None = None  # the model is this GGUF file in model_dir (dequantized when loaded)
     adapter_from: Path | None = None  # a PEFT adapter folder whose weights become the initial adapter
-    precision: str = "fp32"  # "int8": frozen linear layers in int8 in the inference graphs and the portable step
+    base: str = "float32"  # one of BASES: how the frozen base is stored and computes
 
     def validate(self) -> None:
-        if self.task not in TASK_NAMES:
-            raise ConfigError(f"unknown task {self.task!r}; choose one of {', '.join(TASK_NAMES)}")
-        from edge_sdk.host.tasks import host_task
-
-        if not host_task(self.task).uses_labels:
-            if self.labels:
-                raise ConfigError(f"task {self.task} takes no labels (got {', '.join(self.labels)}); drop --labels")
-        elif len(self.labels) < 2:
-            raise ConfigError(
-                f"task {self.task} needs at least two labels, got {list(self.labels)!r}; "
-                "pass --labels a,b,... or a label file"
-            )
-        if self.task == "token-cls":
-            not_bio = [label for label in self.labels if label != "O" and label[:2] not in ("B-", "I-")]
-            if not_bio:
-                raise ConfigError(
-                    f"token-cls labels must be BIO tags ('O', 'B-TYPE', 'I-TYPE'); not BIO: {', '.join(not_bio)}"
-                )
-        duplicates = sorted({label for label in self.labels if self.labels.count(label) > 1})
-        if duplicates:
-            raise ConfigError(f"labels must be unique; repeated: {', '.join(duplicates)}")
+        task_spec(self.task).validate_labels(self.labels)
         if not isinstance(self.max_length, int) or not 8 <= self.max_length <= 8192:
             raise ConfigError(f"max sequence length must be an integer in 8..8192, got {self.max_length!r}")
         if self.max_batch_size is not None and (not isinstance(self.max_batch_size, int) or self.max_batch_size < 1):
@@ -93,21 +108,25 @@ class BuildConfig:
                 f"opset {self.opset!r} is not supported for training export; use {MIN_OPSET} or {MAX_OPSET} "
                 "(opset 17 LayerNormalization has no gradient in ONNX Runtime training)"
             )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.base not in BASES:
+            raise ConfigError(f"unknown base {self.base!r}; choose one of {', '.join(BASES)}")
         self.lora.validate()
 
     def with_overrides(self, **changes: Any) -> BuildConfig:
-        """A copy with the given non-None fields replaced (CLI flags override recipe values)."""
-        lora_changes = {key: changes.pop(key) for key in ("rank", "alpha", "target_modules", "method")
+        """A copy with the given non-None fields replaced (CLI flags override recipe values); ``method`` and
+        ``precision`` are the legacy aliases of ``adapter`` and ``base``."""
+        adapter, base = resolve_axes(changes.pop("adapter", None), changes.pop("base", None),
+                                     changes.pop("method", None), changes.pop("precision", None))
+        changes |= {"adapter": adapter, "base": base}
+        lora_changes = {key: changes.pop(key) for key in ("rank", "alpha", "target_modules", "adapter")
                         if key in changes}
         lora = replace(self.lora, **{k: v for k, v in lora_changes.items() if v is not None})
         return replace(self, lora=lora, **{k: v for k, v in changes.items() if v is not None})
 
 
 _RECIPE_KEYS = {"model", "task", "labels", "max_length", "max_batch_size", "peft", "profile", "seed", "opset",
-                "description", "precision"}
-_PEFT_KEYS = {"method", "rank", "alpha", "target_modules"}
+                "description", "base", "precision"}
+_PEFT_KEYS = {"adapter", "method", "rank", "alpha", "target_modules"}
 
 
 def load_recipe(path: str | os.PathLike) -> BuildConfig:
@@ -137,8 +156,12 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
             f"allowed: {', '.join(sorted(_PEFT_KEYS))}"
         )
     targets = peft.get("target_modules")
+    try:
+        adapter, base = resolve_axes(peft.get("adapter"), data.get("base"), peft.get("method"), data.get("precision"))
+    except ConfigError as exc:
+        raise ConfigError(f"recipe {str(path)!r}: {exc}") from None
     lora = LoraSettings(
-        method=peft.get("method", "lora"),
+        adapter=adapter or "lora",
         rank=peft.get("rank", 8),
         alpha=peft.get("alpha", 16.0),
         target_modules=tuple(targets) if targets is not None else None,
@@ -154,7 +177,7 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         profile=data.get("profile", "cpu"),
         seed=data.get("seed", 0),
         opset=data.get("opset", 14),
-        precision=data.get("precision", "fp32"),
+        base=base or "float32",
         source_description=description,
         gguf_file=gguf_file,
     )

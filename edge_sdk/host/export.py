@@ -140,6 +140,9 @@ def trace_to_onnx(wrapper: torch.nn.Module, args: tuple, path: Path, input_names
 
 @dataclass
 class ExportedGraph:
+    """An exported training-safe graph, held in memory from here on (``path`` is the exporter's own file)."""
+
+    model: onnx.ModelProto
     path: Path
     input_names: list[str]
     output_names: list[str]
@@ -166,7 +169,6 @@ def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarr
     # A sequence-level head reads one position: compute only that row in the last layer's position-wise
     # blocks (inference, ORT training and the portable step are all built from this graph).
     moved = 0 if per_token else select_rows_early(model_proto)
-    onnx.save(model_proto, str(path))
     initializers = [init.name for init in model_proto.graph.initializer]
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
     present = set(initializers)
@@ -178,7 +180,7 @@ def export_training_graph(peft_model: torch.nn.Module, batch: dict[str, np.ndarr
         )
     trainable_set = set(trainable)
     frozen = [name for name in initializers if name not in trainable_set]
-    return ExportedGraph(path=path, input_names=input_names, output_names=output_names,
+    return ExportedGraph(model=model_proto, path=path, input_names=input_names, output_names=output_names,
                          trainable=trainable, frozen=frozen, positions_selected_early=moved)
 
 

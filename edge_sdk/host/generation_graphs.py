@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edge_sdk.bundle.layout import graph_path
 from edge_sdk.host.export import weights_loaded
 from edge_sdk.host.model_loading import LoadedModel
-
-PORTABLE_DIR = "portable"
 
 # Applied to each exported graph before its check against PyTorch (qlora's int8 base: quantize.py).
 GraphRewrite = Callable[[onnx.ModelProto], object]
@@ -53,7 +52,7 @@ def _causal_lm(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[s
     graph = export_decoder_with_cache(loaded.model, scratch / "decoder.onnx", opset, trainable)
     _rewrite_saved(graph.path, rewrite)
     worst = check_decoder_against_torch(loaded.model, graph, batch["input_ids"], batch["attention_mask"], weights)
-    relative = f"{PORTABLE_DIR}/decoder.onnx"
+    relative = graph_path("decoder.onnx")
     spec = graph.to_manifest(relative) | {
         "eos_token_ids": _eos_ids(loaded),
         "max_positions": _max_positions(loaded.model.get_base_model().config),
@@ -75,23 +74,22 @@ def _seq2seq(loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str
     spec = graphs.to_manifest()
     models = {}
     for part, graph in (("encoder", graphs.encoder), ("decoder", graphs.decoder)):
-        relative = f"{PORTABLE_DIR}/{graph.path.name}"
+        relative = graph_path(graph.path.name)
         spec[part]["file"] = relative
         models[relative] = onnx.load(str(graph.path))
     spec["validation_max_abs_diff"] = worst
     return models, spec
 
 
-_EXPORTERS = {"causal-lm": _causal_lm, "seq2seq": _seq2seq}
+_EXPORTERS = {"decoder": _causal_lm, "encoder-decoder": _seq2seq}
 
 
-def generation_graphs(task: str, loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str],
+def generation_graphs(generation: str, loaded: LoadedModel, scratch: Path, opset: int, trainable: list[str],
                       batch: dict[str, np.ndarray], weights: dict[str, np.ndarray],
-                      rewrite: GraphRewrite | None = None) -> tuple[dict, dict] | None:
-    """({bundle path: graph}, the manifest's generation spec) for a task that generates text, else None.
+                      rewrite: GraphRewrite | None = None) -> tuple[dict, dict]:
+    """({bundle path: graph}, the manifest's generation spec) for a ``generation`` family (a TaskSpec's).
 
     ``batch`` holds sample inputs and ``weights`` non-zero adapter weights for the check against PyTorch;
     ``rewrite`` changes each graph in place before that check, so what is checked is what ships.
     """
-    exporter = _EXPORTERS.get(task)
-    return exporter(loaded, scratch, opset, trainable, batch, weights, rewrite) if exporter else None
+    return _EXPORTERS[generation](loaded, scratch, opset, trainable, batch, weights, rewrite)

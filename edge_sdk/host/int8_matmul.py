@@ -1,4 +1,4 @@
-"""`--precision int8`: the frozen linear layers compute in int8 (weights) x uint8 (activations).
+"""`--base int8-compute`: the frozen linear layers compute in int8 (weights) x uint8 (activations).
 
 Every MatMul whose right-hand side is a frozen float weight (directly, or through 2-D Transposes, as
 exporters and ORT's gradient builder wire ``nn.Linear``), and every bias-free ``Gemm(A, W, transB)`` by one

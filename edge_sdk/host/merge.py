@@ -89,7 +89,7 @@ def _merged_weight(method: str, base: np.ndarray, a: np.ndarray, b: np.ndarray, 
 def merged_model(bundle: Bundle, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The bundle's inference graph with ``weights`` merged in (see module docstring)."""
     manifest = bundle.manifest
-    method = manifest.peft.get("method", "lora")
+    method = manifest.adapter
     model = onnx.load(str(bundle.path(manifest.inference["model"])))  # external base weights loaded too
     graph = model.graph
     scale = float(manifest.peft["alpha"]) / float(manifest.peft["rank"])
@@ -160,12 +160,12 @@ def export_merged_onnx(bundle: Bundle, weights: dict[str, np.ndarray], out: Path
     data = out.with_name(out.name + ".data")
     if (out.exists() or data.exists()) and not overwrite:
         raise AdapterError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
-    if bundle.manifest.inference.get("precision", "fp32") != "fp32":
-        # The merge needs W itself; an int8 bundle holds only int8 copies, and merging into those would
-        # round the adapter's update away.
-        raise AdapterError(f"bundle {str(bundle.root)!r} was built with --precision "
-                           f"{bundle.manifest.inference['precision']}; a merged graph needs the float32 base: "
-                           "build the bundle with --precision fp32, or export with --format peft")
+    if bundle.manifest.compute_precision != "fp32":
+        # The merge needs W itself; an int8-compute bundle holds only int8 copies, and merging into those
+        # would round the adapter's update away.
+        raise AdapterError(f"bundle {str(bundle.root)!r} was built with --base {bundle.manifest.base} (--precision "
+                           f"{bundle.manifest.compute_precision}); a merged graph needs the float32 base: build the "
+                           "bundle with --base float32 or int8-storage, or export with --format peft")
     model = merged_model(bundle, weights)
     # The graph and its .data file are written and checked in a scratch folder beside ``out``, then moved
     # into place data first, so ``out`` never refers to weights that are not there yet.

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+import transformers
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
@@ -18,7 +19,7 @@ from transformers.utils import logging as hf_logging
 from edge_sdk.errors import ConfigError, ModelSourceError, TargetModuleError
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.dora import prepare_dora_layers
-from edge_sdk.host.tasks import host_task
+from edge_sdk.tasks.registry import task_spec
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +126,16 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
         hf_config = AutoConfig.from_pretrained(model_dir, **gguf)
     except Exception as exc:
         raise ModelSourceError(f"cannot read the model config in {str(model_dir)!r}: {exc}") from exc
-    task = host_task(config.task)
+    spec = task_spec(config.task)
     _zero_dropout_config(hf_config)
-    if task.uses_labels:
+    for key, value in spec.host.model_config:
+        setattr(hf_config, key, value)
+    if spec.uses_labels:
         labels = list(config.labels)
         hf_config.num_labels = len(labels)
         hf_config.id2label = dict(enumerate(labels))
         hf_config.label2id = {label: i for i, label in enumerate(labels)}
-    if tokenizer.pad_token_id is None and config.task == "causal-lm" and tokenizer.eos_token is not None:
+    if tokenizer.pad_token_id is None and spec.host.pad_with_eos and tokenizer.eos_token is not None:
         # Padding positions carry no loss and are masked, so the end-of-text token can stand in for padding.
         tokenizer.pad_token = tokenizer.eos_token
     if hf_config.pad_token_id is None and tokenizer.pad_token_id is not None:
@@ -142,7 +145,7 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
     quiet = contextlib.redirect_stderr(io.StringIO()) if gguf else contextlib.nullcontext()
     try:
         with quiet:
-            model, info = task.auto_model.from_pretrained(
+            model, info = getattr(transformers, spec.host.auto_model).from_pretrained(
                 model_dir, config=hf_config, attn_implementation="eager", ignore_mismatched_sizes=True,
                 output_loading_info=True, dtype=torch.float32, **gguf,
             )
@@ -166,8 +169,8 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
                                model)
     log.info("LoRA targets %s; newly initialised modules that train too: %s", targets, new_modules)
     lora_config = LoraConfig(
-        task_type=task.peft_task_type, r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=0.0,
-        target_modules=targets, modules_to_save=new_modules or None, use_dora=config.lora.method == "dora",
+        task_type=TaskType[spec.peft_task_type], r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=0.0,
+        target_modules=targets, modules_to_save=new_modules or None, use_dora=config.lora.adapter == "dora",
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecations inside PEFT/transformers internals

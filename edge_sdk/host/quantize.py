@@ -89,10 +89,8 @@ class QuantizedBase:
         return [init.name for init in added]
 
     def rewrite_exported(self, graph: ExportedGraph) -> ExportedGraph:
-        """Rewrite the saved training-export graph and list its new frozen initializers."""
-        model = onnx.load(str(graph.path))
-        added = self.rewrite(model, require_all=True)
-        onnx.save(model, str(graph.path))
+        """Rewrite the training-export graph (in memory) and list its new frozen initializers."""
+        added = self.rewrite(graph.model, require_all=True)
         frozen = [name for name in graph.frozen if name not in self.weights] + added
         return dataclasses.replace(graph, frozen=frozen)
 

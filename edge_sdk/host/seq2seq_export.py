@@ -290,7 +290,6 @@ def export_seq2seq_training_graph(peft_model: torch.nn.Module, batch: dict[str, 
             "decoder_input_ids": {0: "batch", 1: "target"}, "decoder_attention_mask": {0: "batch", 1: "target"},
             "logits": {0: "batch", 1: "target"}}
     model_proto = _export(_TrainingForward(peft_model), args, path, TRAINING_INPUTS, ["logits"], axes, opset)
-    onnx.save(model_proto, str(path))
     initializers = [init.name for init in model_proto.graph.initializer]
     trainable = _trainable(peft_model)
     absent = sorted(set(trainable) - set(initializers))
@@ -298,8 +297,8 @@ def export_seq2seq_training_graph(peft_model: torch.nn.Module, batch: dict[str, 
         raise ExportError("trainable parameters are missing from the exported graph (renamed or folded by the "
                           "exporter): " + ", ".join(absent[:10]))
     frozen = [name for name in initializers if name not in set(trainable)]
-    return ExportedGraph(path=path, input_names=list(TRAINING_INPUTS), output_names=["logits"], trainable=trainable,
-                         frozen=frozen)
+    return ExportedGraph(model=model_proto, path=path, input_names=list(TRAINING_INPUTS), output_names=["logits"],
+                         trainable=trainable, frozen=frozen)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,14 +1,12 @@
 """What every task gives the device runtime: data → features, targets per batch, metrics, predictions.
 
 Device-safe: numpy only. The runtime owns tokenization, batching, the inference session and training;
-a task only knows its data schema and what its outputs mean.
+a task only knows its data schema and what its outputs mean (its interfaces: spec.py).
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,29 +38,6 @@ class Prediction(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
     def to_text(self) -> str: ...
-
-
-class DeviceTask(Protocol):
-    """One task's device-side behaviour (see seq_cls.py, token_cls.py)."""
-
-    name: str
-    metric: str  # the score that picks the epoch to keep
-    higher_is_better: bool
-
-    def load(self, path: str | os.PathLike, require_targets: bool = True) -> TaskData: ...
-
-    def from_texts(self, texts: Sequence[str], context: str | None = None) -> TaskData: ...
-
-    def targets(self, data: TaskData, rows: Sequence[int], length: int) -> dict[str, np.ndarray]:
-        """The loss's target inputs for a batch of ``rows`` padded to ``length`` tokens."""
-
-    def reduce_output(self, data: TaskData, row: int, outputs: dict[str, np.ndarray]) -> Any:
-        """What score/predict need from one example's graph outputs (cut to its tokens); called per example
-        as batches finish, so large outputs (a language model's logits) need not be kept."""
-
-    def score(self, data: TaskData, outputs: list[Any]) -> dict[str, float]: ...
-
-    def predict(self, data: TaskData, outputs: list[Any]) -> list[Prediction]: ...
 
 
 def reject_context(task: str, context: str | None) -> None:

@@ -25,6 +25,8 @@ from edge_sdk.tasks.base import (
 )
 from edge_sdk.tasks.chat import render_chat
 from edge_sdk.tasks.data import read_records, text_field
+from edge_sdk.tasks.losses import token_cross_entropy
+from edge_sdk.tasks.spec import HostSpec, TargetSpec, TaskSpec
 
 TASK_NAME = "causal-lm"
 
@@ -130,5 +132,24 @@ class CausalLmTask:
     def score(self, data: TaskData, outputs: list[tuple[float, int]]) -> dict[str, float]:
         return perplexity_scores(outputs)
 
-    def predict(self, data: TaskData, outputs: list[tuple[float, int]]) -> list:
-        raise DataError("a causal-lm bundle generates text: use DeviceBundle.generate (or `edge-sdk infer`)")
+
+def sample_next_tokens(batch: dict[str, np.ndarray], vocabulary: int,
+                       rng: np.random.Generator) -> dict[str, np.ndarray]:
+    labels = rng.integers(0, vocabulary, size=batch["input_ids"].shape).astype(np.int64)
+    labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+    labels[:, -1] = IGNORE_INDEX
+    return {"labels": labels}
+
+
+SPEC = TaskSpec(
+    name=TASK_NAME,
+    summary="chat, instructions and creative writing with a decoder-only model (perplexity, generation)",
+    peft_task_type="CAUSAL_LM",
+    # Labels are the next tokens, shifted on the device, so the loss is token-cls's over the vocabulary.
+    host=HostSpec(auto_model="AutoModelForCausalLM", outputs=("logits",), per_token=True,
+                  targets=(TargetSpec("labels", "int64", ("batch", "sequence")),), loss=token_cross_entropy,
+                  sample_targets=sample_next_tokens, pad_with_eos=True),
+    device=lambda manifest, tokenizer: CausalLmTask(tokenizer, manifest),
+    uses_labels=False,
+    generation="decoder",
+)

@@ -25,6 +25,8 @@ import numpy as np
 from edge_sdk.errors import ConfigError, DataError
 from edge_sdk.tasks.base import TaskData, cross_entropy
 from edge_sdk.tasks.data import Record, read_records, text_field
+from edge_sdk.tasks.losses import span_cross_entropy
+from edge_sdk.tasks.spec import HostSpec, TargetSpec, TaskSpec
 
 TASK_NAME = "qa"
 MAX_ANSWER_TOKENS = 30
@@ -230,3 +232,23 @@ class QaTask:
 
     def predict(self, data: QaData, outputs: list[tuple[np.ndarray, np.ndarray]]) -> list[Answer]:
         return self._best_answers(data, outputs)
+
+
+def sample_spans(batch: dict[str, np.ndarray], _classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rows, length = batch["input_ids"].shape
+    start = rng.integers(0, length, size=rows)
+    return {"start_positions": start.astype(np.int64),
+            "end_positions": np.minimum(start + rng.integers(0, 3, size=rows), length - 1).astype(np.int64)}
+
+
+SPEC = TaskSpec(
+    name=TASK_NAME,
+    summary="extractive question answering: an answer span in a context (exact match, F1)",
+    peft_task_type="QUESTION_ANS",
+    host=HostSpec(auto_model="AutoModelForQuestionAnswering", outputs=("start_logits", "end_logits"),
+                  per_token=True, targets=(TargetSpec("start_positions", "int64", ("batch",)),
+                                           TargetSpec("end_positions", "int64", ("batch",))),
+                  loss=span_cross_entropy, sample_targets=sample_spans, class_axis=False),
+    device=lambda manifest, tokenizer: QaTask(tokenizer, manifest.max_length),
+    uses_labels=False,
+)

@@ -1,37 +1,37 @@
-"""The one place tasks are registered. Adding a task means one module and one line here
-(plus its host entry in edge_sdk/host/tasks.py); tests fail for a registered task without an end-to-end test."""
+"""The one place tasks are registered: a task is one module with a ``SPEC`` and one line below.
+
+A registered task without an end-to-end device test fails ``tests/device/test_tasks_e2e.py``, and one
+without a build test fails ``tests/host/test_build.py``.
+"""
 
 from __future__ import annotations
 
-from edge_sdk.bundle.manifest import Manifest
-from edge_sdk.errors import BundleError
+from edge_sdk.errors import BundleError, ConfigError
+from edge_sdk.tasks import causal_lm, qa, seq2seq, seq_cls, token_cls
+from edge_sdk.tasks.spec import TaskSpec
 
-TASK_NAMES: tuple[str, ...] = ("seq-cls", "token-cls", "qa", "causal-lm", "seq2seq")
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
+    seq_cls.SPEC,
+    token_cls.SPEC,
+    qa.SPEC,
+    causal_lm.SPEC,
+    seq2seq.SPEC,
+)}
+TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
-def device_task(manifest: Manifest, tokenizer):
+def task_spec(name: str) -> TaskSpec:
+    """The spec of task ``name`` (ConfigError naming the known tasks otherwise)."""
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASK_NAMES)}")
+    return TASKS[name]
+
+
+def device_task(manifest, tokenizer):
     """The device-side task object for a bundle."""
-    if manifest.task == "seq-cls":
-        from edge_sdk.tasks.seq_cls import SeqClsTask
-
-        return SeqClsTask(manifest.labels, tokenizer)
-    if manifest.task == "token-cls":
-        from edge_sdk.tasks.token_cls import TokenClsTask
-
-        return TokenClsTask(manifest.labels, tokenizer)
-    if manifest.task == "qa":
-        from edge_sdk.tasks.qa import QaTask
-
-        return QaTask(tokenizer, manifest.max_length)
-    if manifest.task == "causal-lm":
-        from edge_sdk.tasks.causal_lm import CausalLmTask
-
-        return CausalLmTask(tokenizer, manifest)
-    if manifest.task == "seq2seq":
-        from edge_sdk.tasks.seq2seq import Seq2SeqTask
-
-        return Seq2SeqTask(tokenizer, manifest)
-    raise BundleError(
-        f"bundle task {manifest.task!r} is not supported by this device runtime (supports "
-        f"{', '.join(TASK_NAMES)}); upgrade edge-sdk"
-    )
+    if manifest.task not in TASKS:
+        raise BundleError(
+            f"bundle task {manifest.task!r} is not supported by this device runtime (supports "
+            f"{', '.join(TASK_NAMES)}); upgrade edge-sdk"
+        )
+    return TASKS[manifest.task].device(manifest, tokenizer)

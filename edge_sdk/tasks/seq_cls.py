@@ -16,6 +16,8 @@ import numpy as np
 from edge_sdk.errors import ConfigError, DataError
 from edge_sdk.tasks.base import TaskData, cross_entropy, reject_context, softmax
 from edge_sdk.tasks.data import Record, read_records
+from edge_sdk.tasks.losses import cross_entropy as cross_entropy_loss
+from edge_sdk.tasks.spec import HostSpec, TargetSpec, TaskSpec
 
 TASK_NAME = "seq-cls"
 
@@ -211,3 +213,18 @@ class SeqClsTask:
                 probabilities={label: float(p) for label, p in zip(self.labels, row, strict=True)},
             ))
         return predictions
+
+
+def sample_labels(batch: dict[str, np.ndarray], classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"labels": rng.integers(0, classes, size=len(batch["input_ids"])).astype(np.int64)}
+
+
+SPEC = TaskSpec(
+    name=TASK_NAME,
+    summary="text classification: one label per text (accuracy)",
+    peft_task_type="SEQ_CLS",
+    host=HostSpec(auto_model="AutoModelForSequenceClassification", outputs=("logits",), per_token=False,
+                  targets=(TargetSpec("labels", "int64", ("batch",)),), loss=cross_entropy_loss,
+                  sample_targets=sample_labels),
+    device=lambda manifest, tokenizer: SeqClsTask(manifest.labels, tokenizer),
+)

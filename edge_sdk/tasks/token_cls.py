@@ -13,8 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_sdk.errors import ConfigError
 from edge_sdk.tasks.base import IGNORE_INDEX, TaskData, cross_entropy, padded_token_targets, reject_context
+from edge_sdk.tasks.losses import token_cross_entropy
 from edge_sdk.tasks.ner import entities, entity_f1, load_tagged_sentences
+from edge_sdk.tasks.spec import HostSpec, TargetSpec, TaskSpec
 
 TASK_NAME = "token-cls"
 
@@ -110,3 +113,27 @@ class TokenClsTask:
                      for kind, start, end in entities(tags)]
             results.append(TaggedText(words=words, tags=tags, entities=spans))
         return results
+
+
+def check_bio_labels(labels: Sequence[str]) -> None:
+    not_bio = [label for label in labels if label != "O" and label[:2] not in ("B-", "I-")]
+    if not_bio:
+        raise ConfigError(f"token-cls labels must be BIO tags ('O', 'B-TYPE', 'I-TYPE'); not BIO: {', '.join(not_bio)}")
+
+
+def sample_token_labels(batch: dict[str, np.ndarray], classes: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    labels = rng.integers(0, classes, size=batch["input_ids"].shape).astype(np.int64)
+    labels[batch["attention_mask"] == 0] = IGNORE_INDEX
+    return {"labels": labels}
+
+
+SPEC = TaskSpec(
+    name=TASK_NAME,
+    summary="named-entity recognition: a BIO tag per word (entity F1)",
+    peft_task_type="TOKEN_CLS",
+    host=HostSpec(auto_model="AutoModelForTokenClassification", outputs=("logits",), per_token=True,
+                  targets=(TargetSpec("labels", "int64", ("batch", "sequence")),), loss=token_cross_entropy,
+                  sample_targets=sample_token_labels),
+    device=lambda manifest, tokenizer: TokenClsTask(manifest.labels, tokenizer),
+    check_labels=check_bio_labels,
+)

@@ -41,7 +41,7 @@ CASES = {
     "seq2seq": Case("tiny-seq2seq", "s2s-train.jsonl", "s2s-dev.jsonl", {"perplexity", "tokens"},
                     "match goal the team"),
 }
-# --precision int8 bundles (int8 frozen linear layers in every graph, portable step only): one classifier
+# --base int8-compute bundles (int8 frozen linear layers in every graph, portable step only): one classifier
 # and both generating families.
 INT8_CASES = {f"{task} int8": Case(CASES[task].bundle + "-int8", *list(vars(CASES[task]).values())[1:])
               for task in ("seq-cls", "causal-lm", "seq2seq")}

@@ -14,11 +14,13 @@ from tiny_models import make_tiny_model
 from edge_sdk.bundle import open_bundle
 from edge_sdk.device import DeviceBundle, TrainingSettings
 from edge_sdk.errors import ConfigError, ExportError, ModelSourceError, TargetModuleError
-from edge_sdk.host import build as build_module
+from edge_sdk.host import export as export_module
 from edge_sdk.host.build import build_bundle
 from edge_sdk.host.config import BuildConfig, LoraSettings, load_recipe
 from edge_sdk.host.export import compare_outputs
 from edge_sdk.host.model_loading import load_for_task
+from edge_sdk.host.portable import validate as portable_validate
+from edge_sdk.tasks.registry import TASKS
 
 LABELS = ("business", "sport", "tech")
 TEXTS = ["market shares and profit", "the team won the cup", "phone chip", "a b c d e f g the of to and in on for"]
@@ -54,8 +56,8 @@ def test_bundle_manifest_describes_everything(fixtures_dir: Path) -> None:
         "base_model.model.classifier.modules_to_save.default.bias",
     }
     assert manifest.peft | {"trainable_parameters": 0} == {
-        "method": "lora", "rank": 8, "alpha": 16.0, "target_modules": ["query", "value"],
-        "modules_to_save": ["classifier"], "trainable_parameters": 0,
+        "adapter": "lora", "base": "float32", "method": "lora", "rank": 8, "alpha": 16.0,
+        "target_modules": ["query", "value"], "modules_to_save": ["classifier"], "trainable_parameters": 0,
     }
     assert sorted(entry.path for entry in manifest.files) == [
         "adapters/initial.safetensors", "portable/base.weights", "portable/inference.onnx",
@@ -134,7 +136,7 @@ def test_failure_late_in_the_build_leaves_nothing(fixtures_dir: Path, tmp_path: 
     def broken(*args, **kwargs):
         raise ExportError("simulated: the portable step disagrees")
 
-    monkeypatch.setattr(build_module, "validate_portable_step", broken)
+    monkeypatch.setattr(portable_validate, "validate_portable_step", broken)
     with pytest.raises(ExportError, match="simulated"):
         build_bundle(_config(fixtures_dir / "tiny-model"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -142,8 +144,8 @@ def test_failure_late_in_the_build_leaves_nothing(fixtures_dir: Path, tmp_path: 
 
 def test_disagreement_with_pytorch_fails_with_per_output_differences(fixtures_dir: Path, tmp_path: Path,
                                                                      monkeypatch) -> None:
-    real = build_module.torch_reference
-    monkeypatch.setattr(build_module, "torch_reference", lambda *a: {k: v + 0.01 for k, v in real(*a).items()})
+    real = export_module.torch_reference
+    monkeypatch.setattr(export_module, "torch_reference", lambda *a: {k: v + 0.01 for k, v in real(*a).items()})
     with pytest.raises(ExportError, match=r"exported training graph disagrees.*logits: max abs difference 0\.01"):
         build_bundle(_config(fixtures_dir / "tiny-model"), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -171,12 +173,13 @@ def load_recipe_with_model(tmp_path: Path, model: str) -> BuildConfig:
 
 @pytest.mark.parametrize("changes, pattern", [
     ({"task": "summarize-poems"}, "unknown task 'summarize-poems'; choose one of seq-cls"),
-    ({"labels": ("only",)}, "at least two labels"),
+    ({"labels": ("only",)}, "at least 2 labels"),
     ({"labels": ("a", "b", "a")}, "repeated: a"),
     ({"max_length": 3}, "max sequence length"),
     ({"opset": 17}, "opset 17 is not supported"),
     ({"lora": LoraSettings(rank=0)}, "rank must be a positive integer, got 0"),
-    ({"lora": LoraSettings(method="ia3")}, "unknown PEFT method 'ia3'"),
+    ({"lora": LoraSettings(adapter="ia3")}, "unknown adapter 'ia3'"),
+    ({"base": "int4"}, "unknown base 'int4'; choose one of float32, int8-storage, int8-compute"),
 ])
 def test_invalid_settings_are_refused_before_any_work(fixtures_dir: Path, tmp_path: Path, changes, pattern) -> None:
     base = _config(fixtures_dir / "tiny-model")
@@ -223,11 +226,25 @@ def test_recipe_batch_limit_reaches_the_manifest(fixtures_dir: Path, tmp_path: P
     assert json.loads((path / "manifest.json").read_text())["training"]["max_batch_size"] == 4
 
 
-def test_every_registered_task_can_be_built() -> None:
-    from edge_sdk.host.tasks import TASKS
-    from edge_sdk.tasks.registry import TASK_NAMES
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_registered_task_resolves_on_the_host(name: str) -> None:
+    """Each spec's host half names a transformers head and a PEFT task type that exist, and its loss builds."""
+    import transformers
+    from onnxruntime.training import onnxblock
+    from peft import TaskType
 
-    assert set(TASKS) == set(TASK_NAMES)
+    from edge_sdk.host.losses import loss_block
+
+    spec = TASKS[name]
+    assert hasattr(transformers, spec.host.auto_model)
+    assert TaskType[spec.peft_task_type]
+    assert isinstance(loss_block(spec.host.loss(3), spec.host.outputs, spec.host.targets, 3), onnxblock.Block)
+    batch = {"input_ids": np.ones((2, 5), np.int64), "attention_mask": np.ones((2, 5), np.int64),
+             "decoder_input_ids": np.ones((2, 4), np.int64), "decoder_attention_mask": np.ones((2, 4), np.int64)}
+    targets = spec.host.sample_targets(batch, 3, np.random.default_rng(0))
+    feeds = batch | targets  # seq2seq's teacher-forced decoder inputs come with the batch itself
+    assert set(targets) <= {target.name for target in spec.host.targets} <= set(feeds)
+    assert all(str(feeds[t.name].dtype) == t.dtype and feeds[t.name].ndim == len(t.shape) for t in spec.host.targets)
 
 
 def test_token_cls_labels_must_be_bio(fixtures_dir: Path, tmp_path: Path) -> None:

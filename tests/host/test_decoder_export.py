@@ -176,7 +176,7 @@ def test_decoder_and_training_graph_share_names_and_bytes(tmp_path: Path) -> Non
         batch = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_from_mask(mask)}
         training = export_training_graph(model, batch, ["logits"], folder / "train.onnx", OPSET)
         decoder = export_decoder_with_cache(model, folder / "decoder.onnx", OPSET, trainable_names(model))
-        train_proto, decoder_proto = onnx.load(str(training.path)), onnx.load(str(decoder.path))
+        train_proto, decoder_proto = training.model, onnx.load(str(decoder.path))
         train_init = {init.name: numpy_helper.to_array(init) for init in train_proto.graph.initializer}
         decoder_init = {init.name: numpy_helper.to_array(init) for init in decoder_proto.graph.initializer}
         assert set(decoder_init) == set(train_init) - set(trainable_names(model))  # every base weight is shared

@@ -30,7 +30,7 @@ from edge_sdk.device.backends.portable import PortableBackend
 from edge_sdk.errors import ConfigError
 from edge_sdk.graph.attributes import attribute
 from edge_sdk.host.build import build_bundle
-from edge_sdk.host.config import PEFT_METHODS, BuildConfig, LoraSettings, load_recipe
+from edge_sdk.host.config import ADAPTERS, LEGACY_METHODS, BuildConfig, LoraSettings, load_recipe
 from edge_sdk.host.export import peft_forward, sample_batch, weights_loaded
 from edge_sdk.host.model_loading import LoadedModel, load_for_task
 
@@ -44,7 +44,7 @@ needs_training_build = pytest.mark.skipif(not training_build_installed(),
 
 
 def _config(model: Path) -> BuildConfig:
-    return BuildConfig(model_dir=model, task="seq-cls", labels=LABELS, max_length=32, lora=LoraSettings(method="dora"))
+    return BuildConfig(model_dir=model, task="seq-cls", labels=LABELS, max_length=32, lora=LoraSettings(adapter="dora"))
 
 
 @pytest.fixture(scope="module")
@@ -123,24 +123,25 @@ def _graph_gradients(bundle: Path, weights: dict[str, np.ndarray], feeds: dict[s
     return float(loss), {name: m / 0.1 for name, m in zip(weights, moments, strict=True)}
 
 
-def test_dora_is_a_peft_method_and_unknown_methods_are_refused(tmp_path: Path) -> None:
-    assert "dora" in PEFT_METHODS
-    with pytest.raises(ConfigError, match="unknown PEFT method 'ia3'.*lora"):
-        LoraSettings(method="ia3").validate()
+def test_dora_is_an_adapter_and_unknown_ones_are_refused(tmp_path: Path) -> None:
+    assert "dora" in ADAPTERS and "dora" in LEGACY_METHODS
+    with pytest.raises(ConfigError, match="unknown adapter 'ia3'.*lora"):
+        LoraSettings(adapter="ia3").validate()
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'model = "{make_tiny_model(tmp_path / "m", "bert").as_posix()}"\ntask = "seq-cls"\n'
                       'labels = ["a", "b"]\n[peft]\nmethod = "dora"\nrank = 4\n', encoding="utf-8")
     config = load_recipe(recipe)
-    assert (config.lora.method, config.lora.rank) == ("dora", 4)
-    assert config.with_overrides(method="lora").lora.method == "lora"
-    assert config.with_overrides(method=None).lora.method == "dora"
+    assert (config.lora.adapter, config.lora.rank, config.base) == ("dora", 4, "float32")
+    assert config.with_overrides(method="lora").lora.adapter == "lora"
+    assert config.with_overrides(adapter="lora").lora.adapter == "lora"
+    assert config.with_overrides(method=None).lora.adapter == "dora"
 
 
 @pytest.mark.parametrize("built", KINDS, indirect=True)
 def test_build_trains_the_magnitudes_and_infers_with_them(built: tuple[Path, LoadedModel]) -> None:
     bundle, loaded = built
     manifest = open_bundle(bundle).manifest
-    assert manifest.peft["method"] == "dora"
+    assert manifest.adapter == manifest.peft["adapter"] == "dora"
     trainable = [spec.name for spec in manifest.trainable]
     magnitudes = [name for name in trainable if MAGNITUDE in name]
     # One magnitude per adapted layer (2 layers x 2 targets), with the LoRA pair beside it.
@@ -225,7 +226,7 @@ def test_cli_build_method_dora_and_unknown_method(tmp_path: Path) -> None:
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
     assert json.loads(result.stdout)["bundle"] == str(out.resolve())
     manifest = json.loads((out / "manifest.json").read_text())
-    assert (manifest["peft"]["method"], manifest["peft"]["rank"]) == ("dora", 4)
+    assert (manifest["peft"]["adapter"], manifest["peft"]["rank"]) == ("dora", 4)
     assert any(MAGNITUDE in spec["name"] for spec in manifest["trainable"])
 
     result = CliRunner().invoke(cli, ["build", str(model), "--task", "seq-cls", "--labels", "a,b", "--method", "vera",
@@ -238,7 +239,7 @@ def test_causal_lm_generation_graphs_carry_the_magnitudes(tmp_path: Path) -> Non
     """Llama DoRA for causal-lm: the build checks the KV-cache generation graphs against PEFT too."""
     model = make_tiny_model(tmp_path / "model", "llama", chat=True)
     config = BuildConfig(model_dir=model, task="causal-lm", labels=(), max_length=32,
-                         lora=LoraSettings(method="dora"))
+                         lora=LoraSettings(adapter="dora"))
     manifest = open_bundle(build_bundle(config, tmp_path / "bundle")).manifest
     assert any(MAGNITUDE in spec.name for spec in manifest.trainable)
     assert manifest.build["portable_max_relative_loss_difference"] < 1e-4

@@ -1,4 +1,4 @@
-"""`--precision int8`: the frozen-MatMul rewrite on hand-made graphs, and what an int8 build holds."""
+"""`--base int8-compute`: the frozen-MatMul rewrite on hand-made graphs, and what an int8 build holds."""
 
 from __future__ import annotations
 
@@ -204,19 +204,21 @@ def test_merged_export_of_an_int8_bundle_is_refused(fixtures_dir: Path, tmp_path
 
     bundle = open_bundle(fixtures_dir / "tiny-seq-cls-int8")
     weights = load_file(str(bundle.path(bundle.manifest.inference["initial_adapter"])))
-    with pytest.raises(AdapterError, match="--precision fp32"):
+    with pytest.raises(AdapterError, match="--base float32 or int8-storage"):
         export_merged_onnx(bundle, weights, tmp_path / "merged.onnx")
     assert not list(tmp_path.iterdir())
 
 
 def test_bad_precision_is_a_clear_error(tmp_path: Path, fixtures_dir: Path) -> None:
+    config = BuildConfig(model_dir=fixtures_dir / "tiny-model", task="seq-cls", labels=("a", "b"))
     with pytest.raises(ConfigError, match="unknown precision 'int4'; choose one of fp32, int8"):
-        BuildConfig(model_dir=fixtures_dir / "tiny-model", task="seq-cls", labels=("a", "b"),
-                    precision="int4").validate()
+        config.with_overrides(precision="int4")
+    with pytest.raises(ConfigError, match="unknown base 'int4'"):
+        BuildConfig(model_dir=fixtures_dir / "tiny-model", task="seq-cls", labels=("a", "b"), base="int4").validate()
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'model = "{(fixtures_dir / "tiny-model").resolve()}"\ntask = "seq-cls"\nlabels = ["a", "b"]\n'
                       'precision = "int8"\n')
-    assert load_recipe(recipe).precision == "int8"
+    assert load_recipe(recipe).base == "int8-compute"  # the legacy key still reads
     result = CliRunner().invoke(cli, ["build", str(recipe), "--out", str(tmp_path / "b"), "--precision", "bf16"])
     assert result.exit_code == 2 and "'bf16' is not one of 'fp32', 'int8'" in result.output
     assert not (tmp_path / "b").exists()
@@ -295,14 +297,14 @@ def test_activation_outliers_are_named_as_the_cause(tmp_path: Path) -> None:
 def test_the_int8_gate_names_the_likely_cause_and_leaves_nothing(fixtures_dir: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_sdk.errors import ExportError
-    from edge_sdk.host import int8_bundle
     from edge_sdk.host.build import build_bundle
+    from edge_sdk.host.stages import int8_compute
 
-    monkeypatch.setattr(int8_bundle, "MAX_OUTPUT_CHANGE", 0.0)  # any int8 change trips the gate
+    monkeypatch.setattr(int8_compute, "MAX_OUTPUT_CHANGE", 0.0)  # any int8 change trips the gate
     config = BuildConfig(model_dir=fixtures_dir / "tiny-model", task="seq-cls", labels=("a", "b"), max_length=32,
-                         precision="int8")
+                         base="int8-compute")
     with pytest.raises(ExportError, match=r"int8 moved the inference graph's 'logits' .*; likely cause: the integer "
                                           r"kernel computed exact products, and the largest int8 error enters at .*"
-                                          r"rounding of every layer adds up .*build it with --precision fp32"):
+                                          r"rounding of every layer adds up .*build it with --base float32"):
         build_bundle(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -26,7 +26,7 @@ from edge_sdk.errors import ExportError
 from edge_sdk.graph.row_quantization import quantize_rows
 from edge_sdk.host import quantize as quantize_module
 from edge_sdk.host.build import build_bundle
-from edge_sdk.host.config import BuildConfig, LoraSettings
+from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.export import torch_reference, weights_loaded
 from edge_sdk.host.model_loading import load_for_task
 from edge_sdk.host.quantize import (
@@ -44,8 +44,8 @@ RUN = TrainingSettings(epochs=1, learning_rate=1e-2, batch_size=8, seed=7)
 
 
 def _config(model_dir: Path, method: str, task: str = "seq-cls") -> BuildConfig:
-    return BuildConfig(model_dir=model_dir, task=task, labels=LABELS if task == "seq-cls" else (), max_length=32,
-                       lora=LoraSettings(method=method))
+    return BuildConfig(model_dir=model_dir, task=task, labels=LABELS if task == "seq-cls" else (),
+                       max_length=32).with_overrides(method=method)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_the_rewrite_refuses_a_graph_that_holds_other_values(bert: Path) -> None
 
 def test_every_graph_dequantizes_the_adapted_base_weights(bundles: dict[str, Path]) -> None:
     manifest = open_bundle(bundles["qlora"]).manifest
-    assert manifest.peft["method"] == "qlora"
+    assert (manifest.adapter, manifest.base, manifest.compute_precision) == ("lora", "int8-storage", "fp32")
     quantization = manifest.build["quantization"]
     assert quantization["weights"] == 4
     adapted = {f"base_model.model.bert.encoder.layer.{layer}.attention.self.{kind}.base_layer.weight"
@@ -309,4 +309,5 @@ def test_cli_builds_with_method_qlora(bert: Path, tmp_path: Path) -> None:
                                       "--method", "qlora", "--max-length", "32", "--out", str(tmp_path / "b"),
                                       "--json"])
     assert result.exit_code == 0, (result.stdout, result.stderr)
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["peft"]["method"] == "qlora"
+    peft = json.loads((tmp_path / "b" / "manifest.json").read_text())["peft"]
+    assert (peft["adapter"], peft["base"]) == ("lora", "int8-storage")  # --method qlora is an alias of both

@@ -19,10 +19,11 @@ from tiny_seq2seq import KINDS, make_tiny_seq2seq
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from edge_sdk.device.seq2seq_generation import Seq2SeqGenerator, teacher_forced_inputs
+from edge_sdk.device.seq2seq_generation import Seq2SeqGenerator
 from edge_sdk.errors import AdapterError, BundleError, ConfigError, ExportError
 from edge_sdk.host.artifacts import build_training_artifacts
 from edge_sdk.host.export import ExportedGraph, compare_outputs
+from edge_sdk.host.losses import loss_block
 from edge_sdk.host.model_loading import _zero_dropout_config, default_target_modules
 from edge_sdk.host.portable.weights import save_with_shared_weights
 from edge_sdk.host.seq2seq_export import (
@@ -32,7 +33,8 @@ from edge_sdk.host.seq2seq_export import (
     export_seq2seq_training_graph,
     generation_spec,
 )
-from edge_sdk.host.tasks import _cross_entropy_block
+from edge_sdk.tasks.seq2seq import SPEC as SEQ2SEQ
+from edge_sdk.tasks.seq2seq import teacher_forced_inputs
 
 SOURCES = ["the market and the bank", "alice and bob win the cup in paris", "the team won the league",
            "phone data chip", "music film star award show actor band album", "the minister and the party"]
@@ -126,8 +128,8 @@ def trained(exported: Exported) -> Trained:
     from onnxruntime.capi import _pybind_state as capi
 
     vocab = exported.graphs.decoder.shape.vocab_size
-    files = build_training_artifacts(exported.training, _cross_entropy_block(vocab, flatten=True),
-                                     exported.folder / "artifacts")
+    loss = loss_block(SEQ2SEQ.host.loss(vocab), SEQ2SEQ.host.outputs, SEQ2SEQ.host.targets, vocab)
+    files = build_training_artifacts(exported.training, loss, exported.folder / "artifacts")
     paths = {key: str(exported.folder / "artifacts" / name) for key, name in files.items()}
     device = capi.OrtDevice(capi.OrtDevice.cpu(), capi.OrtDevice.default_memory(), 0)
     options = capi.SessionOptions()

@@ -11,7 +11,7 @@ BACKEND_NAMES = ("auto", "ort-training", "portable")
 
 def create_backend(name: str, bundle: Bundle, threads: int | None = None) -> TrainingBackend:
     """Instantiate the training backend ``name`` for ``bundle`` (``auto`` picks what is installed)."""
-    supported = bundle.manifest.training.get("backends", [])
+    supported = bundle.manifest.training_backends
     if name not in BACKEND_NAMES:
         raise ConfigError(f"unknown training backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
     if name == "auto":
@@ -20,10 +20,11 @@ def create_backend(name: str, bundle: Bundle, threads: int | None = None) -> Tra
         chosen = "ort-training" if training_build_installed() and "ort-training" in supported else "portable"
     else:
         chosen = name
-    if chosen not in supported and bundle.manifest.inference.get("precision", "fp32") != "fp32":
-        raise ConfigError(f"bundle {str(bundle.root)!r} is an {bundle.manifest.inference['precision']} build, which "
-                          f"trains with the {', '.join(supported)} backend only (its frozen layers run in "
-                          f"{bundle.manifest.inference['precision']}); use --backend auto or portable")
+    precision = bundle.manifest.compute_precision
+    if chosen not in supported and precision != "fp32":
+        raise ConfigError(f"bundle {str(bundle.root)!r} is an {precision} build, which trains with the "
+                          f"{', '.join(supported)} backend only (its frozen layers run in {precision}); use "
+                          "--backend auto or portable")
     if chosen not in supported:
         raise ConfigError(
             f"bundle {str(bundle.root)!r} has no artifacts for backend {chosen!r}; it supports "

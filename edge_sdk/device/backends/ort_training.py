@@ -33,12 +33,24 @@ class OrtTrainingBackend:
     name = "ort-training"
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
-        self._capi = capi = _training_module()
         files = bundle.manifest.training["ort-training"]
-        self._paths = {key: str(bundle.path(path)) for key, path in files.items()}
-        self._options = profile_from_dict(bundle.manifest.profile).session_options(threads)
+        self._setup({key: str(bundle.path(path)) for key, path in files.items()}, bundle.manifest.profile,
+                    [spec.name for spec in bundle.manifest.trainable], threads)
+
+    @classmethod
+    def from_files(cls, paths: dict[str, str], profile: dict, trainable: list[str],
+                   threads: int | None = None) -> OrtTrainingBackend:
+        """A backend over artifacts that are not (yet) in a bundle: the build checks against them this way."""
+        backend = cls.__new__(cls)
+        backend._setup(paths, profile, trainable, threads)
+        return backend
+
+    def _setup(self, paths: dict[str, str], profile: dict, trainable: list[str], threads: int | None) -> None:
+        self._capi = capi = _training_module()
+        self._paths = paths
+        self._options = profile_from_dict(profile).session_options(threads)
         self._device = capi.OrtDevice(capi.OrtDevice.cpu(), capi.OrtDevice.default_memory(), 0)
-        self._trainable = [spec.name for spec in bundle.manifest.trainable]
+        self._trainable = list(trainable)
         self._input_order: list[str] = []
         self._optimizer = self._module = self._state = None
         self._open(None)

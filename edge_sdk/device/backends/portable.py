@@ -20,26 +20,45 @@ from edge_sdk.profiles import profile_from_dict
 _STATE_FILE = "portable-state.safetensors"
 
 
+def step_session_options(training: dict, profile: dict, threads: int | None = None):
+    """Session options of the training step: the profile's, without prepacking where the bundle says so."""
+    options = profile_from_dict(profile).session_options(threads)
+    if not training["portable"].get("prepack_weights", True):
+        # Prepacking keeps a packed copy of a weight per product reading it (the forward pass reads it
+        # transposed, the backward as stored): SmolLM2-135M's step 1,873 -> 1,256 MiB without, about 4% slower.
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    return options
+
+
 class PortableBackend:
     name = "portable"
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+        manifest = bundle.manifest
+        spec = manifest.training["portable"]
+        graph = bundle.path(spec["model"])
+        options = step_session_options(manifest.training, manifest.profile, threads)
+        self._setup(open_session(graph, options, profile_from_dict(manifest.profile).providers), graph, spec["names"],
+                    manifest.trainable, load_file(str(bundle.path(manifest.inference["initial_adapter"]))))
+
+    @classmethod
+    def from_session(cls, session, graph: Path | str, names: dict, trainable: list,
+                     initial: dict[str, np.ndarray]) -> PortableBackend:
+        """A backend over a step session made elsewhere (``graph`` names it in errors): the build checks its
+        in-memory step this way."""
+        backend = cls.__new__(cls)
+        backend._setup(session, graph, names, trainable, initial)
+        return backend
+
+    def _setup(self, session, graph: Path | str, names: dict, trainable: list, initial: dict[str, np.ndarray]) -> None:
         import onnxruntime
 
         self._ort = onnxruntime
-        manifest = bundle.manifest
-        spec = manifest.training["portable"]
-        profile = profile_from_dict(manifest.profile)
-        options = profile.session_options(threads)
-        if not spec.get("prepack_weights", True):
-            # Prepacking keeps a packed copy of a weight per product reading it (the forward pass reads it
-            # transposed, the backward as stored): SmolLM2-135M's step 1,873 -> 1,256 MiB without, about 4% slower.
-            options.add_session_config_entry("session.disable_prepacking", "1")
-        self._graph = bundle.path(spec["model"])
-        self._session = open_session(self._graph, options, profile.providers)
-        self._names = spec["names"]
-        self._trainable = [tensor.name for tensor in manifest.trainable]
-        self._shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in manifest.trainable}
+        self._session = session
+        self._graph = graph
+        self._names = names
+        self._trainable = [tensor.name for tensor in trainable]
+        self._shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in trainable}
         # Each state tensor (a parameter and its two moments, all of the parameter's shape):
         # (input name, output name, shape).
         self._state_names = [
@@ -50,7 +69,7 @@ class PortableBackend:
         self._buffers = [self._allocate(), self._allocate()]
         self._current = 0
         self._step = 0
-        self.load_weights(load_file(str(bundle.path(manifest.inference["initial_adapter"]))))
+        self.load_weights(initial)
 
     def _allocate(self) -> dict[str, object]:
         return {name: self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cpu", 0)

@@ -1,0 +1,19 @@
+"""The optimized inference graph: the forward graph with the adapter as inputs (so adapters switch per
+request) and training-only nodes removed. The exported graph becomes it in place: the training step
+has copied what it needs."""
+
+from __future__ import annotations
+
+from edge_sdk.bundle.layout import BASE_WEIGHTS, INFERENCE_GRAPH, INITIAL_ADAPTER
+from edge_sdk.host.pipeline import BuildState, Fragment, Stage
+
+
+def _run(state: BuildState, _writer, _draft) -> Fragment:
+    from edge_sdk.host.inference_graph import inference_model
+
+    state.graphs.add(INFERENCE_GRAPH, inference_model(state.exported.model, state.exported.trainable))
+    state.exported.model = None  # consumed: its weights now live in the graph set's pool
+    return {"inference": {"model": INFERENCE_GRAPH, "weights": BASE_WEIGHTS, "initial_adapter": INITIAL_ADAPTER}}
+
+
+STAGE = Stage("inference-graph", "optimizing the inference graph", _run)

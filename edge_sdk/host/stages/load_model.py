@@ -1,0 +1,77 @@
+"""Load the model and tokenizer for the task and apply the PEFT adapter (LoRA or DoRA)."""
+
+from __future__ import annotations
+
+import platform
+
+import edge_sdk
+from edge_sdk.bundle.layout import TOKENIZER_FILE
+from edge_sdk.host.pipeline import BuildState, Fragment, Stage
+
+
+def tokenizer_info(tokenizer) -> dict:
+    """What the device tokenizer cannot read from tokenizer.json: padding, the special tokens a chat
+    template names, and the template itself."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    return {
+        "file": TOKENIZER_FILE,
+        "pad_token_id": int(tokenizer.pad_token_id),
+        "padding_side": tokenizer.padding_side,
+        "bos_token": tokenizer.bos_token,
+        "bos_token_id": tokenizer.bos_token_id,
+        # Whether plain text starts with the begin-of-text token (Llama's tokenizers add it, SmolLM2's not).
+        "adds_bos": tokenizer.bos_token_id is not None and tokenizer("x").input_ids[:1] == [tokenizer.bos_token_id],
+        "eos_token": tokenizer.eos_token,
+        "eos_token_id": tokenizer.eos_token_id,
+        "chat_template": template,
+    }
+
+
+def _run(state: BuildState, _writer, _draft) -> Fragment:
+    import onnxruntime
+    import torch
+
+    from edge_sdk.host.model_loading import load_for_task
+
+    config = state.config
+    state.loaded = loaded = load_for_task(config)
+    head = loaded.model.get_output_embeddings()
+    # The outputs' class axis: the user's labels, or the vocabulary of a language model.
+    state.classes = len(config.labels) if state.spec.uses_labels else (
+        int(head.weight.shape[0]) if head is not None else 0)
+    state.initial = {name: p.detach().numpy().copy() for name, p in loaded.model.named_parameters()
+                     if p.requires_grad}
+    return {
+        "task": config.task,
+        "labels": list(config.labels),
+        "max_length": config.max_length,
+        "model": {
+            "source": config.source_description or str(config.model_dir),
+            "model_type": loaded.model_type,
+            "architecture": type(loaded.model.get_base_model()).__name__,
+            "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
+        },
+        "tokenizer": tokenizer_info(loaded.tokenizer),
+        "peft": {
+            "adapter": config.lora.adapter,
+            "base": config.base,
+            # Read by devices of SDK <= 0.x, which knew one method string; "dora" is the value they act on.
+            "method": config.lora.adapter,
+            "rank": config.lora.rank,
+            "alpha": config.lora.alpha,
+            "target_modules": loaded.target_modules,
+            "modules_to_save": loaded.modules_to_save,
+            "trainable_parameters": int(sum(v.size for v in state.initial.values())),
+        },
+        "profile": state.profile.to_dict(),
+        "sdk_version": edge_sdk.__version__,
+        "build": {
+            "seed": config.seed,
+            "opset": config.opset,
+            "host": {"python": platform.python_version(), "torch": torch.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+        },
+    }
+
+
+STAGE = Stage("load-model", "loading the model and applying the PEFT adapter", _run)
