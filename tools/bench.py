@@ -7,7 +7,7 @@ length and LoRA settings (all-MiniLM-L6-v2, LoRA r=8 on query/value, 5 BBC News 
 Measures, each in its own process of the right environment (host: torch; device: ONNX Runtime's training
 build; stock: the newest onnxruntime), warm-up first, then the median of repeated runs:
 
-- `edge-sdk build` time of the MiniLM bundle, fp32 and int8 (`--precision int8`);
+- `edge-sdk build` time of the MiniLM bundle, fp32 and int8 (`--base int8-compute`);
 - training step time: PyTorch vs the `ort-training` and `portable` backends (fp32, and int8 frozen weights);
 - peak resident memory of a whole personalization run (load, train on BBC News, evaluate) for each;
 - inference latency at batch 1 and 8, and throughput: PyTorch vs the fp32 and int8 bundles;
@@ -278,7 +278,7 @@ def build_bundles(settings: Settings) -> tuple[dict[str, Any], dict[str, Path | 
     make_tiny_model(tiny_model, settings)
     sources = {
         "fp32": (MINILM_RECIPE, settings, ()),
-        "int8": (MINILM_RECIPE, settings, ("--precision", "int8")),
+        "int8": (MINILM_RECIPE, settings, ("--base", "int8-compute")),
         "tiny": (tiny_model, settings, ("--task", "seq-cls", "--labels", BBC_LABELS)),
         "smollm2": (SMOLLM2_RECIPE, replace(settings, reuse_bundles=True), ()),
     }

@@ -9,7 +9,7 @@ This tool measures what that costs against full-range weights ([-127, 127]) in a
 any CPU. From the fp32 bundle's inference graph it makes four graphs with the adapter trained in fp32:
 
 - `fp32`: the float graph (the reference);
-- `int8 7-bit (shipped)`: what `--precision int8` builds;
+- `int8 7-bit (shipped)`: what `--base int8-compute` builds;
 - `int8 8-bit u8u8`: full-range weights stored as uint8 with zero point 128, which ONNX Runtime multiplies
   with a widening kernel: exact 8-bit arithmetic on every CPU (the accuracy 8-bit weights would have);
 - `int8 8-bit s8`: full-range int8 weights on the u8 x s8 kernel: exact where the CPU has VNNI,
@@ -37,7 +37,7 @@ VARIANTS = ("fp32", "int8 7-bit (shipped)", "int8 8-bit u8u8", "int8 8-bit s8")
 
 
 def int8_graph(fp32_graph, frozen: set[str], weight_max: int, unsigned: bool):
-    """The fp32 graph with its frozen products rewritten as `--precision int8` does, at ``weight_max``; with
+    """The fp32 graph with its frozen products rewritten as `--base int8-compute` does, at ``weight_max``; with
     ``unsigned`` the int8 weights are stored as uint8 (+128, zero point 128) for the widening kernel."""
     import onnx
     from onnx import numpy_helper

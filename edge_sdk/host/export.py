@@ -2,7 +2,7 @@
 
 Why the TorchScript exporter in TRAINING mode without constant folding: in EVAL mode it merges
 initializers with equal values (every zero-initialised LoRA B matrix becomes one tensor), which breaks
-gradient building; see DESIGN.md.
+gradient building; see docs/training-export.md.
 """
 
 from __future__ import annotations

@@ -99,7 +99,9 @@ class GraphSet:
         import onnxruntime
 
         model = self._models[relative]
-        options = options or onnxruntime.SessionOptions()
+        if options is None:
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3  # a check's session, not the device's: warnings would only be noise
         names = [tensor.name for tensor in model.graph.initializer if _is_external(tensor)]
         if names:
             options.add_external_initializers(

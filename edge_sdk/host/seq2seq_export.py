@@ -17,7 +17,7 @@ share one external weights file (``save_with_shared_weights``) and one adapter s
 Every graph is traced through the model's own Hugging Face modules (no re-implementation per family):
 positions (Marian/BART absolute, T5 relative bias) come from the cache length that transformers reads
 off the past tensors, which the TorchScript tracer records as a Shape op, so they stay right at every
-step. Why TorchScript in TRAINING mode without constant folding: see DESIGN.md and export.py.
+step. Why TorchScript in TRAINING mode without constant folding: see docs/training-export.md and export.py.
 """
 
 from __future__ import annotations

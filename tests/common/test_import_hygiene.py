@@ -1,4 +1,4 @@
-"""The device side must never need torch, transformers or peft (DESIGN.md)."""
+"""The device side must never need torch, transformers, peft or onnx (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real-model check of `--precision int8` (MiniLM-L6 on BBC News, portable step on stock onnxruntime):
+"""Real-model check of `--base int8-compute` (MiniLM-L6 on BBC News, portable step on stock onnxruntime):
 
 - the same trained adapter scores within 1.5 accuracy points on the int8 inference graph as on the fp32 one;
 - an adapter trained with the int8 training step scores within 1.5 points of one trained in fp32;
@@ -39,7 +39,7 @@ def bbc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     prepare_bbc(data, train_per_label=80, dev_per_label=20, test_per_label=60, seed=0)
     recipe = load_recipe(ROOT / "models" / "minilm-topics.toml")
     return {"data": data, "fp32": build_bundle(recipe, root / "fp32"),
-            "int8": build_bundle(recipe.with_overrides(precision="int8"), root / "int8")}
+            "int8": build_bundle(recipe.with_overrides(base="int8-compute"), root / "int8")}
 
 
 @pytest.mark.slow
