@@ -105,25 +105,40 @@ class Manifest:
             raise BundleError(f"{source} is missing or has a malformed field ({exc!r}); rebuild the bundle") from exc
 
     # --- typed reads of the sections (bundles of older SDKs included) ------------------------------------
+    # Readers use these instead of string keys: a renamed or moved key then changes here only.
+
+    @property
+    def peft_spec(self) -> PeftSpec:
+        return PeftSpec.from_manifest(self)
+
+    @property
+    def tokenizer_spec(self) -> TokenizerSpec:
+        return TokenizerSpec.from_dict(self.tokenizer)
+
+    @property
+    def inference_spec(self) -> InferenceSpec:
+        return InferenceSpec.from_dict(self.inference)
+
+    @property
+    def portable_step(self) -> PortableStepSpec:
+        return PortableStepSpec.from_dict(self.training["portable"])
+
+    @property
+    def ort_training_files(self) -> dict[str, str]:
+        """ONNX Runtime's training artifacts by key (training_model, eval_model, optimizer_model, checkpoint)."""
+        return dict(self.training.get("ort-training", {}))
 
     @property
     def adapter(self) -> str:
-        """How the adapter is parametrised: "lora" or "dora" (older bundles named it in ``peft.method``)."""
-        return self.peft.get("adapter") or ("dora" if self.peft.get("method") == "dora" else "lora")
+        return self.peft_spec.adapter
 
     @property
     def base(self) -> str:
-        """How the frozen base is stored and computes: "float32", "int8-storage" or "int8-compute"."""
-        if "base" in self.peft:
-            return self.peft["base"]
-        if self.compute_precision == "int8":
-            return "int8-compute"
-        return "int8-storage" if self.peft.get("method") == "qlora" else "float32"
+        return self.peft_spec.base
 
     @property
     def compute_precision(self) -> str:
-        """What the frozen linear layers of the graphs compute in: "fp32" or "int8"."""
-        return self.inference.get("precision", "fp32")
+        return self.inference_spec.precision
 
     @property
     def training_backends(self) -> list[str]:
@@ -135,11 +150,91 @@ class Manifest:
 
     @property
     def generation(self) -> dict[str, Any] | None:
-        """The generation graphs' spec of a text-generating bundle."""
-        return self.inference.get("generation")
+        return self.inference_spec.generation
 
     def file(self, path: str) -> FileEntry:
         for entry in self.files:
             if entry.path == path:
                 return entry
         raise BundleError(f"the manifest lists no file {path!r}; rebuild the bundle")
+
+
+@dataclass(frozen=True)
+class PeftSpec:
+    """The adapter: its kind, the frozen base's storage, and LoRA's shape."""
+
+    adapter: str                 # "lora" or "dora"
+    base: str                    # "float32", "int8-storage" or "int8-compute"
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    modules_to_save: list[str]   # modules trained whole (a new classifier head)
+    trainable_parameters: int
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> PeftSpec:
+        peft = manifest.peft
+        # Bundles before the two axes named both in one "method" string (and int8 compute in inference).
+        method = peft.get("method")
+        base = peft.get("base") or ("int8-compute" if manifest.inference.get("precision") == "int8"
+                                    else "int8-storage" if method == "qlora" else "float32")
+        return cls(adapter=peft.get("adapter") or ("dora" if method == "dora" else "lora"), base=base,
+                   rank=int(peft["rank"]), alpha=float(peft["alpha"]), target_modules=list(peft["target_modules"]),
+                   modules_to_save=list(peft.get("modules_to_save") or []),
+                   trainable_parameters=int(peft.get("trainable_parameters", 0)))
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What the device tokenizer needs beyond tokenizer.json."""
+
+    file: str
+    pad_token_id: int
+    padding_side: str
+    bos_token: str | None
+    bos_token_id: int | None
+    adds_bos: bool               # plain text starts with the begin-of-text token
+    eos_token: str | None
+    eos_token_id: int | None
+    chat_template: str | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerSpec:
+        return cls(file=data["file"], pad_token_id=int(data["pad_token_id"]),
+                   padding_side=data.get("padding_side", "right"), bos_token=data.get("bos_token"),
+                   bos_token_id=data.get("bos_token_id"), adds_bos=bool(data.get("adds_bos", False)),
+                   eos_token=data.get("eos_token"), eos_token_id=data.get("eos_token_id"),
+                   chat_template=data.get("chat_template"))
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """The inference graph, its shared weights, the initial adapter and what the frozen layers compute in."""
+
+    model: str
+    weights: str | None
+    initial_adapter: str
+    precision: str               # "fp32" or "int8"
+    int8_max_pair_sum: Any       # int8: the largest pair of integer products a stored matrix allows
+    generation: dict[str, Any] | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InferenceSpec:
+        return cls(model=data["model"], weights=data.get("weights"), initial_adapter=data["initial_adapter"],
+                   precision=data.get("precision", "fp32"), int8_max_pair_sum=data.get("int8_max_pair_sum"),
+                   generation=data.get("generation"))
+
+
+@dataclass(frozen=True)
+class PortableStepSpec:
+    """The portable training step: its graph, weights, whether to prepack, and its state tensors' names."""
+
+    model: str
+    weights: str | None
+    prepack_weights: bool
+    names: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PortableStepSpec:
+        return cls(model=data["model"], weights=data.get("weights"),
+                   prepack_weights=bool(data.get("prepack_weights", True)), names=data["names"])

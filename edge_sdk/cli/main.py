@@ -151,14 +151,15 @@ def inspect(bundle: Path, as_json: bool) -> None:
         emit_json(asdict(manifest) | {"adapters": adapters})
         return
     size = sum(entry.size for entry in manifest.files)
+    peft = manifest.peft_spec
     lines = [
         f"bundle      {opened.root}",
         f"task        {manifest.task}",
         f"labels      {', '.join(manifest.labels) or '(none: the task has no label list)'}",
         f"model       {manifest.model['architecture']} ({_count(manifest.model['parameters'])} parameters) "
         f"from {manifest.model['source']}",
-        f"adapter     {manifest.adapter} r={manifest.peft['rank']} alpha={manifest.peft['alpha']} on "
-        f"{', '.join(manifest.peft['target_modules'])}; trains {manifest.peft['trainable_parameters']:,} parameters",
+        f"adapter     {peft.adapter} r={peft.rank} alpha={peft.alpha:g} on {', '.join(peft.target_modules)}; "
+        f"trains {peft.trainable_parameters:,} parameters",
         f"base        {manifest.base}",
         f"inputs      {', '.join(spec.name for spec in manifest.inputs)} (max length {manifest.max_length})",
         f"backends    {', '.join(manifest.training_backends)}",

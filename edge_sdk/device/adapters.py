@@ -48,7 +48,8 @@ def check_adapter_name(name: str) -> str:
 
 def base_id(manifest: Manifest) -> str:
     """Identity of the frozen base an adapter belongs to: the inference graph and its weights."""
-    parts = [manifest.inference["model"], manifest.inference.get("weights")]
+    inference = manifest.inference_spec
+    parts = [inference.model, inference.weights]
     digests = "".join(manifest.file(path).sha256 for path in parts if path)
     return hashlib.sha256(digests.encode()).hexdigest()
 
@@ -99,7 +100,7 @@ class AdapterStore:
 
     def path(self, name: str) -> Path:
         if name == INITIAL:
-            return self.bundle.path(self.bundle.manifest.inference["initial_adapter"])
+            return self.bundle.path(self.bundle.manifest.inference_spec.initial_adapter)
         return self.folder / f"{check_adapter_name(name)}.safetensors"
 
     def exists(self, name: str) -> bool:
@@ -172,8 +173,8 @@ class AdapterStore:
             "base_id": self.base_id,
             "task": manifest.task,
             "adapter": manifest.adapter,
-            "rank": manifest.peft.get("rank"),
-            "target_modules": manifest.peft.get("target_modules"),
+            "rank": manifest.peft_spec.rank,
+            "target_modules": manifest.peft_spec.target_modules,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "sdk_version": manifest.sdk_version,
             "training": training,

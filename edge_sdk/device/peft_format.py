@@ -37,17 +37,17 @@ def peft_key(name: str) -> str:
 
 def peft_config(manifest: Manifest) -> dict[str, Any]:
     """adapter_config.json for the bundle's adapter settings."""
-    peft = manifest.peft
+    peft = manifest.peft_spec
     return {
         "peft_type": "LORA",
         "task_type": TASKS[manifest.task].peft_task_type if manifest.task in TASKS else None,
         "base_model_name_or_path": manifest.model.get("source"),
-        "r": peft["rank"],
-        "lora_alpha": peft["alpha"],
+        "r": peft.rank,
+        "lora_alpha": peft.alpha,
         "lora_dropout": 0.0,
-        "target_modules": list(peft["target_modules"]),
-        "modules_to_save": list(peft.get("modules_to_save") or []) or None,
-        "use_dora": manifest.adapter == "dora",
+        "target_modules": list(peft.target_modules),
+        "modules_to_save": list(peft.modules_to_save) or None,
+        "use_dora": peft.adapter == "dora",
         "bias": "none",
         "fan_in_fan_out": False,
         "init_lora_weights": True,
@@ -72,17 +72,17 @@ def export_peft(manifest: Manifest, weights: dict[str, np.ndarray], out: Path, o
 
 def _check_settings(config: dict[str, Any], manifest: Manifest, folder: Path) -> None:
     """A PEFT adapter fits only a bundle built with the same LoRA shape and targets."""
-    peft = manifest.peft
+    peft = manifest.peft_spec
     problems = []
     if config.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type {config.get('peft_type')!r} (only LORA adapters load)")
-    for key, ours in (("r", peft["rank"]), ("lora_alpha", peft["alpha"])):
+    for key, ours in (("r", peft.rank), ("lora_alpha", peft.alpha)):
         if float(config.get(key, -1)) != float(ours):
             problems.append(f"{key} {config.get(key)!r} vs the bundle's {ours!r}")
     targets = config.get("target_modules")
     targets = sorted(targets) if isinstance(targets, list) else targets
-    if targets != sorted(peft["target_modules"]):
-        problems.append(f"target_modules {targets!r} vs the bundle's {sorted(peft['target_modules'])!r}")
+    if targets != sorted(peft.target_modules):
+        problems.append(f"target_modules {targets!r} vs the bundle's {sorted(peft.target_modules)!r}")
     if bool(config.get("use_dora")) != (manifest.adapter == "dora"):
         problems.append(f"use_dora {bool(config.get('use_dora'))} vs the bundle's adapter {manifest.adapter!r}")
     if problems:

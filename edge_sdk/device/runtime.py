@@ -44,7 +44,7 @@ class DeviceBundle:
         self.manifest = manifest
         self.labels = list(manifest.labels)
         self.threads = threads
-        self.tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer["file"]), manifest)
+        self.tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer_spec.file), manifest)
         self.task = device_task(manifest, self.tokenizer)
         self.spec = TASKS[manifest.task]
         self.adapters = AdapterStore(bundle)
@@ -72,7 +72,7 @@ class DeviceBundle:
 
     def _inference_session(self):
         if self._session is None:
-            self._session = self._session_for(self.manifest.inference["model"])
+            self._session = self._session_for(self.manifest.inference_spec.model)
         return self._session
 
     def _rows_per_batch(self, length: int) -> int:
@@ -138,7 +138,7 @@ class DeviceBundle:
 
     def _generator(self):
         if self._decoder is None:
-            spec = self.manifest.inference["generation"]
+            spec = self.manifest.generation
             if self.spec.generation == "encoder-decoder":
                 from edge_sdk.device.seq2seq_generation import Seq2SeqGenerator
 
@@ -169,7 +169,7 @@ class DeviceBundle:
         if num_beams != 1:
             raise ConfigError("beam search is for seq2seq bundles; causal-lm generation samples or picks greedily")
         prompt_ids = self.task.prompt_ids(prompt, chat)
-        limit = self.manifest.inference["generation"].get("max_positions")
+        limit = self.manifest.generation.get("max_positions")
         if limit and len(prompt_ids) + settings.max_new_tokens > limit:
             raise ConfigError(f"the prompt is {len(prompt_ids)} tokens; with {settings.max_new_tokens} new tokens "
                               f"that exceeds the model's {limit} positions; shorten the prompt or --max-new-tokens")
@@ -184,7 +184,7 @@ class DeviceBundle:
                               "are for causal-lm bundles")
         started = time.perf_counter()
         (ids, _), = self.tokenizer.encode_full([source])
-        spec = self.manifest.inference["generation"]
+        spec = self.manifest.generation
         eos = set(spec["generation"]["eos_token_ids"])
         # A decoder with absolute positions cannot go past its table: stop there, as transformers does.
         limit = spec["decoder"].get("max_positions")
@@ -228,7 +228,7 @@ class DeviceBundle:
         """
         settings = settings or TrainingSettings()
         settings.validate()
-        limit = self.manifest.training.get("max_batch_size")
+        limit = self.manifest.max_batch_size
         if limit and settings.batch_size > limit:
             raise ConfigError(f"batch size {settings.batch_size} is above this bundle's limit of {limit} (set by its "
                               f"recipe to bound training memory); use --batch-size {limit} or less")

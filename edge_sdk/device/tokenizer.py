@@ -35,8 +35,8 @@ class BundleTokenizer:
         self._tokenizer.no_padding()
         self._max_length = manifest.max_length
         self._tokenizer.enable_truncation(max_length=manifest.max_length)
-        self._pad_id = int(manifest.tokenizer["pad_token_id"])
-        self._left_pad = manifest.tokenizer.get("padding_side", "right") == "left"
+        self._pad_id = manifest.tokenizer_spec.pad_token_id
+        self._left_pad = manifest.tokenizer_spec.padding_side == "left"
         self._input_names = [spec.name for spec in manifest.inputs]
 
     def encode_full(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -90,9 +90,9 @@ def merged_model(bundle: Bundle, weights: dict[str, np.ndarray]) -> onnx.ModelPr
     """The bundle's inference graph with ``weights`` merged in (see module docstring)."""
     manifest = bundle.manifest
     method = manifest.adapter
-    model = onnx.load(str(bundle.path(manifest.inference["model"])))  # external base weights loaded too
+    model = onnx.load(str(bundle.path(manifest.inference_spec.model)))  # external base weights loaded too
     graph = model.graph
-    scale = float(manifest.peft["alpha"]) / float(manifest.peft["rank"])
+    scale = manifest.peft_spec.alpha / manifest.peft_spec.rank
     for name in [n for n in weights if n.endswith(_LORA_A)]:
         prefix = name[: -len(_LORA_A)]
         base_name = prefix + _BASE
@@ -125,7 +125,7 @@ def _sample_feeds(bundle: Bundle, session) -> dict[str, np.ndarray]:
     from edge_sdk.device.tokenizer import BundleTokenizer
 
     manifest = bundle.manifest
-    tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer["file"]), manifest)
+    tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer_spec.file), manifest)
     batch = tokenizer(["The results beat expectations and the shares rose.", "Rain later today."])
     feeds = {}
     for value in session.get_inputs():
@@ -138,7 +138,7 @@ def _sample_feeds(bundle: Bundle, session) -> dict[str, np.ndarray]:
 def check_merged(bundle: Bundle, weights: dict[str, np.ndarray], merged: onnx.ModelProto, path: Path) -> float:
     """Run the bundle's graph with the adapter fed and the merged graph on the same tokens; raise beyond
     1e-3 (the merge reorders float sums). Returns the largest difference."""
-    original = cpu_session(bundle.path(bundle.manifest.inference["model"]))
+    original = cpu_session(bundle.path(bundle.manifest.inference_spec.model))
     candidate = cpu_session(path)
     feeds = _sample_feeds(bundle, candidate)
     names = [output.name for output in merged.graph.output]

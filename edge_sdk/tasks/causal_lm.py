@@ -37,13 +37,13 @@ class CausalLmTask:
     higher_is_better = False
 
     def __init__(self, tokenizer, manifest: Manifest) -> None:
-        info = manifest.tokenizer
+        info = manifest.tokenizer_spec
         self.tokenizer = tokenizer
         self.max_length = manifest.max_length
-        self.chat_template: str | None = info.get("chat_template")
-        self.special_tokens = {"bos_token": info.get("bos_token"), "eos_token": info.get("eos_token")}
-        self.bos_id: int | None = info.get("bos_token_id") if info.get("adds_bos") else None
-        self.eos_id: int | None = info.get("eos_token_id")
+        self.chat_template: str | None = info.chat_template
+        self.special_tokens = {"bos_token": info.bos_token, "eos_token": info.eos_token}
+        self.bos_id: int | None = info.bos_token_id if info.adds_bos else None
+        self.eos_id: int | None = info.eos_token_id
 
     # --- text → token ids ------------------------------------------------------------------------------
 

@@ -68,7 +68,7 @@ class Seq2SeqTask:
 
     def __init__(self, tokenizer, manifest: Manifest) -> None:
         self.tokenizer = tokenizer
-        generation = manifest.inference["generation"]["generation"]
+        generation = manifest.generation["generation"]
         self.start_id = int(generation["decoder_start_token_id"])
         self.pad_id = int(generation["pad_token_id"])
 

@@ -33,7 +33,7 @@ class OrtTrainingBackend:
     name = "ort-training"
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
-        files = bundle.manifest.training["ort-training"]
+        files = bundle.manifest.ort_training_files
         self._setup({key: str(bundle.path(path)) for key, path in files.items()}, bundle.manifest.profile,
                     [spec.name for spec in bundle.manifest.trainable], threads)
 

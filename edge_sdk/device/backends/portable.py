@@ -20,10 +20,10 @@ from edge_sdk.profiles import profile_from_dict
 _STATE_FILE = "portable-state.safetensors"
 
 
-def step_session_options(training: dict, profile: dict, threads: int | None = None):
+def step_session_options(prepack_weights: bool, profile: dict, threads: int | None = None):
     """Session options of the training step: the profile's, without prepacking where the bundle says so."""
     options = profile_from_dict(profile).session_options(threads)
-    if not training["portable"].get("prepack_weights", True):
+    if not prepack_weights:
         # Prepacking keeps a packed copy of a weight per product reading it (the forward pass reads it
         # transposed, the backward as stored): SmolLM2-135M's step 1,873 -> 1,256 MiB without, about 4% slower.
         options.add_session_config_entry("session.disable_prepacking", "1")
@@ -35,11 +35,11 @@ class PortableBackend:
 
     def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
         manifest = bundle.manifest
-        spec = manifest.training["portable"]
-        graph = bundle.path(spec["model"])
-        options = step_session_options(manifest.training, manifest.profile, threads)
-        self._setup(open_session(graph, options, profile_from_dict(manifest.profile).providers), graph, spec["names"],
-                    manifest.trainable, load_file(str(bundle.path(manifest.inference["initial_adapter"]))))
+        step = manifest.portable_step
+        graph = bundle.path(step.model)
+        options = step_session_options(step.prepack_weights, manifest.profile, threads)
+        self._setup(open_session(graph, options, profile_from_dict(manifest.profile).providers), graph, step.names,
+                    manifest.trainable, load_file(str(bundle.path(manifest.inference_spec.initial_adapter))))
 
     @classmethod
     def from_session(cls, session, graph: Path | str, names: dict, trainable: list,

@@ -12,7 +12,8 @@ def portable_backend(state: BuildState, draft: Fragment):
     from edge_sdk.device.backends.portable import PortableBackend, step_session_options
 
     training = draft["training"]
-    session = state.graphs.session(TRAIN_STEP_GRAPH, step_session_options(training, draft["profile"]))
+    options = step_session_options(training["portable"]["prepack_weights"], draft["profile"])
+    session = state.graphs.session(TRAIN_STEP_GRAPH, options)
     return PortableBackend.from_session(session, f"the build's {TRAIN_STEP_GRAPH}", training["portable"]["names"],
                                         draft["trainable"], state.initial)
 
