@@ -1,22 +1,27 @@
-"""The one place tasks are registered: a task is one module with a ``SPEC`` and one line below.
+"""The one place tasks are registered: a task is one module under ``edge_sdk.tasks`` with a ``SPEC`` (a
+:class:`~edge_sdk.tasks.spec.TaskSpec`) and one line in ``TASK_MODULES``.
 
 A registered task without an end-to-end device test fails ``tests/device/test_tasks_e2e.py``, and one
-without a build test fails ``tests/host/test_build.py``.
+whose host half does not resolve fails ``tests/host/test_build.py``.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+
 from edge_sdk.errors import BundleError, ConfigError
-from edge_sdk.tasks import causal_lm, qa, seq2seq, seq_cls, token_cls
 from edge_sdk.tasks.spec import TaskSpec
 
-TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (
-    seq_cls.SPEC,
-    token_cls.SPEC,
-    qa.SPEC,
-    causal_lm.SPEC,
-    seq2seq.SPEC,
-)}
+TASK_MODULES = (
+    "seq_cls",
+    "token_cls",
+    "qa",
+    "causal_lm",
+    "seq2seq",
+)
+
+TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (import_module(f"edge_sdk.tasks.{module}").SPEC
+                                                           for module in TASK_MODULES)}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 
 
