@@ -41,6 +41,24 @@ def write_topic_data(path: Path, count: int, seed: int) -> Path:
     return path
 
 
+def write_multi_label_data(path: Path, count: int, seed: int, csv: bool = False) -> Path:
+    """Texts with the words of none, one or two topics among filler; the labels are those topics. CSV cells
+    separate labels with ';' (an empty cell: none)."""
+    rng = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        if csv:
+            handle.write("text,labels\n")
+        for _ in range(count):
+            topics = sorted(rng.sample(LABELS, rng.choice((0, 1, 1, 2))))
+            words = [word for topic in topics for word in rng.choices(TOPIC_WORDS[topic], k=3)]
+            words += rng.choices(FILLER, k=8 - len(words))
+            rng.shuffle(words)
+            text = " ".join(words)
+            handle.write(f"{text},{';'.join(topics)}\n" if csv else json.dumps({"text": text, "labels": topics}) + "\n")
+    return path
+
+
 PEOPLE = ("alice", "bob", "carol", "dave")
 PLACES = ("paris", "london", "berlin", "tokyo")
 NER_TAGS = ("O", "B-LOC", "I-LOC", "B-PER", "I-PER")
@@ -121,8 +139,8 @@ def write_seq2seq_data(path: Path, count: int, seed: int) -> Path:
 
 def make_fixtures(root: Path) -> Path:
     """Write ``tiny-model/``, bundles ``tiny-seq-cls/``, ``other-seq-cls/``, ``tiny-token-cls/``, ``tiny-qa/``,
-    ``tiny-causal-lm/``, ``tiny-seq2seq/``, their ``-int8`` builds for seq-cls, causal-lm and seq2seq, and
-    ``data/``."""
+    ``tiny-causal-lm/``, ``tiny-seq2seq/``, ``tiny-multi-label/``, their ``-int8`` builds for seq-cls, causal-lm,
+    seq2seq and multi-label, and ``data/``."""
     from edge_sdk.host.build import build_bundle
     from edge_sdk.host.config import BuildConfig
 
@@ -137,6 +155,8 @@ def make_fixtures(root: Path) -> Path:
     build_bundle(BuildConfig(model_dir=model, task="token-cls", labels=NER_TAGS, max_length=32),
                  root / "tiny-token-cls", overwrite=True)
     build_bundle(BuildConfig(model_dir=model, task="qa", labels=(), max_length=32), root / "tiny-qa", overwrite=True)
+    build_bundle(BuildConfig(model_dir=model, task="multi-label", labels=LABELS, max_length=32),
+                 root / "tiny-multi-label", overwrite=True)
     chat_model = make_tiny_chat_llama(root / "tiny-chat-model", seed=0)
     build_bundle(BuildConfig(model_dir=chat_model, task="causal-lm", labels=(), max_length=32),
                  root / "tiny-causal-lm", overwrite=True)
@@ -147,7 +167,8 @@ def make_fixtures(root: Path) -> Path:
     # (decoder with a KV cache; encoder + cached decoder).
     for name, config in (("tiny-seq-cls-int8", BuildConfig(model_dir=model, task="seq-cls", labels=LABELS)),
                          ("tiny-causal-lm-int8", BuildConfig(model_dir=chat_model, task="causal-lm", labels=())),
-                         ("tiny-seq2seq-int8", BuildConfig(model_dir=seq2seq_model, task="seq2seq", labels=()))):
+                         ("tiny-seq2seq-int8", BuildConfig(model_dir=seq2seq_model, task="seq2seq", labels=())),
+                         ("tiny-multi-label-int8", BuildConfig(model_dir=model, task="multi-label", labels=LABELS))):
         build_bundle(replace(config, max_length=32, base="int8-compute"), root / name, overwrite=True)
     write_seq2seq_data(root / "data" / "s2s-train.jsonl", 96, seed=9)
     write_seq2seq_data(root / "data" / "s2s-dev.jsonl", 48, seed=10)
@@ -157,6 +178,8 @@ def make_fixtures(root: Path) -> Path:
     write_chat_data(root / "data" / "chat-dev.jsonl", 48, seed=8)
     write_ner_data(root / "data" / "ner-train.jsonl", 96, seed=3)
     write_ner_data(root / "data" / "ner-dev.jsonl", 48, seed=4)
+    write_multi_label_data(root / "data" / "multi-train.jsonl", 96, seed=11)
+    write_multi_label_data(root / "data" / "multi-dev.csv", 48, seed=12, csv=True)
     write_topic_data(root / "data" / "train.jsonl", 96, seed=1)
     write_topic_data(root / "data" / "dev.jsonl", 48, seed=2)
     record_reference_losses(root)

@@ -18,6 +18,7 @@ TASK_MODULES = (
     "qa",
     "causal_lm",
     "seq2seq",
+    "multi_label",
 )
 
 TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in (import_module(f"edge_sdk.tasks.{module}").SPEC

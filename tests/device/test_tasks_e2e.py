@@ -40,11 +40,13 @@ CASES = {
                       "match goal"),
     "seq2seq": Case("tiny-seq2seq", "s2s-train.jsonl", "s2s-dev.jsonl", {"perplexity", "tokens"},
                     "match goal the team"),
+    "multi-label": Case("tiny-multi-label", "multi-train.jsonl", "multi-dev.csv",
+                        {"micro_f1", "macro_f1", "subset_accuracy"}, "goal in the cup market"),
 }
-# --base int8-compute bundles (int8 frozen linear layers in every graph, portable step only): one classifier
+# --base int8-compute bundles (int8 frozen linear layers in every graph, portable step only): the two classifiers
 # and both generating families.
 INT8_CASES = {f"{task} int8": Case(CASES[task].bundle + "-int8", *list(vars(CASES[task]).values())[1:])
-              for task in ("seq-cls", "causal-lm", "seq2seq")}
+              for task in ("seq-cls", "causal-lm", "seq2seq", "multi-label")}
 GENERATES = {"causal-lm", "seq2seq"}
 SETTINGS = TrainingSettings(epochs=3, learning_rate=2e-2, batch_size=16, seed=1)
 

@@ -15,11 +15,12 @@ Each check evaluates the untrained head (adapter ``initial``), personalizes, eva
 looks at ``infer --json`` for one text, prints before/after micro-F1, macro-F1 and subset accuracy and saves
 them to build/slow-results/multi-label-<data>.json.
 
-NOT YET CALIBRATED: the multi-label task was written alongside these checks, so they have never run. The
-bars below are guesses erring low (from the single-label checks: BBC topics reach 0.85+ accuracy after 3
-epochs on 400 articles; NER on the same tweets reaches entity F1 0.32 after 12 epochs), and the epochs are
-chosen to keep training near a minute or two on 2 cores. Replace the bars with the first run's numbers less
-a margin, and note those numbers here.
+Measured (2 cores, AVX2, 2026-12-01; the bars leave room for platform noise):
+
+- tweets: micro-F1 0.099 -> 0.366, macro-F1 0.086 -> 0.310, subset accuracy 0.000 -> 0.600 (8 epochs, 74 s
+  of training). Without the loss's per-label positive weights the same run stayed at micro-F1 0.000
+  (it learned to predict no label); see edge_sdk/tasks/multi_label.py.
+- digests: micro-F1 0.436 -> 0.897, macro-F1 0.430 -> 0.898, subset accuracy 0.030 -> 0.723 (4 epochs, 88 s).
 """
 
 from __future__ import annotations
@@ -44,23 +45,23 @@ RESULTS = ROOT / "build" / "slow-results"
 # rare NER tags did), hence more epochs and a longer warm-up than for the digests.
 TWEETS = {"train": 600, "dev": 150, "test": 400, "seed": 0}
 TWEET_TRAINING = {"epochs": 8, "lr": 3e-3, "warmup": 0.2, "batch_size": 16}
-# Bars to calibrate from the first run (see the module docstring). An untrained head with probabilities
+# Bars from the measured run (module docstring) less a margin. An untrained head with probabilities
 # near 0.5 predicts about half the labels everywhere: precision near the 5% of (tweet, type) pairs that are
 # positive, micro-F1 about 0.1.
-TWEET_MAX_BEFORE_MICRO_F1 = 0.25
-TWEET_MIN_AFTER_MICRO_F1 = 0.25
-TWEET_MIN_MICRO_F1_GAIN = 0.10
+TWEET_MAX_BEFORE_MICRO_F1 = 0.2
+TWEET_MIN_AFTER_MICRO_F1 = 0.28
+TWEET_MIN_MICRO_F1_GAIN = 0.18
 
 # Digests: 38 steps an epoch; topics are easy for MiniLM (single-label BBC: 0.85+ after 3 epochs).
 DIGESTS = {"train": 600, "dev": 150, "test": 300, "seed": 0}
 DIGEST_TRAINING = {"epochs": 4, "lr": 2e-3, "warmup": 0.1, "batch_size": 16}
 DIGEST_LABELS = "business,entertainment,politics,sports,tech"
-# Bars to calibrate from the first run. Before: 30% of (digest, topic) pairs are positive, so a head
+# Bars from the measured run less a margin. Before: 30% of (digest, topic) pairs are positive, so a head
 # predicting half (or all) of the labels scores micro-F1 about 0.38 (0.46); no bar, only the gain.
-DIGEST_MIN_AFTER_MICRO_F1 = 0.65
-DIGEST_MIN_AFTER_MACRO_F1 = 0.60
-DIGEST_MIN_AFTER_SUBSET_ACCURACY = 0.30  # both topics of a pair must be exactly right
-DIGEST_MIN_MICRO_F1_GAIN = 0.20
+DIGEST_MIN_AFTER_MICRO_F1 = 0.82
+DIGEST_MIN_AFTER_MACRO_F1 = 0.82
+DIGEST_MIN_AFTER_SUBSET_ACCURACY = 0.6  # both topics of a pair must be exactly right
+DIGEST_MIN_MICRO_F1_GAIN = 0.35
 
 METRICS = ("micro_f1", "macro_f1", "subset_accuracy", "loss")
 
@@ -114,7 +115,7 @@ def check_infer(bundle: Path, text: str, labels: list[str]) -> dict:
     probabilities = prediction["probabilities"]
     assert sorted(probabilities) == sorted(labels)
     assert all(0.0 <= p <= 1.0 for p in probabilities.values())
-    assert set(prediction["labels"]) == {label for label, p in probabilities.items() if p > 0.5}
+    assert set(prediction["labels"]) == {label for label, p in probabilities.items() if p >= 0.5}
     everything, = stock("infer", str(bundle), "--text", text, "--threshold", "0")["predictions"]
     assert set(everything["labels"]) == set(labels)  # every sigmoid output is above 0
     return prediction
