@@ -4,8 +4,9 @@ entity types a tweet mentions), one sigmoid per label, trained with binary cross
 Data schema: one record per example with a non-empty ``text`` and, for training or evaluation,
 ``labels``: a JSON list of label names (possibly empty), or in CSV a cell of ``;``-separated names
 (an empty cell: no label). ``evaluate`` reports micro- and macro-F1 and subset accuracy (every label of
-the example right) at the decision threshold, and the loss training minimises (below); ``infer`` returns the labels whose probability reaches the
-threshold (``--threshold``, default 0.5) with every label's probability. Device-safe: numpy only.
+the example right) at the decision threshold, and the loss training minimises (below); ``infer``
+returns the labels whose probability reaches the threshold (``--threshold``, default 0.5) with every
+label's probability. Device-safe: numpy only.
 
 Labels are usually rare (a tweet names a film far less often than it names nobody), and plain binary
 cross-entropy then learns to predict no label at all: on the tweets data set (5% of tweet-type pairs
