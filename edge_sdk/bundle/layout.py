@@ -7,6 +7,7 @@ from __future__ import annotations
 MANIFEST = "manifest.json"
 GRAPHS_DIR = "portable"                      # graphs that share one weights file sit in its folder
 INFERENCE_GRAPH = f"{GRAPHS_DIR}/inference.onnx"
+FORWARD_GRAPH = f"{GRAPHS_DIR}/forward.onnx"    # the build's exported training graph; becomes INFERENCE_GRAPH
 TRAIN_STEP_GRAPH = f"{GRAPHS_DIR}/train_step.onnx"
 BASE_WEIGHTS = f"{GRAPHS_DIR}/base.weights"
 INITIAL_ADAPTER = "adapters/initial.safetensors"

@@ -77,6 +77,11 @@ class GraphSet:
         self._drop_unreferenced()
         self.add(relative, model)
 
+    def pop(self, relative: str) -> onnx.ModelProto:
+        """Take the graph at ``relative`` out of the set (as held); its pooled weights stay for the graph that
+        replaces it."""
+        return self._models.pop(relative)
+
     def model(self, relative: str) -> onnx.ModelProto:
         """The graph as held (large initializers external): for reading its structure."""
         return self._models[relative]

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+from edge_sdk.bundle.layout import FORWARD_GRAPH
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
 
 def _run(state: BuildState, _writer, _draft) -> Fragment:
-    import onnxruntime
-
     from edge_sdk.host.export import compare_outputs, torch_reference
 
     names = list(state.spec.host.outputs)
     reference = torch_reference(state.loaded.model, state.validation_batch, names)
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3  # the raw export has unused constants ORT would list one by one
-    session = onnxruntime.InferenceSession(state.exported.model.SerializeToString(), options,
-                                           providers=["CPUExecutionProvider"])
-    exported = dict(zip(names, session.run(names, state.validation_batch), strict=True))
+    exported = dict(zip(names, state.graphs.session(FORWARD_GRAPH).run(names, state.validation_batch), strict=True))
     diffs = compare_outputs(reference, exported, "the exported training graph")
     quantization = {}
     if state.base_rewrite is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge_sdk.bundle.layout import FORWARD_GRAPH
 from edge_sdk.bundle.manifest import TensorSpec
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
@@ -53,6 +54,10 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
                                          per_token=host.per_token)
     if state.base_rewrite is not None:  # before the artifacts: the training graphs dequantize too
         exported = state.base_rewrite.rewrite_exported(exported)
+    # From here the graph's weights live once, in the graph set's pool; the later stages read the graph
+    # there (the training step and the inference graph refer to the same pooled weights).
+    state.graphs.add(FORWARD_GRAPH, exported.model)
+    exported.model = None
     state.exported = exported
     state.step_feeds = state.validation_batch | host.sample_targets(state.validation_batch, state.classes,
                                                                     np.random.default_rng(config.seed))

@@ -4,15 +4,14 @@ has copied what it needs."""
 
 from __future__ import annotations
 
-from edge_sdk.bundle.layout import BASE_WEIGHTS, INFERENCE_GRAPH, INITIAL_ADAPTER
+from edge_sdk.bundle.layout import BASE_WEIGHTS, FORWARD_GRAPH, INFERENCE_GRAPH, INITIAL_ADAPTER
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
 
 def _run(state: BuildState, _writer, _draft) -> Fragment:
     from edge_sdk.host.inference_graph import inference_model
 
-    state.graphs.add(INFERENCE_GRAPH, inference_model(state.exported.model, state.exported.trainable))
-    state.exported.model = None  # consumed: its weights now live in the graph set's pool
+    state.graphs.add(INFERENCE_GRAPH, inference_model(state.graphs.pop(FORWARD_GRAPH), state.exported.trainable))
     return {"inference": {"model": INFERENCE_GRAPH, "weights": BASE_WEIGHTS, "initial_adapter": INITIAL_ADAPTER}}
 
 

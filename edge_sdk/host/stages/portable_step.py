@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx
 
-from edge_sdk.bundle.layout import BASE_WEIGHTS, TRAIN_STEP_GRAPH
+from edge_sdk.bundle.layout import BASE_WEIGHTS, FORWARD_GRAPH, TRAIN_STEP_GRAPH
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
 
@@ -15,7 +15,8 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
     step = build_train_step(
         onnx.load(str(state.ort_dir / state.ort_artifacts["training_model"])),
         onnx.load(str(state.ort_dir / state.ort_artifacts["optimizer_model"])),
-        frozen_values={init.name: init for init in exported.model.graph.initializer},
+        # The pooled weights' placeholders: the step refers to the same pool entries as the other graphs.
+        frozen_values={init.name: init for init in state.graphs.model(FORWARD_GRAPH).graph.initializer},
         trainable=exported.trainable,
         batch_inputs=[*state.input_names, *(target.name for target in state.spec.host.targets)],
     )

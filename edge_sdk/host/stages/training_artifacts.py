@@ -4,7 +4,9 @@ them for the ort-training backend (an int8-compute one does not: ORT has no grad
 
 from __future__ import annotations
 
-from edge_sdk.bundle.layout import ORT_TRAINING_DIR
+import dataclasses
+
+from edge_sdk.bundle.layout import FORWARD_GRAPH, ORT_TRAINING_DIR
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
 
@@ -15,7 +17,9 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
     host = state.spec.host
     state.ship_ort_artifacts = state.config.base != "int8-compute"
     loss = loss_block(host.loss(state.classes), host.outputs, host.targets, state.classes)
-    state.ort_artifacts = build_training_artifacts(state.exported, loss, state.ort_dir)
+    # The artifact builder needs the weights inline (its checkpoint stores them): a transient copy.
+    exported = dataclasses.replace(state.exported, model=state.graphs.materialized(FORWARD_GRAPH))
+    state.ort_artifacts = build_training_artifacts(exported, loss, state.ort_dir)
     training = {
         "backends": ["ort-training", "portable"] if state.ship_ort_artifacts else ["portable"],
         "max_batch_size": state.config.max_batch_size,
