@@ -32,6 +32,23 @@ def find_in_package(package: str, relative: Path, what: str, install: str) -> Pa
     )
 
 
+def shuffled_split(items: Sequence, counts: Mapping[str, int], seed: int, what: str) -> dict[str, list]:
+    """Disjoint splits of ``counts[split]`` items each: one seeded shuffle of ``items``, sliced train, dev, test
+    (so two data sets drawn from the same items with the same seed and sizes hold the same items per split)."""
+    needed = sum(counts.values())
+    if needed > len(items):
+        raise ValueError(f"asked for {needed} {what} (train+dev+test) but the corpus has {len(items)} unique ones. "
+                         "Lower the split sizes.")
+    rng = random.Random(seed)
+    order = list(items)
+    rng.shuffle(order)
+    splits, start = {}, 0
+    for split in SPLITS:
+        splits[split] = order[start : start + counts[split]]
+        start += counts[split]
+    return splits
+
+
 def stratified_split(by_label: Mapping[str, Sequence[str]], counts: Mapping[str, int],
                      seed: int) -> dict[str, list[dict[str, str]]]:
     """Disjoint splits with ``counts[split]`` texts of every label, shuffled with ``seed``."""

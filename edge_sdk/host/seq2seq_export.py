@@ -1,7 +1,7 @@
 """ONNX export of a PEFT encoder-decoder (Marian, T5, BART, …) for training and cached generation.
 
 Three graphs, all naming their parameters exactly like the PEFT model's ``named_parameters`` so that they
-share one external weights file (``save_with_shared_weights``) and one adapter store:
+share one external weights file (``GraphSet.write``) and one adapter store:
 
 - the training forward: input_ids, attention_mask, decoder_input_ids, decoder_attention_mask → logits
   [batch, target, vocab], trained by ONNX Runtime with a flattening cross-entropy loss;

@@ -30,7 +30,8 @@ TORCH_FREE = [
     "edge_sdk.host.portable.frozen_weights",
     "edge_sdk.host.portable.lowering",
     "edge_sdk.host.portable.validate",
-    "edge_sdk.host.portable.weights",
+    "edge_sdk.host.graph_set",
+    "edge_sdk.host.pipeline",
     "edge_sdk.host.row_selection",
 ]
 HEAVY = ("torch", "transformers", "peft", "optimum")

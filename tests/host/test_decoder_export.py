@@ -21,7 +21,7 @@ from edge_sdk.device.generation import CausalGenerator, GenerationSettings
 from edge_sdk.errors import ExportError
 from edge_sdk.host.decoder_export import DecoderGraph, check_decoder_against_torch, export_decoder_with_cache
 from edge_sdk.host.export import export_training_graph, position_ids_from_mask
-from edge_sdk.host.portable.weights import save_with_shared_weights
+from edge_sdk.host.graph_set import GraphSet
 
 ROOT = Path(__file__).resolve().parents[2]
 STOCK_PYTHON = ROOT / ".venv-stock" / "bin" / "python"
@@ -182,7 +182,10 @@ def test_decoder_and_training_graph_share_names_and_bytes(tmp_path: Path) -> Non
         assert set(decoder_init) == set(train_init) - set(trainable_names(model))  # every base weight is shared
         for name, value in decoder_init.items():
             assert value.dtype == train_init[name].dtype and value.tobytes() == train_init[name].tobytes(), name
-        save_with_shared_weights({training.path: train_proto, decoder.path: decoder_proto}, folder / "weights.bin")
+        graphs = GraphSet()  # as a bundle stores them: the decoder reads the shared weights file
+        graphs.add(training.path.name, train_proto)
+        graphs.add(decoder.path.name, decoder_proto)
+        graphs.write(folder, "weights.bin")
         ids, mask = _left_padded_batch(seed=2)
         assert check_decoder_against_torch(model, decoder, ids, mask, perturbed_weights(model), 1) < 1e-4
 

@@ -23,9 +23,9 @@ from edge_sdk.device.seq2seq_generation import Seq2SeqGenerator
 from edge_sdk.errors import AdapterError, BundleError, ConfigError, ExportError
 from edge_sdk.host.artifacts import build_training_artifacts
 from edge_sdk.host.export import ExportedGraph, compare_outputs
+from edge_sdk.host.graph_set import GraphSet
 from edge_sdk.host.losses import loss_block
 from edge_sdk.host.model_loading import _zero_dropout_config, default_target_modules
-from edge_sdk.host.portable.weights import save_with_shared_weights
 from edge_sdk.host.seq2seq_export import (
     Seq2SeqGraphs,
     check_seq2seq_against_torch,
@@ -254,13 +254,16 @@ def test_graphs_share_one_weights_file(exported: Exported) -> None:
     folder.mkdir()
     sources = {"forward.onnx": exported.training.path, "encoder.onnx": exported.graphs.encoder.path,
                "decoder.onnx": exported.graphs.decoder.path}
-    models = {folder / name: onnx.load(str(path)) for name, path in sources.items()}
+    models = {name: onnx.load(str(path)) for name, path in sources.items()}
     for model_proto in models.values():
         names = {init.name for init in model_proto.graph.initializer}
         # Tied embeddings come out once, under the same name, wherever they are used.
         assert not any("lm_head" in name or "embed_tokens" in name for name in names)
         assert any(name.endswith("shared.weight") for name in names)
-    save_with_shared_weights(models, folder / "weights.bin")
+    graphs = GraphSet()
+    for name, model_proto in models.items():
+        graphs.add(name, model_proto)
+    graphs.write(folder, "weights.bin")
     generator = _generator(exported)
     weights = {name: p.detach().numpy() for name, p in exported.model.named_parameters() if p.requires_grad}
     ids, mask = exported.source["input_ids"], exported.source["attention_mask"]
