@@ -87,6 +87,7 @@ def test_minilm_learns_sms_spam_from_cli_labels(tmp_path: Path) -> None:
     after = edge_sdk("evaluate", bundle, "--data", test, "--adapter", "default", "--json")
     assert before["examples"] == after["examples"] == 200
     summary = f"test accuracy before {before['accuracy']:.3f}, after {after['accuracy']:.3f} (chance 0.5)"
+    print(f"SMS spam, 200 held-out: {summary}")
     assert after["accuracy"] >= MIN_ACCURACY_AFTER, summary
     assert after["accuracy"] >= before["accuracy"] + MIN_GAIN, summary
     assert after["loss"] < before["loss"], summary
