@@ -2,8 +2,8 @@
 
 Each stage is one module under ``edge_sdk.host.stages`` exposing ``STAGE``: it reads and extends the
 :class:`BuildState` (the loaded model, the exported graph, the :class:`GraphSet` the bundle will ship)
-and returns a manifest fragment. Nothing is written into the bundle before the last stage: it writes
-every graph once, the shared weights once, and hashes the files once, at commit. :func:`plan` is the
+and returns a manifest fragment. Nothing is written into the bundle before the last stage, which writes
+every graph and the shared weights once; then the pipeline commits, hashing the files once. :func:`plan` is the
 one place that says which stages a build runs; ``edge-sdk build --dry-run --json`` prints it.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_sdk.bundle import BundleWriter
+from edge_sdk.bundle import BundleWriter, Manifest
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.graph_set import GraphSet
 from edge_sdk.profiles import Profile, load_profile
@@ -65,7 +65,8 @@ class BuildState:
 class Stage:
     name: str
     summary: str
-    run: Callable[[BuildState, BundleWriter, Fragment], Fragment | None]
+    # (state, the bundle's writer, the manifest draft so far) -> this stage's manifest fragment
+    run: Callable[[BuildState, BundleWriter, Fragment], Fragment]
 
 
 def plan(config: BuildConfig) -> list[Stage]:
@@ -120,15 +121,8 @@ def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, pro
         state = BuildState(config=config, spec=task_spec(config.task), profile=load_profile(config.profile),
                            scratch=Path(scratch))
         draft: Fragment = {"build": {"stages": [stage.name for stage in stages]}}
-        result: Path | None = None
         for stage in stages:
             report(stage.summary)
-            if stage is stages[-1]:
-                draft["build"]["seconds"] = round(time.perf_counter() - started, 1)
-            fragment = stage.run(state, writer, draft)
-            if isinstance(fragment, Path):
-                result = fragment
-            elif fragment:
-                merge_fragment(draft, fragment)
-        assert result is not None, "the last stage commits the bundle"
-        return result
+            merge_fragment(draft, stage.run(state, writer, draft))
+        draft["build"]["seconds"] = round(time.perf_counter() - started, 1)
+        return writer.commit(Manifest(**draft))

@@ -7,12 +7,12 @@ from edge_sdk.bundle.layout import TRAIN_STEP_GRAPH
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
 
-def portable_backend(state: BuildState, draft: Fragment):
+def portable_backend(state: BuildState, draft: Fragment, prepack_weights: bool):
     """The device's portable backend over the step held in memory, with the bundle's session settings."""
     from edge_sdk.device.backends.portable import PortableBackend, step_session_options
 
     training = draft["training"]
-    options = step_session_options(training["portable"]["prepack_weights"], draft["profile"])
+    options = step_session_options(prepack_weights, draft["profile"])
     session = state.graphs.session(TRAIN_STEP_GRAPH, options)
     return PortableBackend.from_session(session, f"the build's {TRAIN_STEP_GRAPH}", training["portable"]["names"],
                                         draft["trainable"], state.initial)
@@ -25,7 +25,8 @@ def _run(state: BuildState, _writer, draft: Fragment) -> Fragment:
     reference = OrtTrainingBackend.from_files({key: str(state.ort_dir / name)
                                                for key, name in state.ort_artifacts.items()},
                                               draft["profile"], state.exported.trainable)
-    gap = validate_portable_step(reference, portable_backend(state, draft), state.step_feeds)
+    portable = portable_backend(state, draft, draft["training"]["portable"]["prepack_weights"])
+    gap = validate_portable_step(reference, portable, state.step_feeds)
     return {"build": {"portable_max_relative_loss_difference": gap}}
 
 

@@ -15,4 +15,4 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
     return {"inference": {"model": INFERENCE_GRAPH, "weights": BASE_WEIGHTS, "initial_adapter": INITIAL_ADAPTER}}
 
 
-STAGE = Stage("inference-graph", "optimizing the inference graph", _run)
+STAGE = Stage("inference-graph", "making the inference graph (adapter weights as inputs)", _run)

@@ -24,12 +24,14 @@ LEARNING_RATE = 1e-2
 # weight read transposed, a scale on the wrong axis): int8 itself moves BERT-sized logits by ~1e-2.
 MAX_OUTPUT_CHANGE = 0.25   # of the largest float32 output magnitude
 MAX_LOSS_CHANGE = 0.05     # relative, on the first training step
+# int8 keeps its own matrix per direction, so prepacking costs no memory and speeds the int8 GEMM.
+PREPACK_INT8 = True
 
 
-def _step_losses(state: BuildState, draft: Fragment) -> list[float]:
+def _step_losses(state: BuildState, draft: Fragment, prepack_weights: bool) -> list[float]:
     from edge_sdk.host.stages.backend_check import portable_backend
 
-    backend = portable_backend(state, draft)
+    backend = portable_backend(state, draft, prepack_weights)
     try:
         return [backend.train_step(state.step_feeds, LEARNING_RATE) for _ in range(STEPS)]
     finally:
@@ -57,10 +59,8 @@ def _run(state: BuildState, _writer, draft: Fragment) -> Fragment:
     adapter = state.perturbed_adapter()
     feeds = state.validation_batch | {name: adapter[name] for name in state.exported.trainable}
     reference = dict(zip(names, state.graphs.session(INFERENCE_GRAPH).run(names, feeds), strict=True))
-    reference_losses = _step_losses(state, draft)
+    reference_losses = _step_losses(state, draft, draft["training"]["portable"]["prepack_weights"])
     summaries = _rewrite(state)
-    # int8 keeps its own matrix per direction, so prepacking costs no memory and speeds the int8 GEMM.
-    draft["training"]["portable"]["prepack_weights"] = True
 
     def refuse(what: str) -> ExportError:
         return ExportError(f"{what}; likely cause: {diagnose(state.graphs.materialized(INFERENCE_GRAPH), feeds)}; "
@@ -75,7 +75,7 @@ def _run(state: BuildState, _writer, draft: Fragment) -> Fragment:
             raise refuse(f"int8 moved the inference graph's {name!r} by up to {change:.3g} against float32 "
                          f"(largest value {scale:.3g}); this model does not survive the int8 rewrite")
         output_change[name] = change
-    losses = _step_losses(state, draft)
+    losses = _step_losses(state, draft, PREPACK_INT8)
     changes = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(losses, reference_losses, strict=True)]
     # The first step runs both from the same weights, so it measures int8's forward error alone; later
     # steps follow two trajectories that drift apart by design, so of them only the direction is checked.
@@ -91,6 +91,7 @@ def _run(state: BuildState, _writer, draft: Fragment) -> Fragment:
             # What the device checks before it runs the bundle: no pair of integer products overflows 16 bits.
             "int8_max_pair_sum": max(summary["max_pair_sum"] for summary in summaries.values()),
         },
+        "training": {"portable": {"prepack_weights": PREPACK_INT8}},
         "build": {"precision": {"precision": "int8", "graphs": summaries,
                                 "max_abs_output_change_vs_fp32": output_change,
                                 "step_losses": {"fp32": reference_losses, "int8": losses},
