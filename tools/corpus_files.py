@@ -32,6 +32,18 @@ def find_in_package(package: str, relative: Path, what: str, install: str) -> Pa
     )
 
 
+def split_counts(what: str, **sizes: object) -> dict[str, int]:
+    """The requested split sizes (``train=…, dev=…, test=…``), checked before any corpus is read: each a
+    non-negative integer, not all 0. ``what`` names the items in the message ("tweet", "digest")."""
+    for split, count in sizes.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"--{split} must be a non-negative integer, got {count!r}.")
+    if not any(sizes.values()):
+        raise ValueError(f"{'both' if len(sizes) == 2 else 'all'} split sizes are 0; ask for at least one {what} "
+                         "in some split.")
+    return dict(sizes)
+
+
 def shuffled_split(items: Sequence, counts: Mapping[str, int], seed: int, what: str) -> dict[str, list]:
     """Disjoint splits of ``counts[split]`` items each: one seeded shuffle of ``items``, sliced train, dev, test
     (so two data sets drawn from the same items with the same seed and sizes hold the same items per split)."""

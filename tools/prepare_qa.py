@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
 
-from corpus_files import write_jsonl  # noqa: E402
+from corpus_files import split_counts, write_jsonl  # noqa: E402
 from prepare_ner import deduplicate, find_data_file, read_sentences  # noqa: E402
 
 QA_SPLITS = ("test", "train")  # drawn in this order
@@ -133,12 +133,7 @@ def prepare(
     corpus yields (from ``available_tweets`` tweets), ``dropped`` what reading and de-duplication removed.
     Raises ``ValueError`` for impossible counts and ``FileNotFoundError`` when the data cannot be found.
     """
-    counts = {"train": train, "test": test}
-    for split, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"--{split} must be a non-negative integer, got {count!r}.")
-    if not any(counts.values()):
-        raise ValueError("both split sizes are 0; ask for at least one question in some split.")
+    counts = split_counts("question", train=train, test=test)
     if isinstance(unanswerable, bool) or not isinstance(unanswerable, int | float) or not 0 <= unanswerable <= 1:
         raise ValueError(f"--unanswerable must be a probability in [0, 1], got {unanswerable!r}.")
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is a folder of scripts, not a package
 
-from corpus_files import SPLITS, shuffled_split, write_splits  # noqa: E402
+from corpus_files import SPLITS, shuffled_split, split_counts, write_splits  # noqa: E402
 from prepare_qa import load_tweets  # noqa: E402  (prepare_ner's reading and de-duplication, or --ner-file)
 
 Sentence = tuple[tuple[str, ...], tuple[str, ...]]  # (tokens, tags)
@@ -75,12 +75,7 @@ def prepare(
     every entity type of the unique tweets, so a split that lacks a rare type still has the full label list.
     Raises ``ValueError`` for impossible counts and ``FileNotFoundError`` when the tweets cannot be found.
     """
-    counts = {"train": train, "dev": dev, "test": test}
-    for split, count in counts.items():
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"--{split} must be a non-negative integer, got {count!r}.")
-    if not any(counts.values()):
-        raise ValueError("all split sizes are 0; ask for at least one tweet in some split.")
+    counts = split_counts("tweet", train=train, dev=dev, test=test)
 
     unique, dropped = load_tweets(ner_file)
     # The same draw as prepare_ner.prepare, so a seed gives the same tweets in each split as the NER data set.
