@@ -8,9 +8,14 @@
     ├── ExportError                 the ONNX export failed or disagrees with the PyTorch model
     ├── BundleError                 a bundle cannot be opened or written
     │   ├── BundleIntegrityError    a file is missing or its hash does not match the manifest
-    │   └── BundleVersionError      the bundle was written by a newer schema than this SDK reads
+    │   ├── BundleVersionError      the bundle was written by a newer schema than this SDK reads
+    │   ├── BundleTrustError        unsigned, wrongly signed, or older than a version this device accepted
+    │   └── ArchiveError            an archive member is unsafe (path, type, size, not in the manifest)
     ├── AdapterError                an adapter is missing, malformed or was trained for another bundle
+    │   └── StoreBusyError          another process holds the adapter store's lock
     ├── GraphRunError               ONNX Runtime could not run a bundle graph (inputs that do not fit it, a failure)
+    ├── StorageFullError            the disk (or the file size limit) is full; what was there is unchanged
+    ├── MemoryBudgetError           the run would not fit the memory budget, even at batch size 1
     └── DependencyError             an optional dependency (host or training build) is not installed
 
 Messages say what happened, the offending value, and what to do about it.
@@ -55,8 +60,28 @@ class BundleVersionError(BundleError):
     """The bundle's schema is newer than this SDK understands."""
 
 
+class BundleTrustError(BundleError):
+    """The bundle is not signed by a trusted key, its signature does not match, or it is a rollback."""
+
+
+class ArchiveError(BundleError):
+    """An archive cannot be unpacked safely: a member is unsafe, unlisted, duplicated or too large."""
+
+
 class AdapterError(EdgeSdkError):
     """An adapter cannot be found, read or applied to this bundle."""
+
+
+class StoreBusyError(AdapterError):
+    """Another process is writing the bundle's adapter store (the message names it)."""
+
+
+class StorageFullError(EdgeSdkError):
+    """A write failed for lack of space; the previous files are untouched."""
+
+
+class MemoryBudgetError(ConfigError):
+    """The estimated peak memory exceeds the budget even at the smallest batch."""
 
 
 class GraphRunError(EdgeSdkError):

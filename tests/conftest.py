@@ -42,3 +42,13 @@ def tiny_bundle(fixtures_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_data(fixtures_dir: Path) -> Path:
     return fixtures_dir / "data"
+
+
+@pytest.fixture(autouse=True)
+def private_device_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own device state folder (verification stamps, accepted versions) and no trusted
+    keys from the environment, so no test reads or writes the user's real state."""
+    state = tmp_path_factory.mktemp("device-state")
+    monkeypatch.setenv("EDGE_SDK_STATE_DIR", str(state))
+    monkeypatch.delenv("EDGE_SDK_TRUSTED_KEYS", raising=False)
+    return state
