@@ -1,5 +1,5 @@
 """`edge-sdk adapters …`: the bundle's named adapters (one per user or skill): list, show, activate,
-remove, export (PEFT folder or merged ONNX graph), import (a PEFT folder)."""
+remove, history and rollback (generations), export (PEFT folder or merged ONNX graph), import (a PEFT folder)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from edge_sdk.cli.output import emit_json
 from edge_sdk.errors import DependencyError
 
 _bundle_argument = click.argument("bundle", type=click.Path(path_type=Path))
+_wait_option = click.option(
+    "--wait", type=click.FloatRange(min=0), default=0, show_default=True,
+    help="Seconds to wait while another process writes this bundle's adapters (0: fail at once, naming it).")
 
 
 def _store(bundle: Path):
@@ -63,21 +66,60 @@ def show(bundle: Path, name: str) -> None:
 @adapters.command()
 @_bundle_argument
 @click.argument("name")
-def activate(bundle: Path, name: str) -> None:
+@_wait_option
+def activate(bundle: Path, name: str, wait: float) -> None:
     """Use NAME whenever infer/evaluate are not given --adapter."""
     _, store = _store(bundle)
-    store.activate(name)
+    store.activate(name, wait=wait)
     click.echo(f"activated {name!r}")
 
 
 @adapters.command()
 @_bundle_argument
 @click.argument("name")
-def remove(bundle: Path, name: str) -> None:
-    """Delete an adapter (the bundle's 'initial' adapter stays)."""
+@_wait_option
+def remove(bundle: Path, name: str, wait: float) -> None:
+    """Delete an adapter and its generations (the bundle's 'initial' adapter stays)."""
     _, store = _store(bundle)
-    store.remove(name)
+    store.remove(name, wait=wait)
     click.echo(f"removed {name!r}")
+
+
+@adapters.command()
+@_bundle_argument
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def history(bundle: Path, name: str, as_json: bool) -> None:
+    """The generations of adapter NAME, oldest first; `*` marks the one serving."""
+    from dataclasses import asdict
+
+    _, store = _store(bundle)
+    records, current = store.history(name)
+    if as_json:
+        emit_json({"adapter": name, "current": current, "keep": store.keep,
+                   "generations": [asdict(record) | {"current": record.number == current} for record in records]})
+        return
+    if not records:
+        click.echo(f"{name!r} has no recorded generations yet (written before generations were kept); its next "
+                   "personalization starts the history")
+        return
+    for record in records:
+        kept = "" if record.file_kept else "  (pruned)"
+        click.echo(f"{'*' if record.number == current else ' '} {record.number:4d}  {record.status:11s} "
+                   f"{record.created:26s} {record.source:11s} {record.reason}{kept}")
+
+
+@adapters.command()
+@_bundle_argument
+@click.argument("name")
+@click.option("--to", "to", type=click.IntRange(min=1),
+              help="The generation to restore (default: the accepted one before the current).")
+@_wait_option
+def rollback(bundle: Path, name: str, to: int | None, wait: float) -> None:
+    """Make an earlier generation of adapter NAME serve again."""
+    _, store = _store(bundle)
+    restored = store.rollback(name, to=to, wait=wait)
+    click.echo(f"{name!r} now serves generation {restored.number} ({restored.created}, {restored.source})")
 
 
 @adapters.command()
@@ -111,11 +153,12 @@ def export(bundle: Path, name: str, format_: str, out: Path, overwrite: bool) ->
 @_bundle_argument
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Name to store the adapter under.")
-def import_adapter(bundle: Path, folder: Path, name: str) -> None:
+@_wait_option
+def import_adapter(bundle: Path, folder: Path, name: str, wait: float) -> None:
     """Add a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) as adapter NAME."""
     from edge_sdk.device.peft_format import read_peft
 
     opened, store = _store(bundle)
     weights = read_peft(folder, opened.manifest)
-    store.save(name, weights, {"imported_from": str(folder.resolve())})
+    store.save(name, weights, {"imported_from": str(folder.resolve()), "source": "import"}, wait=wait)
     click.echo(f"imported {folder} as {name!r}")

@@ -14,6 +14,7 @@ import click
 import edge_sdk
 from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
+from edge_sdk.device.adapter_history import DEFAULT_KEEP
 from edge_sdk.errors import DependencyError, EdgeSdkError
 from edge_sdk.host.config import ADAPTERS, BASES, LEGACY_METHODS, LEGACY_PRECISIONS  # torch-free
 from edge_sdk.tasks.registry import TASKS
@@ -205,6 +206,9 @@ def _open(bundle: Path, threads: int | None):
     return DeviceBundle.open(bundle, threads=threads)
 
 
+_wait_option = click.option(
+    "--wait", type=click.FloatRange(min=0), default=0, show_default=True,
+    help="Seconds to wait while another process writes this bundle's adapters (0: fail at once, naming it).")
 _threads_option = click.option("--threads", type=click.IntRange(min=0), help="Intra-op threads (default: profile).")
 
 
@@ -224,12 +228,26 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
                    "ort-training or portable.")
 @click.option("--start-from", help="Adapter to start from (default: --adapter itself if it exists, else 'initial').")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of this adapter (same data and flags).")
+@click.option("--gate-margin", type=float, default=0.0, show_default=True,
+              help="With --eval-data: how much worse (in the task metric) the new adapter may score than the current "
+                   "one and still replace it.")
+@click.option("--no-gate", is_flag=True,
+              help="Make the new adapter current without the held-out comparison (it must still load and be finite).")
+@click.option("--keep-generations", type=click.IntRange(min=1), default=DEFAULT_KEEP, show_default=True,
+              help="How many generations of the adapter to keep for `edge-sdk adapters rollback`.")
+@_wait_option
 @_threads_option
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
                 batch_size: int, warmup: float, seed: int, backend: str, start_from: str | None, resume: bool,
-                threads: int | None, as_json: bool) -> None:
-    """Fine-tune the bundle's adapter on this device's data."""
+                gate_margin: float, no_gate: bool, keep_generations: int, wait: float | None, threads: int | None,
+                as_json: bool) -> None:
+    """Fine-tune the bundle's adapter on this device's data.
+
+    The new adapter replaces the current one only if it passes the gate: it loads, its losses were finite and,
+    with --eval-data, it scores no worse than the current adapter (within --gate-margin). Otherwise the current
+    one keeps serving, the new one is kept as a rejected generation, and the output says why (exit code 0)."""
+    from edge_sdk.device.adapter_gate import GateSettings
     from edge_sdk.device.personalize import EpochReport, StepReport, TrainingSettings
 
     device_bundle = _open(bundle, threads)
@@ -258,16 +276,25 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
 
     try:
         result = device_bundle.personalize(data, eval_data, adapter=adapter, settings=settings, backend=backend,
-                                           start_from=start_from, on_step=on_step, on_epoch=on_epoch, resume=resume)
+                                           start_from=start_from, on_step=on_step, on_epoch=on_epoch, resume=resume,
+                                           gate=GateSettings(enabled=not no_gate, margin=gate_margin),
+                                           keep_generations=keep_generations, wait=wait)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
     if as_json:
         emit_json(result.to_dict())
         return
+    if not result.accepted:
+        kept = (f"generation {result.current_generation} of {result.adapter!r} keeps serving"
+                if result.current_generation is not None else f"no adapter {result.adapter!r} was made")
+        stored = f"; the new one is stored as rejected generation {result.generation}" if result.generation else ""
+        click.echo(f"kept the current adapter: {result.gate['reason']}; {kept}{stored}")
+        return
     after = result.history[result.best_epoch - 1]["eval"]
     summary = f"saved adapter {result.adapter!r} ({result.steps} steps on {result.examples} examples, {result.backend}"
-    summary += f", continued from {result.started_from!r})" if result.started_from != "initial" else ")"
+    summary += f", continued from {result.started_from!r}" if result.started_from != "initial" else ""
+    summary += f", generation {result.generation})"
     if result.before and after:
         metric = device_bundle.task.metric
         summary += (f"; eval {metric} {result.before[metric]:.4f} -> {after[metric]:.4f} "

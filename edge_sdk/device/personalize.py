@@ -54,6 +54,14 @@ class EpochReport:
     eval_metrics: dict[str, float] | None
 
 
+class TrainingDiverged(ConfigError):
+    """A step's loss was not finite; training stopped there (the gate then rejects the adapter)."""
+
+    def __init__(self, message: str, losses: list[float]) -> None:
+        super().__init__(message)
+        self.losses = losses
+
+
 @dataclass
 class PersonalizeResult:
     adapter: str
@@ -65,6 +73,10 @@ class PersonalizeResult:
     started_from: str
     history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    accepted: bool = True                  # the gate made the new adapter current
+    gate: dict[str, Any] = field(default_factory=dict)   # its decision: accepted, reason, metric, candidate, baseline
+    generation: int | None = None          # the generation the new adapter was stored as (None: not stored)
+    current_generation: int | None = None  # the generation serving under the name afterwards
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,9 +132,9 @@ def run_training(
             lr = learning_rate_at(step, total, settings.learning_rate, settings.warmup_fraction)
             loss = backend.train_step(feeds, lr)
             if not math.isfinite(loss):
-                raise ConfigError(
+                raise TrainingDiverged(
                     f"training diverged at step {step + 1} (loss {loss}); lower the learning rate "
-                    f"(now {settings.learning_rate})"
+                    f"(now {settings.learning_rate})", [*progress.losses, loss]
                 )
             step += 1
             progress.losses.append(loss)

@@ -12,6 +12,7 @@ import numpy as np
 
 from edge_sdk.bundle.int8_arithmetic import check_int8_portable
 from edge_sdk.bundle.store import Bundle, open_bundle, sha256_file
+from edge_sdk.device.adapter_gate import GateDecision, GateSettings, judge
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
 from edge_sdk.device.checkpoints import CheckpointStore
@@ -20,6 +21,7 @@ from edge_sdk.device.personalize import (
     EpochReport,
     PersonalizeResult,
     StepReport,
+    TrainingDiverged,
     TrainingSettings,
     run_training,
 )
@@ -219,15 +221,24 @@ class DeviceBundle:
         on_step: Callable[[StepReport], None] | None = None,
         on_epoch: Callable[[EpochReport], None] | None = None,
         resume: bool = False,
+        gate: GateSettings | None = None,
+        keep_generations: int | None = None,
+        wait: float | None = 0.0,
     ) -> PersonalizeResult:
-        """Train an adapter on ``data`` and save it as ``adapter`` in the bundle's store.
+        """Train an adapter on ``data`` and store it as the next generation of ``adapter``.
 
         Training starts from ``start_from`` (default: the adapter of the same name if it exists, so a
         user's adapter keeps learning, otherwise the bundle's initial adapter). Every epoch but the last
         is checkpointed; ``resume=True`` continues an interrupted run of the same adapter, data and settings.
+
+        The new adapter serves only if it passes the ``gate`` (see :mod:`edge_sdk.device.adapter_gate`); else
+        the current one stays and the result says why (``accepted``, ``gate``). The store is locked for the
+        whole run: another writer makes this call wait ``wait`` seconds (None: indefinitely), then fail.
         """
         settings = settings or TrainingSettings()
         settings.validate()
+        gate = gate or GateSettings()
+        gate.validate()
         limit = self.manifest.max_batch_size
         if limit and settings.batch_size > limit:
             raise ConfigError(f"batch size {settings.batch_size} is above this bundle's limit of {limit} (set by its "
@@ -235,6 +246,15 @@ class DeviceBundle:
         check_adapter_name(adapter)
         if adapter == INITIAL:
             raise AdapterError(f"{INITIAL!r} is the bundle's built-in adapter; personalize into another name")
+        if keep_generations is not None:
+            self.adapters = AdapterStore(self.bundle, keep=keep_generations)
+        with self.adapters.writing(wait):
+            return self._personalize_locked(data, eval_data, adapter, settings, backend, start_from, on_step,
+                                            on_epoch, resume, gate)
+
+    def _personalize_locked(self, data, eval_data, adapter: str, settings: TrainingSettings, backend: str,
+                            start_from: str | None, on_step, on_epoch, resume: bool,
+                            gate: GateSettings) -> PersonalizeResult:
         start = start_from or (adapter if self.adapters.exists(adapter) else INITIAL)
         initial_weights = self.adapters.load(start)
         train = self.task.load(data)
@@ -269,15 +289,30 @@ class DeviceBundle:
         before = evaluate(initial_weights) if evaluate else None
         steps_per_epoch = -(-len(train) // settings.batch_size)
         started = time.perf_counter()
+        diverged = None
         try:
             weights, progress = run_training(
                 trainer, batches, steps_per_epoch, settings, evaluate, self.task.metric, on_step, on_epoch,
                 checkpoint=lambda done, best: checkpoints.save(trainer, done, best, identity), resume=resumed,
                 higher_is_better=self.task.higher_is_better)
+        except TrainingDiverged as exc:
+            diverged = exc
         finally:
             trainer.close()
         seconds = time.perf_counter() - started
+        if diverged is not None:
+            decision = judge(gate, diverged.losses, None, self.task.metric, self.task.higher_is_better, None, None,
+                             start)
+            checkpoints.remove()
+            return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(diverged.losses),
+                                     examples=len(train), best_epoch=0, before=before, started_from=start,
+                                     losses=diverged.losses, accepted=False, gate=decision.to_dict(),
+                                     current_generation=self._current_generation(adapter))
         best_epoch, history, losses = progress.best_epoch, progress.history, progress.losses
+        after = history[best_epoch - 1]["eval"]
+        baseline_name, baseline = self._gate_baseline(adapter, start, before, eval_set)
+        decision = judge(gate, losses, weights, self.task.metric, self.task.higher_is_better, after, baseline,
+                         baseline_name)
         summary = {
             "backend": trainer.name,
             "started_from": start,
@@ -291,12 +326,33 @@ class DeviceBundle:
             "seed": settings.seed,
             "seconds": round(seconds, 2),
             "eval_before": before,
-            "eval_after": history[best_epoch - 1]["eval"],
+            "eval_after": after,
+            "gate": decision.to_dict(),
         }
         if resumed_after is not None:
             summary["resumed_after_epoch"] = resumed_after
-        self.adapters.save(adapter, weights, summary)
+        candidate = self.adapters.propose(adapter, weights, summary)
+        record = self.adapters.decide(candidate, decision.accepted, decision.reason, metrics=_gate_metrics(decision))
         checkpoints.remove()
         return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(train),
                                  best_epoch=best_epoch, before=before, started_from=start, history=history,
-                                 losses=losses)
+                                 losses=losses, accepted=decision.accepted, gate=decision.to_dict(),
+                                 generation=record.number, current_generation=self._current_generation(adapter))
+
+    def _gate_baseline(self, adapter: str, start: str, before: dict[str, float] | None,
+                       eval_set: TaskData | None) -> tuple[str, dict[str, float] | None]:
+        """What the new adapter must not be worse than: the adapter serving under its name, or (for a new
+        name) the one training started from — scored on the same held-out data."""
+        if eval_set is None or not self.adapters.exists(adapter) or adapter == start:
+            return start, before
+        return adapter, self._score(eval_set, self.adapters.load(adapter))
+
+    def _current_generation(self, adapter: str) -> int | None:
+        return self.adapters.history(adapter)[1] if self.adapters.exists(adapter) else None
+
+
+def _gate_metrics(decision: GateDecision) -> dict | None:
+    if decision.metric is None:
+        return None
+    return {"metric": decision.metric, "candidate": decision.candidate, "baseline": decision.baseline,
+            "margin": decision.margin}

@@ -51,7 +51,11 @@ def fails(*args: str | Path) -> str:
 
 
 def adapter_files(bundle: Path) -> list[str]:
-    return sorted(path.name for path in (bundle / "adapters").iterdir())
+    """The adapters in the store (hidden entries are its lock and generation history), after checking that no
+    write left a temporary behind."""
+    entries = list((bundle / "adapters").rglob("*"))
+    assert not [path for path in entries if path.suffix in (".tmp", ".staging", ".old")]
+    return sorted(path.name for path in (bundle / "adapters").iterdir() if not path.name.startswith("."))
 
 
 def manifest_file_count(bundle: Path) -> int:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_sdk.cli.main import cli
-from edge_sdk.device import DeviceBundle, TrainingSettings
+from edge_sdk.device import DeviceBundle, GateSettings, TrainingSettings
 from edge_sdk.errors import BundleError
 from edge_sdk.tasks.registry import TASK_NAMES
 
@@ -70,7 +70,8 @@ def test_personalize_evaluate_infer(case) -> None:
     bundle = DeviceBundle.open(bundle_path)
     assert bundle.manifest.task == task and bundle.task.name == task
     before = bundle.evaluate(dev, adapter="initial")
-    result = bundle.personalize(train, dev, adapter="user", settings=SETTINGS)
+    # Tiny random models: the task metric is noise (NER learns "O" first), so the gate's comparison is skipped here.
+    result = bundle.personalize(train, dev, adapter="user", settings=SETTINGS, gate=GateSettings(enabled=False))
     after = bundle.evaluate(dev, adapter="user")
     assert set(before) == set(after) == spec.metrics | {"loss", "examples"}
     assert np.mean(result.losses[-3:]) < result.losses[0]
