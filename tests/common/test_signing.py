@@ -401,3 +401,17 @@ def test_malformed_id_or_version_in_a_manifest_is_refused(tmp_path: Path, key: s
     (root / "manifest.json").write_text(json.dumps(document))
     with pytest.raises(BundleError, match=f"manifest.json, key '{key}'.*{problem}"):
         open_bundle(root)
+
+
+def test_an_unreadable_trusted_key_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = generate_keys(tmp_path / "k")
+    real_read = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self == made.public_key:
+            raise PermissionError(13, "Permission denied")
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # root reads any file, so chmod 000 would prove nothing
+    with pytest.raises(ConfigError, match=f"cannot read trusted key '{made.public_key}': Permission denied"):
+        TrustPolicy.from_paths([made.public_key])
