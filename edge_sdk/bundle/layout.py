@@ -5,6 +5,7 @@ these constants are what the build puts there)."""
 from __future__ import annotations
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"                   # detached signatures of manifest.json; not listed in it
 GRAPHS_DIR = "portable"                      # graphs that share one weights file sit in its folder
 INFERENCE_GRAPH = f"{GRAPHS_DIR}/inference.onnx"
 FORWARD_GRAPH = f"{GRAPHS_DIR}/forward.onnx"    # the build's exported training graph; becomes INFERENCE_GRAPH

@@ -7,13 +7,46 @@ is versioned: a device refuses a manifest whose schema is newer than the one it 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edge_sdk.errors import BundleError, BundleVersionError
+from edge_sdk.errors import BundleError, BundleVersionError, EdgeSdkError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# A manifest without a ``version`` predates bundle versions: it ranks below every versioned build (>= 1), so
+# a device that accepted a versioned bundle refuses an old unversioned one of the same id.
+UNVERSIONED = 0
+_BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_bundle_id(value: object, where: str, error: type[EdgeSdkError] = BundleError) -> str:
+    """``value`` if it is a valid bundle id (1-128 letters, digits, ``.``, ``_``, ``-``; starting with a letter
+    or digit), else ``error`` naming ``where`` (a flag, recipe key or manifest file)."""
+    if not isinstance(value, str) or not _BUNDLE_ID.fullmatch(value):
+        raise error(
+            f"{where}: bundle id {value!r} is not valid; use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (e.g. 'minilm-topics')"
+        )
+    return value
+
+
+def check_bundle_version(value: object, where: str, error: type[EdgeSdkError] = BundleError) -> int:
+    """``value`` if it is a bundle version (an integer >= 1), else ``error`` naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise error(f"{where}: bundle version {value!r} is not valid; use an integer >= 1 (e.g. 1, 2, 3)")
+    return value
+
+
+def default_bundle_id(name: str, task: str) -> str:
+    """A bundle id from a model or recipe name and the task: ``models/minilm-topics.toml`` and ``seq-cls`` give
+    ``minilm-topics-seq-cls``. Deterministic, so rebuilding the same source keeps its id."""
+    stem = re.split(r"[\\/]", name.rstrip("/\\"))[-1]
+    for suffix in (".toml", ".gguf"):
+        stem = stem.removesuffix(suffix)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")
+    return f"{slug}-{task}"[:128] if slug else task
 
 
 @dataclass(frozen=True)
@@ -62,6 +95,14 @@ class Manifest:
     sdk_version: str
     schema_version: int = SCHEMA_VERSION
     files: list[FileEntry] = field(default_factory=list)
+    # What the device's rollback protection compares: bundles with one id form a release line whose
+    # ``version`` only grows. An empty id is derived from the model source and the task.
+    bundle_id: str = ""
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.bundle_id:
+            self.bundle_id = default_bundle_id(str(self.model.get("source", "")), self.task)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -74,14 +115,20 @@ class Manifest:
             raise BundleError(f"{source} is not valid JSON ({exc}); the bundle is damaged, rebuild it") from exc
         if not isinstance(data, dict):
             raise BundleError(f"{source} must hold a JSON object, found {type(data).__name__}; rebuild the bundle")
-        version = data.get("schema_version")
-        if not isinstance(version, int):
-            raise BundleError(f"{source} has no integer schema_version (found {version!r}); rebuild the bundle")
-        if version > SCHEMA_VERSION:
+        schema = data.get("schema_version")
+        if not isinstance(schema, int):
+            raise BundleError(f"{source} has no integer schema_version (found {schema!r}); rebuild the bundle")
+        if schema > SCHEMA_VERSION:
             raise BundleVersionError(
-                f"{source} uses bundle schema version {version}, but this edge-sdk reads versions up to "
+                f"{source} uses bundle schema version {schema}, but this edge-sdk reads versions up to "
                 f"{SCHEMA_VERSION}; upgrade edge-sdk on this device or rebuild the bundle with a matching SDK"
             )
+        bundle_id = data.get("bundle_id")
+        if bundle_id is not None:
+            check_bundle_id(bundle_id, f"{source}, key 'bundle_id'")
+        version = data.get("version", UNVERSIONED)
+        if "version" in data:
+            check_bundle_version(version, f"{source}, key 'version'")
         try:
             return cls(
                 task=data["task"],
@@ -98,8 +145,10 @@ class Manifest:
                 profile=dict(data["profile"]),
                 build=dict(data["build"]),
                 sdk_version=str(data["sdk_version"]),
-                schema_version=version,
+                schema_version=schema,
                 files=[FileEntry.from_dict(item) for item in data["files"]],
+                bundle_id=bundle_id or "",
+                version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{source} is missing or has a malformed field ({exc!r}); rebuild the bundle") from exc

@@ -10,13 +10,16 @@ import hashlib
 import os
 import shutil
 import tarfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from edge_sdk.bundle.atomic import atomic_path, default_permissions, replace_folder, staging_folder
+from edge_sdk.bundle.layout import SIGNATURE
 from edge_sdk.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
+from edge_sdk.bundle.trust import Trust, read_trusted_manifest
 from edge_sdk.errors import BundleError, BundleIntegrityError
 
 _CHUNK = 1 << 20
@@ -43,7 +46,9 @@ class Bundle:
         return self.root / relative
 
 
-def read_manifest(root: str | os.PathLike) -> Manifest:
+def read_manifest(root: str | os.PathLike, trust: Trust = None) -> Manifest:
+    """The bundle's manifest; under a trust policy (``trust``, None: ``EDGE_SDK_TRUSTED_KEYS``) only after its
+    signature and version are accepted (:mod:`edge_sdk.bundle.trust`)."""
     root = Path(root)
     if not root.exists():
         raise BundleError(f"bundle folder {str(root)!r} does not exist; build one with `edge-sdk build`")
@@ -54,13 +59,13 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
         raise BundleError(
             f"{str(root)!r} is not a bundle: it has no {MANIFEST_NAME}; point at the folder `edge-sdk build` wrote"
         )
-    return Manifest.from_json(manifest_path.read_text(encoding="utf-8"), source=str(manifest_path))
+    return read_trusted_manifest(manifest_path, trust)
 
 
-def verify_bundle(root: str | os.PathLike) -> Manifest:
+def verify_bundle(root: str | os.PathLike, trust: Trust = None) -> Manifest:
     """Check every file the manifest lists against its recorded sha256; raise naming each bad file."""
     root = Path(root)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, trust)
     problems = []
     for entry in manifest.files:
         file_path = root / entry.path
@@ -76,10 +81,10 @@ def verify_bundle(root: str | os.PathLike) -> Manifest:
     return manifest
 
 
-def open_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
-    """Open a bundle folder, verifying file hashes unless ``verify`` is False."""
+def open_bundle(root: str | os.PathLike, verify: bool = True, trust: Trust = None) -> Bundle:
+    """Open a bundle folder, verifying file hashes unless ``verify`` is False; ``trust``: see :func:`read_manifest`."""
     root = Path(root)
-    manifest = verify_bundle(root) if verify else read_manifest(root)
+    manifest = verify_bundle(root, trust) if verify else read_manifest(root, trust)
     return Bundle(root=root.resolve(), manifest=manifest)
 
 
@@ -149,15 +154,22 @@ class BundleWriter:
         entries = []
         for file_path in sorted(p for p in self.staging.rglob("*") if p.is_file()):
             relative = file_path.relative_to(self.staging).as_posix()
-            if relative == MANIFEST_NAME:
+            if relative in (MANIFEST_NAME, SIGNATURE):
                 continue
             entries.append(FileEntry(path=relative, sha256=sha256_file(file_path), size=file_path.stat().st_size))
         manifest.files = entries
 
-    def commit(self, manifest: Manifest) -> Path:
-        """Hash every staged file into ``manifest``, write it, and move the bundle into place."""
+    def commit(self, manifest: Manifest, signer: Callable[[bytes], bytes] | None = None) -> Path:
+        """Hash every staged file into ``manifest``, write it, and move the bundle into place.
+
+        ``signer`` turns the manifest's bytes into the contents of its signature file (``SigningKey.signature_file``);
+        it signs in the staging folder, so a failure to sign leaves any previous bundle in place.
+        """
         self._hash_files(manifest)
-        (self.staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        manifest_bytes = manifest.to_json().encode("utf-8")
+        (self.staging / MANIFEST_NAME).write_bytes(manifest_bytes)
+        if signer is not None:
+            (self.staging / SIGNATURE).write_bytes(signer(manifest_bytes))
         # A tool that wrote into the staging folder through mkstemp/mkdtemp left its files private (0600/0700).
         for path in [self.staging, *self.staging.rglob("*")]:
             default_permissions(path)
@@ -184,6 +196,7 @@ def pack_bundle(root: str | os.PathLike, archive: str | os.PathLike) -> Path:
         except OSError as exc:
             raise BundleError(f"cannot write the archive {str(archive)!r}: {exc.strerror or exc}") from exc
         with tarfile.open(temporary, "w:gz") as tar:
-            for relative in [MANIFEST_NAME, *(entry.path for entry in manifest.files)]:
+            signature = [SIGNATURE] if (root / SIGNATURE).is_file() else []  # detached: not listed in the manifest
+            for relative in [MANIFEST_NAME, *signature, *(entry.path for entry in manifest.files)]:
                 tar.add(root / relative, arcname=f"{root.name}/{relative}")
     return archive

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ import click
 import edge_sdk
 from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
+from edge_sdk.cli.signing import keys, sign
 from edge_sdk.device.adapter_history import DEFAULT_KEEP
 from edge_sdk.errors import DependencyError, EdgeSdkError
 from edge_sdk.host.config import ADAPTERS, BASES, LEGACY_METHODS, LEGACY_PRECISIONS  # torch-free
@@ -69,13 +71,20 @@ def cli(verbose: bool) -> None:
               help="Alias: fp32 = --base float32; int8 = --base int8-compute.")
 @click.option("--adapter-from", type=click.Path(path_type=Path),
               help="A PEFT adapter folder to start from (its rank, alpha, targets and DoRA setting win).")
+@click.option("--bundle-id", help="The bundle's identity for rollback protection on devices (default: the recipe's "
+                                  "or model folder's name and the task).")
+@click.option("--bundle-version", type=click.IntRange(min=1),
+              help="The release number devices compare (default 1); raise it with every release of a bundle id.")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path),
+              help="Sign the bundle with this private key (edge-sdk.key from `edge-sdk keys generate`).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and the build's stages; build nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 def build(source: Path, out: Path, task: str | None, labels: str | None, adapter: str | None, base: str | None,
           method: str | None, rank: int | None, alpha: float | None, target_modules: str | None,
           max_length: int | None, profile: str | None, seed: int | None, precision: str | None,
-          adapter_from: Path | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
+          adapter_from: Path | None, bundle_id: str | None, bundle_version: int | None, sign_key: Path | None,
+          overwrite: bool, dry_run: bool, as_json: bool) -> None:
     """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml)."""
     try:
         from edge_sdk.host.build import build_bundle, describe_build
@@ -100,30 +109,38 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
                              gguf_file=gguf_file)
     config = config.with_overrides(task=task, labels=label_list, adapter=adapter, base=base, method=method,
                                    rank=rank, alpha=alpha, target_modules=targets, max_length=max_length,
-                                   profile=profile, seed=seed, precision=precision)
+                                   profile=profile, seed=seed, precision=precision, bundle_id=bundle_id,
+                                   bundle_version=bundle_version)
     if adapter_from is not None:
         from edge_sdk.host.adapter_import import lora_overrides
 
         # The adapter's own shape wins over recipe and flags: its weights must fit the graphs.
         config = config.with_overrides(adapter_from=adapter_from, **lora_overrides(adapter_from))
+    from edge_sdk.bundle.signing import SigningKey
+
+    signing_key = SigningKey.load(sign_key) if sign_key is not None else None  # a bad key fails before the build
     if dry_run:
-        plan = describe_build(config) | {"out": str(out)}
+        plan = describe_build(config) | {"out": str(out), "signed_by": signing_key and signing_key.key_id}
         if as_json:
             emit_json(plan)
         else:
             for number, stage in enumerate(plan["stages"], start=1):
                 click.echo(f"{number:2}. {stage['name']}: {stage['does']}")
         return
-    path = build_bundle(config, out, overwrite=overwrite, progress=None if as_json else note)
+    path = build_bundle(config, out, overwrite=overwrite, progress=None if as_json else note, sign=signing_key)
     from edge_sdk.bundle import open_bundle
 
-    manifest = open_bundle(path).manifest
+    # Checked, not trusted: the host's EDGE_SDK_TRUSTED_KEYS (if any) is for bundles it runs, not ones it builds.
+    manifest = open_bundle(path, trust=False).manifest
     size = sum(entry.size for entry in manifest.files)
+    signed_by = signing_key and signing_key.key_id
     if as_json:
         emit_json({"bundle": str(path), "task": manifest.task, "labels": manifest.labels, "bytes": size,
-                   "seconds": manifest.build["seconds"], "validation": manifest.build["validation_max_abs_diff"]})
+                   "seconds": manifest.build["seconds"], "validation": manifest.build["validation_max_abs_diff"],
+                   "bundle_id": manifest.bundle_id, "version": manifest.version, "signed_by": signed_by})
     else:
-        click.echo(f"built {path} ({size / 1e6:.1f} MB, {manifest.build['seconds']} s)")
+        click.echo(f"built {path} ({size / 1e6:.1f} MB, {manifest.build['seconds']} s), {manifest.bundle_id} "
+                   f"version {manifest.version}" + (f", signed by key {signed_by}" if signed_by else ""))
 
 
 # --- bundle ---------------------------------------------------------------------------------------------
@@ -142,19 +159,30 @@ def inspect(bundle: Path, as_json: bool) -> None:
     """Show what a bundle holds."""
     from dataclasses import asdict
 
+    from edge_sdk.bundle.signing import read_signatures
     from edge_sdk.bundle.store import open_bundle
     from edge_sdk.device.adapters import AdapterStore
+    from edge_sdk.errors import BundleTrustError
 
-    opened = open_bundle(bundle, verify=False)
+    # Shows any bundle, trusted or not (it runs nothing): the signatures are listed, not checked.
+    opened = open_bundle(bundle, verify=False, trust=False)
     manifest = opened.manifest
     adapters = AdapterStore(opened).names()
+    try:
+        signatures = read_signatures(opened.root)
+        signed = ", ".join(dict.fromkeys(s.key_id for s in signatures)) if signatures else "no (unsigned)"
+        signed_by = [s.key_id for s in signatures] if signatures else []
+    except BundleTrustError as exc:
+        signed, signed_by = f"? {exc}", None
     if as_json:
-        emit_json(asdict(manifest) | {"adapters": adapters})
+        emit_json(asdict(manifest) | {"adapters": adapters, "signed_by": signed_by})
         return
     size = sum(entry.size for entry in manifest.files)
     peft = manifest.peft_spec
     lines = [
         f"bundle      {opened.root}",
+        f"bundle id   {manifest.bundle_id}, version {manifest.version}",
+        f"signed by   {signed}",
         f"task        {manifest.task}",
         f"labels      {', '.join(manifest.labels) or '(none: the task has no label list)'}",
         f"model       {manifest.model['architecture']} ({_count(manifest.model['parameters'])} parameters) "
@@ -176,16 +204,40 @@ def inspect(bundle: Path, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
+              help="A public key (.pub) or folder of them whose signature the bundle must carry (repeatable; "
+                   "EDGE_SDK_TRUSTED_KEYS is added).")
 @click.option("--json", "as_json", is_flag=True)
-def verify(bundle: Path, as_json: bool) -> None:
-    """Check every bundle file against the sha256 in its manifest."""
+def verify(bundle: Path, trusted_keys: tuple[Path, ...], as_json: bool) -> None:
+    """Check a bundle's signature (given trusted keys) and every file against the sha256 in its manifest."""
+    from edge_sdk.bundle.signing import TrustPolicy, signature_status
     from edge_sdk.bundle.store import verify_bundle
+    from edge_sdk.bundle.trust import TRUSTED_KEYS_VARIABLE
 
-    manifest = verify_bundle(bundle)
+    environment = os.environ.get(TRUSTED_KEYS_VARIABLE)
+    paths = [*trusted_keys, *([Path(environment)] if environment else [])]
+    policy = None
+    if paths:
+        origin = " and ".join(([f"--trusted-key {', '.join(map(str, trusted_keys))}"] if trusted_keys else [])
+                              + ([f"{TRUSTED_KEYS_VARIABLE}={environment}"] if environment else []))
+        # The device's record of accepted versions is checked (when this is a device: EDGE_SDK_TRUSTED_KEYS is
+        # set), never written: verifying an old release must not change what the device accepts.
+        policy = TrustPolicy.from_paths(paths, origin=origin, rollback="check" if environment else "off")
+    manifest = verify_bundle(bundle, trust=policy if policy is not None else False)
+    status = signature_status(bundle, policy)
     if as_json:
-        emit_json({"bundle": str(bundle), "ok": True, "files": len(manifest.files)})
+        emit_json({"bundle": str(bundle), "ok": True, "files": len(manifest.files), "bundle_id": manifest.bundle_id,
+                   "version": manifest.version, "signed": bool(status.key_ids), "signed_by": status.key_ids,
+                   "trust_checked": policy is not None, "verified_by": status.verified_by})
+        return
+    if status.verified_by:
+        signed = f"signed by trusted key {', '.join(status.verified_by)}"
+    elif status.key_ids:
+        signed = f"signed by key {', '.join(status.key_ids)} (not checked: give --trusted-key PUB)"
     else:
-        click.echo(f"ok: {len(manifest.files)} files match the manifest")
+        signed = "not signed"
+    click.echo(f"ok: {len(manifest.files)} files match the manifest; {manifest.bundle_id} version "
+               f"{manifest.version}, {signed}")
 
 
 @cli.command()
@@ -400,6 +452,8 @@ def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, 
 
 
 cli.add_command(adapters)
+cli.add_command(keys)
+cli.add_command(sign)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from edge_sdk.bundle.int8_arithmetic import check_int8_portable
 from edge_sdk.bundle.store import Bundle, open_bundle, sha256_file
+from edge_sdk.bundle.trust import Trust
 from edge_sdk.device.adapter_gate import GateDecision, GateSettings, judge
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
@@ -54,9 +55,11 @@ class DeviceBundle:
         self._decoder = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True, threads: int | None = None) -> DeviceBundle:
-        """Open (and by default verify) the bundle at ``path``."""
-        return cls(open_bundle(path, verify=verify), threads=threads)
+    def open(cls, path: str | os.PathLike, verify: bool = True, threads: int | None = None,
+             trust: Trust = None) -> DeviceBundle:
+        """Open (and by default verify) the bundle at ``path``. ``trust``: a ``TrustPolicy`` whose keys must have
+        signed the bundle; None (the default) takes it from ``EDGE_SDK_TRUSTED_KEYS`` (no check when unset)."""
+        return cls(open_bundle(path, verify=verify, trust=trust), threads=threads)
 
     # --- adapters -------------------------------------------------------------------------------------
 

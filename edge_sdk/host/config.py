@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edge_sdk.bundle.manifest import check_bundle_id, check_bundle_version, default_bundle_id
 from edge_sdk.errors import ConfigError
 from edge_sdk.tasks.registry import task_spec
 
@@ -96,9 +97,20 @@ class BuildConfig:
     gguf_file: str | None = None  # the model is this GGUF file in model_dir (dequantized when loaded)
     adapter_from: Path | None = None  # a PEFT adapter folder whose weights become the initial adapter
     base: str = "float32"  # one of BASES: how the frozen base is stored and computes
+    # Rollback protection on devices compares versions of one bundle id (None: from the source and task).
+    bundle_id: str | None = None
+    bundle_version: int = 1
+
+    @property
+    def resolved_bundle_id(self) -> str:
+        """The bundle id the manifest gets: the one set, else the model source's name and the task."""
+        return self.bundle_id or default_bundle_id(self.source_description or self.model_dir.name, self.task)
 
     def validate(self) -> None:
         task_spec(self.task).validate_labels(self.labels)
+        if self.bundle_id is not None:
+            check_bundle_id(self.bundle_id, "--bundle-id (recipe key bundle_id)", ConfigError)
+        check_bundle_version(self.bundle_version, "--bundle-version (recipe key bundle_version)", ConfigError)
         if not isinstance(self.max_length, int) or not 8 <= self.max_length <= 8192:
             raise ConfigError(f"max sequence length must be an integer in 8..8192, got {self.max_length!r}")
         if self.max_batch_size is not None and (not isinstance(self.max_batch_size, int) or self.max_batch_size < 1):
@@ -125,7 +137,7 @@ class BuildConfig:
 
 
 _RECIPE_KEYS = {"model", "task", "labels", "max_length", "max_batch_size", "peft", "profile", "seed", "opset",
-                "description", "base", "precision"}
+                "description", "base", "precision", "bundle_id", "bundle_version"}
 _PEFT_KEYS = {"adapter", "method", "rank", "alpha", "target_modules"}
 
 
@@ -180,4 +192,7 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         base=base or "float32",
         source_description=description,
         gguf_file=gguf_file,
+        # A recipe names one bundle: by default its id is the recipe's file name and task.
+        bundle_id=data.get("bundle_id", default_bundle_id(path.name, str(data["task"]))),
+        bundle_version=data.get("bundle_version", 1),
     )

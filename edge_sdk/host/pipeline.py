@@ -109,8 +109,10 @@ def merge_fragment(manifest: Fragment, fragment: Fragment) -> None:
             manifest[key] = value
 
 
-def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: Progress | None = None) -> Path:
-    """Build a bundle for ``config`` at ``out`` (atomically: on failure nothing is left at ``out``)."""
+def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: Progress | None = None,
+              signer: Callable[[bytes], bytes] | None = None) -> Path:
+    """Build a bundle for ``config`` at ``out`` (atomically: on failure nothing is left at ``out``); ``signer``
+    makes the signature file from the manifest's bytes (see ``BundleWriter.commit``)."""
     report = progress or (lambda _message: None)
     started = time.perf_counter()
     config.validate()
@@ -125,4 +127,4 @@ def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, pro
             report(stage.summary)
             merge_fragment(draft, stage.run(state, writer, draft))
         draft["build"]["seconds"] = round(time.perf_counter() - started, 1)
-        return writer.commit(Manifest(**draft))
+        return writer.commit(Manifest(**draft), signer=signer)

@@ -199,8 +199,11 @@ def test_inspect_json_and_text(tiny_bundle: Path) -> None:
 def test_verify_ok_and_json(tiny_bundle: Path) -> None:
     count = manifest_file_count(tiny_bundle)
     assert count >= 5
-    assert ok("verify", tiny_bundle).stdout.strip() == f"ok: {count} files match the manifest"
-    assert ok_json("verify", tiny_bundle) == {"bundle": str(tiny_bundle), "ok": True, "files": count}
+    bundle_id = json.loads((tiny_bundle / "manifest.json").read_text()).get("bundle_id", "tiny-model-seq-cls")
+    assert ok("verify", tiny_bundle).stdout.strip().startswith(f"ok: {count} files match the manifest; {bundle_id} ")
+    assert ok_json("verify", tiny_bundle) | {"version": None} == {
+        "bundle": str(tiny_bundle), "ok": True, "files": count, "bundle_id": bundle_id, "version": None,
+        "signed": False, "signed_by": [], "trust_checked": False, "verified_by": []}
 
 
 def test_tampered_file_fails_verify_infer_and_pack_naming_the_file(tiny_bundle: Path, tmp_path: Path) -> None:

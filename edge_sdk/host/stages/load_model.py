@@ -42,6 +42,8 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
     state.initial = {name: p.detach().numpy().copy() for name, p in loaded.model.named_parameters()
                      if p.requires_grad}
     return {
+        "bundle_id": config.resolved_bundle_id,
+        "version": config.bundle_version,
         "task": config.task,
         "labels": list(config.labels),
         "max_length": config.max_length,
