@@ -98,7 +98,7 @@ def test_personalize_json_reports_history_and_saves_the_named_adapter(tiny_bundl
 
 def test_personalize_without_json_keeps_stdout_to_one_summary_line(tiny_bundle: Path, tiny_data: Path) -> None:
     result = ok("personalize", tiny_bundle, "--data", tiny_data / "train.jsonl", *TRAIN)
-    assert result.stdout.splitlines() == [f"saved adapter 'default' (12 steps on 96 examples, {AUTO_BACKEND})"]
+    assert result.stdout.splitlines() == [f"saved adapter 'default' (12 steps on 96 examples, {AUTO_BACKEND}, generation 1)"]
     assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["epoch 1", "epoch 2"]
     assert adapter_files(tiny_bundle) == ["default.safetensors", "initial.safetensors"]
 
@@ -284,6 +284,6 @@ def test_label_outside_the_label_map_names_label_and_allowed_labels(tiny_bundle:
 def test_personalizing_an_existing_adapter_says_it_continues(tiny_bundle: Path, tiny_data: Path) -> None:
     train = ["personalize", tiny_bundle, "--data", tiny_data / "train.jsonl", "--adapter", "bo", "--epochs", "1"]
     assert "continued from" not in ok(*train).stdout
-    assert ok(*train).stdout.strip().endswith(f"{AUTO_BACKEND}, continued from 'bo')")
+    assert ok(*train).stdout.strip().endswith(f"{AUTO_BACKEND}, continued from 'bo', generation 2)")
     restarted = ok_json(*train, "--start-from", "initial")
     assert restarted["started_from"] == "initial"
