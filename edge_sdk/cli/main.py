@@ -224,11 +224,14 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
                    "ort-training or portable.")
 @click.option("--start-from", help="Adapter to start from (default: --adapter itself if it exists, else 'initial').")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of this adapter (same data and flags).")
+@click.option("--memory-budget", metavar="SIZE",
+              help="Peak memory allowed (e.g. 512MiB, 1.5GiB, 800MB): the batch size is lowered to fit the estimate, "
+                   "or training is refused before loading (default: the bundle profile's memory_budget, if any).")
 @_threads_option
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
                 batch_size: int, warmup: float, seed: int, backend: str, start_from: str | None, resume: bool,
-                threads: int | None, as_json: bool) -> None:
+                memory_budget: str | None, threads: int | None, as_json: bool) -> None:
     """Fine-tune the bundle's adapter on this device's data."""
     from edge_sdk.device.personalize import EpochReport, StepReport, TrainingSettings
 
@@ -258,7 +261,8 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
 
     try:
         result = device_bundle.personalize(data, eval_data, adapter=adapter, settings=settings, backend=backend,
-                                           start_from=start_from, on_step=on_step, on_epoch=on_epoch, resume=resume)
+                                           start_from=start_from, on_step=on_step, on_epoch=on_epoch, resume=resume,
+                                           memory_budget=memory_budget)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

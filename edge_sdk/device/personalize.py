@@ -65,6 +65,7 @@ class PersonalizeResult:
     started_from: str
     history: list[dict[str, Any]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    memory: dict[str, Any] | None = None  # the memory budget's fit (requested and used batch size, estimate)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from edge_sdk.bundle.store import Bundle, open_bundle, sha256_file
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
 from edge_sdk.device.checkpoints import CheckpointStore
+from edge_sdk.device.memory_budget import fit_training_memory
 from edge_sdk.device.ort_errors import DeviceSession, open_session
 from edge_sdk.device.personalize import (
     EpochReport,
@@ -219,12 +220,15 @@ class DeviceBundle:
         on_step: Callable[[StepReport], None] | None = None,
         on_epoch: Callable[[EpochReport], None] | None = None,
         resume: bool = False,
+        memory_budget: int | str | None = None,
     ) -> PersonalizeResult:
         """Train an adapter on ``data`` and save it as ``adapter`` in the bundle's store.
 
         Training starts from ``start_from`` (default: the adapter of the same name if it exists, so a
         user's adapter keeps learning, otherwise the bundle's initial adapter). Every epoch but the last
         is checkpointed; ``resume=True`` continues an interrupted run of the same adapter, data and settings.
+        ``memory_budget`` (bytes or a size such as ``"512MiB"``; default the bundle profile's ``memory_budget``)
+        lowers the batch size to the largest whose estimated peak memory fits, or refuses before loading.
         """
         settings = settings or TrainingSettings()
         settings.validate()
@@ -239,6 +243,9 @@ class DeviceBundle:
         initial_weights = self.adapters.load(start)
         train = self.task.load(data)
         eval_set = self.task.load(eval_data) if eval_data is not None else None
+        memory = fit_training_memory(self.manifest, backend, settings.batch_size, train, memory_budget)
+        if memory is not None:
+            settings = replace(settings, batch_size=memory.batch_size)
 
         trainer = create_backend(backend, self.bundle, threads=self.threads)
         trainer.load_weights(initial_weights)
@@ -299,4 +306,4 @@ class DeviceBundle:
         checkpoints.remove()
         return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(train),
                                  best_epoch=best_epoch, before=before, started_from=start, history=history,
-                                 losses=losses)
+                                 losses=losses, memory=memory.to_dict() if memory else None)
