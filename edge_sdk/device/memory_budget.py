@@ -4,7 +4,7 @@ The estimate is structural: each part is a formula over what the manifest record
 depth, MLP width, attention heads and vocabulary in ``model.dimensions``; the trainable tensors; the
 output shape; the sizes of the files a backend loads), multiplied by a few constants calibrated by
 measuring personalization runs of a BERT-like encoder and a Llama-like decoder on both backends (see
-docs/memory-budget.md). Numpy-free and ONNX Runtime-free: it runs before anything heavy is loaded.
+docs/memory-budget.md). Stdlib only (ONNX Runtime is not imported): it runs before anything heavy is loaded.
 """
 
 from __future__ import annotations
