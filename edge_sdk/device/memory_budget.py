@@ -13,11 +13,13 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.errors import ConfigError, MemoryBudgetError
-from edge_sdk.tasks.base import TaskData
+
+if TYPE_CHECKING:  # only for the hints: this module stays stdlib-only at run time
+    from edge_sdk.tasks.base import TaskData
 
 log = logging.getLogger(__name__)
 MIB = 1 << 20
