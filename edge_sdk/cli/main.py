@@ -288,12 +288,15 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
 @click.option("--keep-generations", type=click.IntRange(min=1), default=DEFAULT_KEEP, show_default=True,
               help="How many generations of the adapter to keep for `edge-sdk adapters rollback`.")
 @_wait_option
+@click.option("--memory-budget", metavar="SIZE",
+              help="Peak memory allowed (e.g. 512MiB, 1.5GiB, 800MB): the batch size is lowered to fit the estimate, "
+                   "or training is refused before loading (default: the bundle profile's memory_budget, if any).")
 @_threads_option
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
                 batch_size: int, warmup: float, seed: int, backend: str, start_from: str | None, resume: bool,
-                gate_margin: float, no_gate: bool, keep_generations: int, wait: float | None, threads: int | None,
-                as_json: bool) -> None:
+                gate_margin: float, no_gate: bool, keep_generations: int, wait: float | None,
+                memory_budget: str | None, threads: int | None, as_json: bool) -> None:
     """Fine-tune the bundle's adapter on this device's data.
 
     The new adapter replaces the current one only if it passes the gate: it loads, its losses were finite and,
@@ -330,7 +333,7 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
         result = device_bundle.personalize(data, eval_data, adapter=adapter, settings=settings, backend=backend,
                                            start_from=start_from, on_step=on_step, on_epoch=on_epoch, resume=resume,
                                            gate=GateSettings(enabled=not no_gate, margin=gate_margin),
-                                           keep_generations=keep_generations, wait=wait)
+                                           keep_generations=keep_generations, wait=wait, memory_budget=memory_budget)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -77,6 +77,7 @@ class PersonalizeResult:
     gate: dict[str, Any] = field(default_factory=dict)   # its decision: accepted, reason, metric, candidate, baseline
     generation: int | None = None          # the generation the new adapter was stored as (None: not stored)
     current_generation: int | None = None  # the generation serving under the name afterwards
+    memory: dict[str, Any] | None = None  # the memory budget's fit (requested and used batch size, estimate)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from edge_sdk.device.adapter_gate import GateDecision, GateSettings, judge
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
 from edge_sdk.device.checkpoints import CheckpointStore
+from edge_sdk.device.memory_budget import fit_training_memory
 from edge_sdk.device.ort_errors import DeviceSession, open_session
 from edge_sdk.device.personalize import (
     EpochReport,
@@ -227,6 +228,7 @@ class DeviceBundle:
         gate: GateSettings | None = None,
         keep_generations: int | None = None,
         wait: float | None = 0.0,
+        memory_budget: int | str | None = None,
     ) -> PersonalizeResult:
         """Train an adapter on ``data`` and store it as the next generation of ``adapter``.
 
@@ -237,6 +239,8 @@ class DeviceBundle:
         The new adapter serves only if it passes the ``gate`` (see :mod:`edge_sdk.device.adapter_gate`); else
         the current one stays and the result says why (``accepted``, ``gate``). The store is locked for the
         whole run: another writer makes this call wait ``wait`` seconds (None: indefinitely), then fail.
+        ``memory_budget`` (bytes or a size such as ``"512MiB"``; default the bundle profile's ``memory_budget``)
+        lowers the batch size to the largest whose estimated peak memory fits, or refuses before loading.
         """
         settings = settings or TrainingSettings()
         settings.validate()
@@ -253,15 +257,18 @@ class DeviceBundle:
             self.adapters = AdapterStore(self.bundle, keep=keep_generations)
         with self.adapters.writing(wait):
             return self._personalize_locked(data, eval_data, adapter, settings, backend, start_from, on_step,
-                                            on_epoch, resume, gate)
+                                            on_epoch, resume, gate, memory_budget)
 
     def _personalize_locked(self, data, eval_data, adapter: str, settings: TrainingSettings, backend: str,
-                            start_from: str | None, on_step, on_epoch, resume: bool,
-                            gate: GateSettings) -> PersonalizeResult:
+                            start_from: str | None, on_step, on_epoch, resume: bool, gate: GateSettings,
+                            memory_budget: int | str | None) -> PersonalizeResult:
         start = start_from or (adapter if self.adapters.exists(adapter) else INITIAL)
         initial_weights = self.adapters.load(start)
         train = self.task.load(data)
         eval_set = self.task.load(eval_data) if eval_data is not None else None
+        memory = fit_training_memory(self.manifest, backend, settings.batch_size, train, memory_budget)
+        if memory is not None:
+            settings = replace(settings, batch_size=memory.batch_size)
 
         trainer = create_backend(backend, self.bundle, threads=self.threads)
         trainer.load_weights(initial_weights)
@@ -310,7 +317,8 @@ class DeviceBundle:
             return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(diverged.losses),
                                      examples=len(train), best_epoch=0, before=before, started_from=start,
                                      losses=diverged.losses, accepted=False, gate=decision.to_dict(),
-                                     current_generation=self._current_generation(adapter))
+                                     current_generation=self._current_generation(adapter),
+                                     memory=memory.to_dict() if memory else None)
         best_epoch, history, losses = progress.best_epoch, progress.history, progress.losses
         after = history[best_epoch - 1]["eval"]
         baseline_name, baseline = self._gate_baseline(adapter, start, before, eval_set)
@@ -340,7 +348,8 @@ class DeviceBundle:
         return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(train),
                                  best_epoch=best_epoch, before=before, started_from=start, history=history,
                                  losses=losses, accepted=decision.accepted, gate=decision.to_dict(),
-                                 generation=record.number, current_generation=self._current_generation(adapter))
+                                 generation=record.number, current_generation=self._current_generation(adapter),
+                                 memory=memory.to_dict() if memory else None)
 
     def _gate_baseline(self, adapter: str, start: str, before: dict[str, float] | None,
                        eval_set: TaskData | None) -> tuple[str, dict[str, float] | None]:

@@ -21,6 +21,8 @@ class Profile:
     providers: list[str]
     graph_optimization_level: str
     intra_op_threads: int
+    # Peak memory personalization may use ("512MiB"); the device parses it (edge_sdk/device/memory_budget.py).
+    memory_budget: str | None = None
 
     def session_options(self, threads: int | None = None):
         """ONNX Runtime session options for this profile (``threads`` overrides the profile's)."""
@@ -98,7 +100,17 @@ def load_profile(name: str) -> Profile:
         providers=list(data.get("providers", ["CPUExecutionProvider"])),
         graph_optimization_level=level,
         intra_op_threads=int(data.get("intra_op_threads", 0)),
+        memory_budget=_memory_budget(name, data.get("memory_budget")),
     )
+
+
+def _memory_budget(profile: str, value: Any) -> str | None:
+    # The size itself is checked where it is used; here only that it is written as a size can be.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"profile {profile!r}: memory_budget must be a size such as \"512MiB\", got {value!r}")
+    return str(value)
 
 
 def profile_from_dict(data: dict[str, Any]) -> Profile:

@@ -98,7 +98,8 @@ def test_personalize_json_reports_history_and_saves_the_named_adapter(tiny_bundl
 
 def test_personalize_without_json_keeps_stdout_to_one_summary_line(tiny_bundle: Path, tiny_data: Path) -> None:
     result = ok("personalize", tiny_bundle, "--data", tiny_data / "train.jsonl", *TRAIN)
-    assert result.stdout.splitlines() == [f"saved adapter 'default' (12 steps on 96 examples, {AUTO_BACKEND}, generation 1)"]
+    assert result.stdout.splitlines() == [
+        f"saved adapter 'default' (12 steps on 96 examples, {AUTO_BACKEND}, generation 1)"]
     assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["epoch 1", "epoch 2"]
     assert adapter_files(tiny_bundle) == ["default.safetensors", "initial.safetensors"]
 

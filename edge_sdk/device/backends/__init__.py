@@ -12,14 +12,7 @@ BACKEND_NAMES = ("auto", "ort-training", "portable")
 def create_backend(name: str, bundle: Bundle, threads: int | None = None) -> TrainingBackend:
     """Instantiate the training backend ``name`` for ``bundle`` (``auto`` picks what is installed)."""
     supported = bundle.manifest.training_backends
-    if name not in BACKEND_NAMES:
-        raise ConfigError(f"unknown training backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
-    if name == "auto":
-        # The training build is ONNX Runtime's own path; stock builds (newer Python, ARM, NPU/FPGA
-        # providers) take the portable step.
-        chosen = "ort-training" if training_build_installed() and "ort-training" in supported else "portable"
-    else:
-        chosen = name
+    chosen = resolve_backend_name(name, supported)
     precision = bundle.manifest.compute_precision
     if chosen not in supported and precision != "fp32":
         raise ConfigError(f"bundle {str(bundle.root)!r} is an {precision} build, which trains with the "
@@ -39,6 +32,17 @@ def create_backend(name: str, bundle: Bundle, threads: int | None = None) -> Tra
     return OrtTrainingBackend(bundle, threads=threads)
 
 
+def resolve_backend_name(name: str, supported: list[str]) -> str:
+    """The backend ``name`` stands for (``auto``: ort-training where installed and built, else portable)."""
+    if name not in BACKEND_NAMES:
+        raise ConfigError(f"unknown training backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    if name == "auto":
+        # The training build is ONNX Runtime's own path; stock builds (newer Python, ARM, NPU/FPGA
+        # providers) take the portable step.
+        return "ort-training" if training_build_installed() and "ort-training" in supported else "portable"
+    return name
+
+
 def training_build_installed() -> bool:
     """Whether the installed onnxruntime is the training build (it has the on-device training API)."""
     from onnxruntime.capi import _pybind_state as capi
@@ -46,4 +50,4 @@ def training_build_installed() -> bool:
     return hasattr(capi, "Module") and hasattr(capi, "load_checkpoint")
 
 
-__all__ = ["BACKEND_NAMES", "TrainingBackend", "create_backend", "training_build_installed"]
+__all__ = ["BACKEND_NAMES", "TrainingBackend", "create_backend", "resolve_backend_name", "training_build_installed"]

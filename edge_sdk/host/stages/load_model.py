@@ -27,6 +27,35 @@ def tokenizer_info(tokenizer) -> dict:
     }
 
 
+def _first(config, *names: str) -> int | None:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def model_dimensions(config) -> dict:
+    """Width, depth, MLP width, heads and vocabulary of any transformers config (the names differ per family:
+    BERT's hidden_size, GPT-2's n_embd, T5's d_model and d_ff, BART's encoder_ffn_dim; transformers maps
+    some of them, the rest are listed here). The device's memory estimate reads them
+    (edge_sdk/device/memory_budget.py); ``layers`` counts encoder and decoder blocks of seq2seq models."""
+    config = getattr(config, "text_config", None) or config
+    hidden = _first(config, "hidden_size", "d_model", "n_embd", "dim")
+    heads = _first(config, "num_attention_heads", "encoder_attention_heads", "num_heads", "n_head")
+    encoder = _first(config, "num_hidden_layers", "encoder_layers", "num_layers", "n_layer", "n_layers")
+    decoder = _first(config, "decoder_layers", "num_decoder_layers") if config.is_encoder_decoder else None
+    intermediate = _first(config, "intermediate_size", "d_ff", "encoder_ffn_dim", "ffn_dim", "n_inner",
+                          "hidden_dim")
+    return {
+        "hidden_size": hidden,
+        "layers": (encoder or 0) + (decoder or 0) or None,
+        "intermediate_size": intermediate or (4 * hidden if hidden else None),  # GPT-2 leaves n_inner unset: 4x
+        "attention_heads": heads,
+        "vocab_size": _first(config, "vocab_size"),
+    }
+
+
 def _run(state: BuildState, _writer, _draft) -> Fragment:
     import onnxruntime
     import torch
@@ -52,6 +81,7 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
             "model_type": loaded.model_type,
             "architecture": type(loaded.model.get_base_model()).__name__,
             "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
+            "dimensions": model_dimensions(loaded.model.get_base_model().config),
         },
         "tokenizer": tokenizer_info(loaded.tokenizer),
         "peft": {
