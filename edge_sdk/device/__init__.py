@@ -3,7 +3,7 @@
 Imports only onnxruntime, numpy, tokenizers and safetensors: it must run where torch is absent.
 """
 
-from edge_sdk.device.personalize import EpochReport, PersonalizeResult, StepReport, TrainingSettings
+from edge_sdk.device.personalize import CheckpointPolicy, EpochReport, PersonalizeResult, StepReport, TrainingSettings
 from edge_sdk.device.runtime import DeviceBundle
 
-__all__ = ["DeviceBundle", "EpochReport", "PersonalizeResult", "StepReport", "TrainingSettings"]
+__all__ = ["CheckpointPolicy", "DeviceBundle", "EpochReport", "PersonalizeResult", "StepReport", "TrainingSettings"]

@@ -14,9 +14,10 @@ from edge_sdk.bundle.int8_arithmetic import check_int8_portable
 from edge_sdk.bundle.store import Bundle, open_bundle, sha256_file
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
-from edge_sdk.device.checkpoints import CheckpointStore
+from edge_sdk.device.checkpoints import CheckpointStore, TrainingProgress, remove_stale_files
 from edge_sdk.device.ort_errors import DeviceSession, open_session
 from edge_sdk.device.personalize import (
+    CheckpointPolicy,
     EpochReport,
     PersonalizeResult,
     StepReport,
@@ -219,15 +220,20 @@ class DeviceBundle:
         on_step: Callable[[StepReport], None] | None = None,
         on_epoch: Callable[[EpochReport], None] | None = None,
         resume: bool = False,
+        checkpoint_policy: CheckpointPolicy | None = None,
     ) -> PersonalizeResult:
         """Train an adapter on ``data`` and save it as ``adapter`` in the bundle's store.
 
         Training starts from ``start_from`` (default: the adapter of the same name if it exists, so a
-        user's adapter keeps learning, otherwise the bundle's initial adapter). Every epoch but the last
-        is checkpointed; ``resume=True`` continues an interrupted run of the same adapter, data and settings.
+        user's adapter keeps learning, otherwise the bundle's initial adapter). The run is checkpointed as
+        ``checkpoint_policy`` says (default: every 50 steps, every 120 s, every epoch's end and the last
+        step); ``resume=True`` continues an interrupted run of the same adapter, data and settings from its
+        last checkpoint, mid-epoch included, exactly as the uninterrupted run would have gone on.
         """
         settings = settings or TrainingSettings()
         settings.validate()
+        checkpoint_policy = checkpoint_policy or CheckpointPolicy()
+        checkpoint_policy.validate()
         limit = self.manifest.max_batch_size
         if limit and settings.batch_size > limit:
             raise ConfigError(f"batch size {settings.batch_size} is above this bundle's limit of {limit} (set by its "
@@ -235,14 +241,19 @@ class DeviceBundle:
         check_adapter_name(adapter)
         if adapter == INITIAL:
             raise AdapterError(f"{INITIAL!r} is the bundle's built-in adapter; personalize into another name")
-        start = start_from or (adapter if self.adapters.exists(adapter) else INITIAL)
+        remove_stale_files(self.adapters.folder)
+        checkpoints = CheckpointStore(self.adapters.folder, adapter)
+        # A resume starts from what the interrupted run started from: after a kill between saving the adapter
+        # and removing the checkpoint, the adapter exists but the run did not start from it.
+        saved = checkpoints.saved_identity() if resume and start_from is None else None
+        start = start_from or (saved or {}).get("started_from") or (
+            adapter if self.adapters.exists(adapter) else INITIAL)
         initial_weights = self.adapters.load(start)
         train = self.task.load(data)
         eval_set = self.task.load(eval_data) if eval_data is not None else None
 
         trainer = create_backend(backend, self.bundle, threads=self.threads)
         trainer.load_weights(initial_weights)
-        checkpoints = CheckpointStore(self.adapters.folder, adapter)
         identity = {
             "base_id": self.adapters.base_id,
             "backend": trainer.name,
@@ -253,27 +264,40 @@ class DeviceBundle:
         }
         try:
             resumed = checkpoints.load(trainer, identity) if resume else None
-            resumed_after = resumed[0].epoch if resumed else None  # run_training advances the progress object
         except BaseException:
             trainer.close()
             raise
+        # run_training advances the progress object: note where it was resumed from first.
+        resumed_after, resumed_step = (resumed[0].epoch, resumed[0].step) if resumed else (None, None)
 
-        def batches(rng: np.random.Generator):
+        def batches(rng: np.random.Generator, start: int):
             order = rng.permutation(len(train))
-            for begin in range(0, len(order), settings.batch_size):
+            for begin in range(start * settings.batch_size, len(order), settings.batch_size):
                 rows = order[begin:begin + settings.batch_size]
                 inputs = self.tokenizer.pad([train.encoded[i] for i in rows])
                 yield inputs | self.task.targets(train, rows, inputs["input_ids"].shape[1])
 
         evaluate = (lambda weights: self._score(eval_set, weights)) if eval_set else None
-        before = evaluate(initial_weights) if evaluate else None
+        if resumed and (resumed[0].before is not None or not evaluate):
+            before = resumed[0].before  # measured by the interrupted run: not repeated
+        else:
+            before = evaluate(initial_weights) if evaluate else None
+        start_progress = resumed or (TrainingProgress(before=before), None)
+        start_progress[0].before = before
         steps_per_epoch = -(-len(train) // settings.batch_size)
+        written = 0
+
+        def save_checkpoint(done: TrainingProgress, best: dict[str, np.ndarray] | None) -> None:
+            nonlocal written
+            checkpoints.save(trainer, done, best, identity)
+            written += 1
+
         started = time.perf_counter()
         try:
             weights, progress = run_training(
                 trainer, batches, steps_per_epoch, settings, evaluate, self.task.metric, on_step, on_epoch,
-                checkpoint=lambda done, best: checkpoints.save(trainer, done, best, identity), resume=resumed,
-                higher_is_better=self.task.higher_is_better)
+                checkpoint=save_checkpoint, resume=start_progress, higher_is_better=self.task.higher_is_better,
+                policy=checkpoint_policy)
         finally:
             trainer.close()
         seconds = time.perf_counter() - started
@@ -295,8 +319,9 @@ class DeviceBundle:
         }
         if resumed_after is not None:
             summary["resumed_after_epoch"] = resumed_after
+            summary["resumed_from_step"] = resumed_step
         self.adapters.save(adapter, weights, summary)
-        checkpoints.remove()
+        checkpoints.remove()  # only now: a kill before this line resumes to the same adapter
         return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(train),
                                  best_epoch=best_epoch, before=before, started_from=start, history=history,
-                                 losses=losses)
+                                 losses=losses, resumed_from_step=resumed_step, checkpoints_written=written)
