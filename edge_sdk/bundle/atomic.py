@@ -310,9 +310,9 @@ def remove_folder(path: str | os.PathLike) -> None:
 def _leftovers(folder: Path, name: str, kind: str) -> list[Path]:
     entries = [entry for entry in folder.glob(f".{_glob_escape(name)}.*.{kind}")
                if (match := _TEMPORARY.match(entry.name)) and match["name"] == name]
-    # Newest first: when more than one was left (it takes interrupted runs with no recovery in between),
-    # the most recently moved aside is the latest complete version.
-    return sorted(entries, key=lambda entry: entry.lstat().st_ctime_ns, reverse=True)
+    # Newest first: when more than one was left (it takes interrupted swaps with no recovery in between), the
+    # most recently written is the latest complete version (a rename within a folder keeps a folder's mtime).
+    return sorted(entries, key=lambda entry: (entry.lstat().st_mtime_ns, entry.name), reverse=True)
 
 
 def _glob_escape(text: str) -> str:
