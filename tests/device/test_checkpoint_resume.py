@@ -22,6 +22,7 @@ from edge_sdk.errors import AdapterError, ConfigError, StorageFullError
 
 # 96 examples in batches of 8: 12 steps an epoch, 36 in all.
 SETTINGS = TrainingSettings(epochs=3, learning_rate=1e-2, batch_size=8, seed=5)
+STEPS_PER_EPOCH = 12
 LIMIT = 1 << 14  # bytes: above progress.json, below the tiny bundle's optimizer state
 EVERY_STEP = CheckpointPolicy(every_steps=1, every_seconds=0)
 BACKENDS = ["portable", pytest.param("ort-training", marks=pytest.mark.skipif(
@@ -215,3 +216,24 @@ def test_cli_checkpoint_flags_and_resume_fields(tiny_bundle: Path, tiny_data: Pa
     assert bad.exit_code == 2 and "--checkpoint-every" in bad.output
     missing = runner.invoke(cli, [*args, "--resume"])
     assert missing.exit_code == 1 and "no interrupted personalization of adapter 'u'" in missing.output
+
+
+def test_an_epoch_only_checkpoint_of_an_earlier_sdk_still_resumes_exactly(tiny_bundle: Path, tiny_data: Path,
+                                                                         tmp_path: Path) -> None:
+    twin = Path(shutil.copytree(tiny_bundle, tmp_path / "twin"))
+    straight = train(DeviceBundle.open(twin), tiny_data, "portable")
+    bundle = DeviceBundle.open(tiny_bundle)
+
+    def cut_after_epoch_1(report) -> None:
+        if report.epoch == 1:
+            raise PowerCut
+
+    with pytest.raises(PowerCut):
+        train(bundle, tiny_data, "portable", on_epoch=cut_after_epoch_1, checkpoint_policy=CheckpointPolicy(0, 0))
+    # What earlier SDKs wrote: no step, batch, generator state or file hashes; the shuffles are replayed.
+    progress_file = store(tiny_bundle).folder / "progress.json"
+    saved = json.loads(progress_file.read_text())
+    old = {key: saved["progress"][key] for key in ("epoch", "history", "losses", "best_epoch", "best_metrics")}
+    progress_file.write_text(json.dumps({"identity": saved["identity"], "progress": old}))
+    resumed = train(bundle, tiny_data, "portable", resume=True)
+    assert resumed.resumed_from_step == STEPS_PER_EPOCH and resumed.losses == straight.losses
