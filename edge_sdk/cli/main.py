@@ -279,7 +279,13 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
               help="Training backend: auto (ort-training when the training build is installed, else portable), "
                    "ort-training or portable.")
 @click.option("--start-from", help="Adapter to start from (default: --adapter itself if it exists, else 'initial').")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run of this adapter (same data and flags).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run of this adapter from its last checkpoint (same data and flags; "
+                   "the checkpoint flags may differ).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Checkpoint after every N optimizer steps (0: off). Epoch ends and the last step always are.")
+@click.option("--checkpoint-seconds", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Also checkpoint after the first step that ends S seconds after the previous checkpoint (0: off).")
 @click.option("--gate-margin", type=float, default=0.0, show_default=True,
               help="With --eval-data: how much worse (in the task metric) the new adapter may score than the current "
                    "one and still replace it.")
@@ -295,19 +301,21 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
                 batch_size: int, warmup: float, seed: int, backend: str, start_from: str | None, resume: bool,
-                gate_margin: float, no_gate: bool, keep_generations: int, wait: float | None,
-                memory_budget: str | None, threads: int | None, as_json: bool) -> None:
+                checkpoint_every: int, checkpoint_seconds: float, gate_margin: float, no_gate: bool,
+                keep_generations: int, wait: float | None, memory_budget: str | None, threads: int | None,
+                as_json: bool) -> None:
     """Fine-tune the bundle's adapter on this device's data.
 
     The new adapter replaces the current one only if it passes the gate: it loads, its losses were finite and,
     with --eval-data, it scores no worse than the current adapter (within --gate-margin). Otherwise the current
     one keeps serving, the new one is kept as a rejected generation, and the output says why (exit code 0)."""
     from edge_sdk.device.adapter_gate import GateSettings
-    from edge_sdk.device.personalize import EpochReport, StepReport, TrainingSettings
+    from edge_sdk.device.personalize import CheckpointPolicy, EpochReport, StepReport, TrainingSettings
 
     device_bundle = _open(bundle, threads)
     settings = TrainingSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, warmup_fraction=warmup,
                                 seed=seed)
+    policy = CheckpointPolicy(every_steps=checkpoint_every, every_seconds=checkpoint_seconds)
     bar = None
 
     def on_step(report: StepReport) -> None:
@@ -332,6 +340,7 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
     try:
         result = device_bundle.personalize(data, eval_data, adapter=adapter, settings=settings, backend=backend,
                                            start_from=start_from, on_step=on_step, on_epoch=on_epoch, resume=resume,
+                                           checkpoint_policy=policy,
                                            gate=GateSettings(enabled=not no_gate, margin=gate_margin),
                                            keep_generations=keep_generations, wait=wait, memory_budget=memory_budget)
     finally:
@@ -349,6 +358,7 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
     after = result.history[result.best_epoch - 1]["eval"]
     summary = f"saved adapter {result.adapter!r} ({result.steps} steps on {result.examples} examples, {result.backend}"
     summary += f", continued from {result.started_from!r}" if result.started_from != "initial" else ""
+    summary += f", resumed from step {result.resumed_from_step}" if result.resumed_from_step is not None else ""
     summary += f", generation {result.generation})"
     if result.before and after:
         metric = device_bundle.task.metric

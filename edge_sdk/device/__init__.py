@@ -4,7 +4,8 @@ Imports only onnxruntime, numpy, tokenizers and safetensors: it must run where t
 """
 
 from edge_sdk.device.adapter_gate import GateSettings
-from edge_sdk.device.personalize import EpochReport, PersonalizeResult, StepReport, TrainingSettings
+from edge_sdk.device.personalize import CheckpointPolicy, EpochReport, PersonalizeResult, StepReport, TrainingSettings
 from edge_sdk.device.runtime import DeviceBundle
 
-__all__ = ["DeviceBundle", "EpochReport", "GateSettings", "PersonalizeResult", "StepReport", "TrainingSettings"]
+__all__ = ["CheckpointPolicy", "DeviceBundle", "EpochReport", "GateSettings", "PersonalizeResult", "StepReport",
+           "TrainingSettings"]

@@ -16,10 +16,11 @@ from edge_sdk.bundle.trust import Trust
 from edge_sdk.device.adapter_gate import GateDecision, GateSettings, judge
 from edge_sdk.device.adapters import INITIAL, AdapterStore, check_adapter_name
 from edge_sdk.device.backends import create_backend
-from edge_sdk.device.checkpoints import CheckpointStore
+from edge_sdk.device.checkpoints import CheckpointStore, TrainingProgress, remove_stale_files
 from edge_sdk.device.memory_budget import fit_training_memory
 from edge_sdk.device.ort_errors import DeviceSession, open_session
 from edge_sdk.device.personalize import (
+    CheckpointPolicy,
     EpochReport,
     PersonalizeResult,
     StepReport,
@@ -225,6 +226,7 @@ class DeviceBundle:
         on_step: Callable[[StepReport], None] | None = None,
         on_epoch: Callable[[EpochReport], None] | None = None,
         resume: bool = False,
+        checkpoint_policy: CheckpointPolicy | None = None,
         gate: GateSettings | None = None,
         keep_generations: int | None = None,
         wait: float | None = 0.0,
@@ -233,8 +235,10 @@ class DeviceBundle:
         """Train an adapter on ``data`` and store it as the next generation of ``adapter``.
 
         Training starts from ``start_from`` (default: the adapter of the same name if it exists, so a
-        user's adapter keeps learning, otherwise the bundle's initial adapter). Every epoch but the last
-        is checkpointed; ``resume=True`` continues an interrupted run of the same adapter, data and settings.
+        user's adapter keeps learning, otherwise the bundle's initial adapter). The run is checkpointed as
+        ``checkpoint_policy`` says (default: every 50 steps, every 120 s, every epoch's end and the last
+        step); ``resume=True`` continues an interrupted run of the same adapter, data and settings from its
+        last checkpoint, mid-epoch included, exactly as the uninterrupted run would have gone on.
 
         The new adapter serves only if it passes the ``gate`` (see :mod:`edge_sdk.device.adapter_gate`); else
         the current one stays and the result says why (``accepted``, ``gate``). The store is locked for the
@@ -244,6 +248,8 @@ class DeviceBundle:
         """
         settings = settings or TrainingSettings()
         settings.validate()
+        checkpoint_policy = checkpoint_policy or CheckpointPolicy()
+        checkpoint_policy.validate()
         gate = gate or GateSettings()
         gate.validate()
         limit = self.manifest.max_batch_size
@@ -256,13 +262,21 @@ class DeviceBundle:
         if keep_generations is not None:
             self.adapters = AdapterStore(self.bundle, keep=keep_generations)
         with self.adapters.writing(wait):
+            # Under the lock: another writer's temporaries look exactly like a killed run's.
+            remove_stale_files(self.adapters.folder)
             return self._personalize_locked(data, eval_data, adapter, settings, backend, start_from, on_step,
-                                            on_epoch, resume, gate, memory_budget)
+                                            on_epoch, resume, checkpoint_policy, gate, memory_budget)
 
     def _personalize_locked(self, data, eval_data, adapter: str, settings: TrainingSettings, backend: str,
-                            start_from: str | None, on_step, on_epoch, resume: bool, gate: GateSettings,
+                            start_from: str | None, on_step, on_epoch, resume: bool,
+                            checkpoint_policy: CheckpointPolicy, gate: GateSettings,
                             memory_budget: int | str | None) -> PersonalizeResult:
-        start = start_from or (adapter if self.adapters.exists(adapter) else INITIAL)
+        checkpoints = CheckpointStore(self.adapters.folder, adapter)
+        # A resume starts from what the interrupted run started from: after a kill between making the adapter
+        # current and removing the checkpoint, the adapter exists but the run did not start from it.
+        saved = checkpoints.saved_identity() if resume and start_from is None else None
+        start = start_from or (saved or {}).get("started_from") or (
+            adapter if self.adapters.exists(adapter) else INITIAL)
         initial_weights = self.adapters.load(start)
         train = self.task.load(data)
         eval_set = self.task.load(eval_data) if eval_data is not None else None
@@ -272,7 +286,6 @@ class DeviceBundle:
 
         trainer = create_backend(backend, self.bundle, threads=self.threads)
         trainer.load_weights(initial_weights)
-        checkpoints = CheckpointStore(self.adapters.folder, adapter)
         identity = {
             "base_id": self.adapters.base_id,
             "backend": trainer.name,
@@ -283,42 +296,60 @@ class DeviceBundle:
         }
         try:
             resumed = checkpoints.load(trainer, identity) if resume else None
-            resumed_after = resumed[0].epoch if resumed else None  # run_training advances the progress object
         except BaseException:
             trainer.close()
             raise
+        # run_training advances the progress object: note where it was resumed from first.
+        resumed_after, resumed_step = (resumed[0].epoch, resumed[0].step) if resumed else (None, None)
 
-        def batches(rng: np.random.Generator):
+        def batches(rng: np.random.Generator, start: int):
             order = rng.permutation(len(train))
-            for begin in range(0, len(order), settings.batch_size):
+            for begin in range(start * settings.batch_size, len(order), settings.batch_size):
                 rows = order[begin:begin + settings.batch_size]
                 inputs = self.tokenizer.pad([train.encoded[i] for i in rows])
                 yield inputs | self.task.targets(train, rows, inputs["input_ids"].shape[1])
 
         evaluate = (lambda weights: self._score(eval_set, weights)) if eval_set else None
-        before = evaluate(initial_weights) if evaluate else None
+        try:
+            if resumed and (resumed[0].before is not None or not evaluate):
+                before = resumed[0].before  # measured by the interrupted run: not repeated
+            else:
+                before = evaluate(initial_weights) if evaluate else None
+        except BaseException:
+            trainer.close()
+            raise
+        start_progress = resumed or (TrainingProgress(before=before), None)
+        start_progress[0].before = before
         steps_per_epoch = -(-len(train) // settings.batch_size)
+        written = 0
+
+        def save_checkpoint(done: TrainingProgress, best: dict[str, np.ndarray] | None) -> None:
+            nonlocal written
+            checkpoints.save(trainer, done, best, identity)
+            written += 1
+
         started = time.perf_counter()
         diverged = None
         try:
             weights, progress = run_training(
                 trainer, batches, steps_per_epoch, settings, evaluate, self.task.metric, on_step, on_epoch,
-                checkpoint=lambda done, best: checkpoints.save(trainer, done, best, identity), resume=resumed,
-                higher_is_better=self.task.higher_is_better)
+                checkpoint=save_checkpoint, resume=start_progress, higher_is_better=self.task.higher_is_better,
+                policy=checkpoint_policy)
         except TrainingDiverged as exc:
             diverged = exc
         finally:
             trainer.close()
         seconds = time.perf_counter() - started
+        common = dict(adapter=adapter, backend=trainer.name, examples=len(train), before=before, started_from=start,
+                      resumed_from_step=resumed_step, checkpoints_written=written,
+                      memory=memory.to_dict() if memory else None)
         if diverged is not None:
             decision = judge(gate, diverged.losses, None, self.task.metric, self.task.higher_is_better, None, None,
                              start)
-            checkpoints.remove()
-            return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(diverged.losses),
-                                     examples=len(train), best_epoch=0, before=before, started_from=start,
-                                     losses=diverged.losses, accepted=False, gate=decision.to_dict(),
-                                     current_generation=self._current_generation(adapter),
-                                     memory=memory.to_dict() if memory else None)
+            checkpoints.remove()  # its weights led to a non-finite loss: resuming would diverge again
+            return PersonalizeResult(steps=len(diverged.losses), best_epoch=0, losses=diverged.losses,
+                                     accepted=False, gate=decision.to_dict(),
+                                     current_generation=self._current_generation(adapter), **common)
         best_epoch, history, losses = progress.best_epoch, progress.history, progress.losses
         after = history[best_epoch - 1]["eval"]
         baseline_name, baseline = self._gate_baseline(adapter, start, before, eval_set)
@@ -342,14 +373,13 @@ class DeviceBundle:
         }
         if resumed_after is not None:
             summary["resumed_after_epoch"] = resumed_after
+            summary["resumed_from_step"] = resumed_step
         candidate = self.adapters.propose(adapter, weights, summary)
         record = self.adapters.decide(candidate, decision.accepted, decision.reason, metrics=_gate_metrics(decision))
-        checkpoints.remove()
-        return PersonalizeResult(adapter=adapter, backend=trainer.name, steps=len(losses), examples=len(train),
-                                 best_epoch=best_epoch, before=before, started_from=start, history=history,
-                                 losses=losses, accepted=decision.accepted, gate=decision.to_dict(),
-                                 generation=record.number, current_generation=self._current_generation(adapter),
-                                 memory=memory.to_dict() if memory else None)
+        checkpoints.remove()  # only now: a kill before this line resumes to the same adapter
+        return PersonalizeResult(steps=len(losses), best_epoch=best_epoch, history=history, losses=losses,
+                                 accepted=decision.accepted, gate=decision.to_dict(), generation=record.number,
+                                 current_generation=self._current_generation(adapter), **common)
 
     def _gate_baseline(self, adapter: str, start: str, before: dict[str, float] | None,
                        eval_set: TaskData | None) -> tuple[str, dict[str, float] | None]:
