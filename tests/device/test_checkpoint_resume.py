@@ -193,7 +193,9 @@ def test_resume_recovers_a_checkpoint_left_aside_and_refuses_a_damaged_one(tiny_
     checkpoint.rename(atomic._temporary_name(checkpoint, "old"))
     (checkpoint.parent / ".u.0123abcd.staging").mkdir()
     assert train(bundle, tiny_data, "portable", on_step=None, resume=True).resumed_from_step == 7
-    assert sorted(p.name for p in (tiny_bundle / "adapters").iterdir()) == ["initial.safetensors", "u.safetensors"]
+    # No checkpoint, staging or .old left; the hidden entries are the store's lock and generation history.
+    assert sorted(p.name for p in (tiny_bundle / "adapters").iterdir()) == [
+        ".generations", ".lock", ".lock.holder", "initial.safetensors", "u.safetensors"]
 
     with pytest.raises(PowerCut):
         train(bundle, tiny_data, "portable", on_step=cut_at(3), checkpoint_policy=EVERY_STEP)

@@ -245,8 +245,12 @@ def test_sigkill_at_random_points_never_loses_a_checkpoint_and_resumes_to_the_sa
         difference = max_difference(found, expected)
         figures.max_difference = max(figures.max_difference, difference)
         assert difference <= TOLERANCE, f"the resumed adapter differs from the uninterrupted one by {difference}"
-        # Nothing left behind: no checkpoint, no temporaries; then start a new run from scratch.
-        assert sorted(os.listdir(victim.adapters)) == ["initial.safetensors", f"{ADAPTER}.safetensors"]
+        assert report["accepted"], report["gate"]
+        # Nothing left behind: no checkpoint, no temporaries (the other hidden entries are the store's lock and its
+        # generation history); then start a new run from scratch.
+        assert sorted(os.listdir(victim.adapters)) == [
+            ".generations", ".lock", ".lock.holder", "initial.safetensors", f"{ADAPTER}.safetensors"]
+        assert not [path for path in victim.adapters.rglob(".*.*.*") if path.suffix in (".tmp", ".staging", ".old")]
         (victim.adapters / f"{ADAPTER}.safetensors").unlink()
         resume, last_step = False, 0
 
