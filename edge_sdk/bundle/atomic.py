@@ -302,7 +302,8 @@ def remove_folder(path: str | os.PathLike) -> None:
     if not path.exists():
         return
     trash = _temporary_name(path, "trash")
-    os.replace(path, trash)
+    with storage_errors(path):
+        os.replace(path, trash)
     fsync_folder(path.parent)
     shutil.rmtree(trash, ignore_errors=True)
 

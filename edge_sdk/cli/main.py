@@ -34,6 +34,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgeSdkError as exc:
             raise _UserError(str(exc)) from exc
+        except OSError as exc:  # the system refused a read or write (permissions, an I/O error): say which file
+            where = f": {exc.filename}" if exc.filename else ""
+            raise _UserError(f"the system refused a file operation ({exc.strerror or exc}){where}") from exc
 
 
 @click.group(cls=_Group)

@@ -259,16 +259,20 @@ class AdapterStore:
         with self.writing():
             ledger = Ledger(self.folder, candidate.name)
             records = ledger.read()
-            if accepted:
-                with atomic_path(self.path(candidate.name)) as temporary:
-                    shutil.copyfile(candidate.path, temporary)
-                self._cache.pop(candidate.name, None)
             record = Generation(number=candidate.number, sha256=candidate.sha256,
                                 status=ACCEPTED if accepted else REJECTED, created=candidate.metadata["created"],
                                 source=source, reason=reason, metrics=metrics)
             records.append(record)
-            ledger.prune(records, self.keep, self._current_number(candidate.name, records))
+            # The verdict is recorded before the adapter is switched: a failure at either write (a full disk)
+            # leaves the previous adapter serving. The current generation is found by content, so a verdict
+            # recorded for a switch that then failed does not make the history lie about what serves.
+            current = candidate.number if accepted else self._current_number(candidate.name, records)
+            ledger.prune(records, self.keep, current)
             ledger.write(records)
+            if accepted:
+                with atomic_path(self.path(candidate.name)) as temporary:
+                    shutil.copyfile(candidate.path, temporary)
+                self._cache.pop(candidate.name, None)
             return record
 
     def history(self, name: str) -> tuple[list[Generation], int | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,11 +30,12 @@ from edge_sdk.device.personalize import (
     run_training,
 )
 from edge_sdk.device.tokenizer import BundleTokenizer
-from edge_sdk.errors import AdapterError, ConfigError
+from edge_sdk.errors import AdapterError, ConfigError, StorageFullError
 from edge_sdk.profiles import profile_from_dict
 from edge_sdk.tasks.base import TaskData, reject_context
 from edge_sdk.tasks.registry import TASKS, device_task
 
+_LOG = logging.getLogger(__name__)
 DEFAULT_ADAPTER = "default"
 _EVAL_BATCH = 16
 _MAX_OUTPUT_VALUES = 1 << 24
@@ -346,7 +348,7 @@ class DeviceBundle:
         if diverged is not None:
             decision = judge(gate, diverged.losses, None, self.task.metric, self.task.higher_is_better, None, None,
                              start)
-            checkpoints.remove()  # its weights led to a non-finite loss: resuming would diverge again
+            _discard(checkpoints)  # its weights led to a non-finite loss: resuming would diverge again
             return PersonalizeResult(steps=len(diverged.losses), best_epoch=0, losses=diverged.losses,
                                      accepted=False, gate=decision.to_dict(),
                                      current_generation=self._current_generation(adapter), **common)
@@ -376,7 +378,7 @@ class DeviceBundle:
             summary["resumed_from_step"] = resumed_step
         candidate = self.adapters.propose(adapter, weights, summary)
         record = self.adapters.decide(candidate, decision.accepted, decision.reason, metrics=_gate_metrics(decision))
-        checkpoints.remove()  # only now: a kill before this line resumes to the same adapter
+        _discard(checkpoints)  # only now: a kill before this line resumes to the same adapter
         return PersonalizeResult(steps=len(losses), best_epoch=best_epoch, history=history, losses=losses,
                                  accepted=decision.accepted, gate=decision.to_dict(), generation=record.number,
                                  current_generation=self._current_generation(adapter), **common)
@@ -391,6 +393,16 @@ class DeviceBundle:
 
     def _current_generation(self, adapter: str) -> int | None:
         return self.adapters.history(adapter)[1] if self.adapters.exists(adapter) else None
+
+
+def _discard(checkpoints: CheckpointStore) -> None:
+    """Remove a finished run's checkpoint. The run's outcome is already on disk, so a full disk here (the
+    removal renames first) is no reason to report it failed: the leftover checkpoint is replaced by the next
+    run's first one, and a ``--resume`` of it only writes the same adapter again."""
+    try:
+        checkpoints.remove()
+    except StorageFullError as exc:
+        _LOG.warning("the finished run's checkpoint could not be removed: %s", exc)
 
 
 def _gate_metrics(decision: GateDecision) -> dict | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from edge_sdk.bundle.atomic import atomic_write_text
+from edge_sdk.bundle.atomic import atomic_write_text, storage_errors
 from edge_sdk.errors import StoreBusyError
 
 LOCK_NAME = ".lock"
@@ -64,7 +64,8 @@ class StoreLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         try:
-            self._lock.acquire(timeout=-1 if wait is None else max(0.0, wait))
+            with storage_errors(self.folder / LOCK_NAME):  # creating the lock file can meet a full disk too
+                self._lock.acquire(timeout=-1 if wait is None else max(0.0, wait))
         except Timeout:
             waited = f" after waiting {time.monotonic() - started:.0f} s" if wait else ""
             raise StoreBusyError(

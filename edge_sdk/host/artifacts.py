@@ -56,7 +56,8 @@ def build_training_artifacts(graph: ExportedGraph, loss, directory: Path) -> dic
                 additional_output_names=list(graph.output_names),
             )
     except Exception as exc:  # gradient building errors come as RuntimeError/Fail from the C++ side
-        tail = native_log.read_text(errors="replace").strip().splitlines()[-5:]
+        # The log itself may be what failed (a full disk at its open): then there is no tail to show.
+        tail = native_log.read_text(errors="replace").strip().splitlines()[-5:] if native_log.is_file() else []
         raise ExportError(f"building the ONNX Runtime training artifacts failed: {exc}"
                           + ("\n" + "\n".join(tail) if tail else "")) from exc
     finally:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.bundle import BundleWriter, Manifest
+from edge_sdk.bundle.atomic import storage_errors
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.graph_set import GraphSet
 from edge_sdk.profiles import Profile, load_profile
@@ -117,8 +118,10 @@ def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, pro
     started = time.perf_counter()
     config.validate()
     stages = plan(config)
-    # The writer checks the destination first, so a build that cannot be written fails before the work.
-    with BundleWriter(out, overwrite=overwrite) as writer, tempfile.TemporaryDirectory(
+    # The writer checks the destination first, so a build that cannot be written fails before the work. A full
+    # disk at any write (the exporter's, ONNX Runtime's, the staged files, the swap) is reported as such; the
+    # writer has then removed its staging folder and left the previous bundle in place.
+    with storage_errors(out), BundleWriter(out, overwrite=overwrite) as writer, tempfile.TemporaryDirectory(
             prefix=".edge-sdk-build.", dir=writer.staging.parent) as scratch:
         state = BuildState(config=config, spec=task_spec(config.task), profile=load_profile(config.profile),
                            scratch=Path(scratch))

@@ -288,3 +288,20 @@ def test_personalizing_an_existing_adapter_says_it_continues(tiny_bundle: Path, 
     assert ok(*train).stdout.strip().endswith(f"{AUTO_BACKEND}, continued from 'bo', generation 2)")
     restarted = ok_json(*train, "--start-from", "initial")
     assert restarted["started_from"] == "initial"
+
+
+def test_a_file_the_system_refuses_is_one_line_not_a_traceback(tiny_bundle: Path, tiny_data: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    from edge_sdk.device import runtime
+
+    def refused(*_args, **_kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(tiny_data / "train.jsonl"))
+
+    monkeypatch.setattr(runtime.DeviceBundle, "personalize", refused)
+    result = CliRunner().invoke(cli, ["personalize", str(tiny_bundle), "--data", str(tiny_data / "train.jsonl")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: the system refused a file operation (Input/output error): {tiny_data / 'train.jsonl'}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
-from disk_faults import disk_full_at, tree_snapshot
+from storage_faults import disk_full_at, tree_snapshot
 
 from edge_sdk.bundle.store import verify_bundle
 from edge_sdk.cli.main import cli
@@ -17,6 +18,7 @@ def _build(model: Path, out: Path, seed: int):
                                     "--overwrite", "--seed", str(seed)])
 
 
+@pytest.mark.slow  # one tiny build per write: about 16 builds, 1.5 minutes on 2 cores
 def test_disk_full_at_every_write_of_a_build_keeps_the_previous_bundle(fixtures_dir: Path, tmp_path: Path) -> None:
     site = tmp_path / "site"
     out = site / "bundle"
