@@ -177,7 +177,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
 def verify(bundle: Path, as_json: bool) -> None:
-    """Check every bundle file against the sha256 in its manifest."""
+    """Hash every bundle file and compare with the sha256 in its manifest (refreshes the bundle's stamp)."""
     from edge_sdk.bundle.store import verify_bundle
 
     manifest = verify_bundle(bundle)
@@ -191,21 +191,47 @@ def verify(bundle: Path, as_json: bool) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Archive to write (.tar.gz).")
 def pack(bundle: Path, out: Path) -> None:
-    """Verify a bundle and pack it into one .tar.gz file for shipping."""
-    from edge_sdk.bundle.store import pack_bundle
+    """Pack a bundle into one .tar.gz file for shipping, checking every file as it is read."""
+    from edge_sdk.bundle.archive import pack_bundle
 
     click.echo(f"packed {pack_bundle(bundle, out)}")
 
 
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Folder to install the bundle as (it must not exist, unless --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (its adapters too).")
+@click.option("--max-bytes", type=click.IntRange(min=0), default=None,
+              help="Refuse an archive whose files add up to more bytes than this (default 64 GiB).")
+@click.option("--json", "as_json", is_flag=True)
+def unpack(archive: Path, out: Path, overwrite: bool, max_bytes: int | None, as_json: bool) -> None:
+    """Check and install a bundle archive: only the files its manifest lists, each hash-checked."""
+    from edge_sdk.bundle.archive import DEFAULT_MAX_BYTES, unpack_bundle
+
+    result = unpack_bundle(archive, out, overwrite=overwrite,
+                           max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+    if as_json:
+        emit_json({"bundle": str(result.path), "files": result.files, "bytes": result.bytes,
+                   "signed": result.signed})
+    else:
+        click.echo(f"unpacked {result.path} ({result.files} files, {result.bytes / 1e6:.1f} MB, all match the "
+                   "manifest)")
+
+
 # --- device ---------------------------------------------------------------------------------------------
 
-def _open(bundle: Path, threads: int | None):
+def _open(bundle: Path, threads: int | None, verify: str = "stamp"):
     from edge_sdk.device.runtime import DeviceBundle
 
-    return DeviceBundle.open(bundle, threads=threads)
+    return DeviceBundle.open(bundle, verify=verify, threads=threads)
 
 
 _threads_option = click.option("--threads", type=click.IntRange(min=0), help="Intra-op threads (default: profile).")
+_verify_option = click.option(
+    "--verify", "verify", type=click.Choice(["stamp", "full"]), default="stamp", show_default=True,
+    help="How to check the bundle's files first: stamp re-hashes only files changed since the last check "
+         "(all of them the first time); full hashes every file.")
 
 
 @cli.command()
@@ -225,14 +251,15 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
 @click.option("--start-from", help="Adapter to start from (default: --adapter itself if it exists, else 'initial').")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of this adapter (same data and flags).")
 @_threads_option
+@_verify_option
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
                 batch_size: int, warmup: float, seed: int, backend: str, start_from: str | None, resume: bool,
-                threads: int | None, as_json: bool) -> None:
+                threads: int | None, verify: str, as_json: bool) -> None:
     """Fine-tune the bundle's adapter on this device's data."""
     from edge_sdk.device.personalize import EpochReport, StepReport, TrainingSettings
 
-    device_bundle = _open(bundle, threads)
+    device_bundle = _open(bundle, threads, verify)
     settings = TrainingSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, warmup_fraction=warmup,
                                 seed=seed)
     bar = None
@@ -280,10 +307,11 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled data (.jsonl or .csv).")
 @click.option("--adapter", help="Adapter to evaluate (default: 'default' if personalized, else 'initial').")
 @_threads_option
+@_verify_option
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None, as_json: bool) -> None:
+def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None, verify: str, as_json: bool) -> None:
     """Score an adapter on labelled data."""
-    metrics = _open(bundle, threads).evaluate(data, adapter=adapter)
+    metrics = _open(bundle, threads, verify).evaluate(data, adapter=adapter)
     if as_json:
         emit_json(metrics)
     else:
@@ -326,10 +354,12 @@ def _predict_options(command):
               help="seq2seq: beam search with this many beams (1: greedy).")
 @_predict_options
 @_threads_option
+@_verify_option
 @click.option("--json", "as_json", is_flag=True)
 def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, context_file, adapter: str | None,
           max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop: tuple[str, ...],
-          seed: int | None, raw: bool, num_beams: int, threads: int | None, as_json: bool, **options) -> None:
+          seed: int | None, raw: bool, num_beams: int, threads: int | None, verify: str, as_json: bool,
+          **options) -> None:
     """Run the bundle's task with an adapter: classify, tag, answer, or generate (streamed)."""
     inputs = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
     if not inputs:
@@ -338,7 +368,7 @@ def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, 
         raise click.UsageError("give --context or --context-file, not both")
     if context_file is not None:
         context = context_file.read()
-    device_bundle = _open(bundle, threads)
+    device_bundle = _open(bundle, threads, verify)
     if device_bundle.generates:
         from edge_sdk.device.generation import GenerationSettings
 

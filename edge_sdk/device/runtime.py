@@ -52,8 +52,10 @@ class DeviceBundle:
         self._decoder = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True, threads: int | None = None) -> DeviceBundle:
-        """Open (and by default verify) the bundle at ``path``."""
+    def open(cls, path: str | os.PathLike, verify: bool | str = True, threads: int | None = None) -> DeviceBundle:
+        """Open the bundle at ``path``, checking its files at ``verify``: "stamp" (``True``, the default)
+        re-hashes only files changed since the last passed check, "full" hashes every file, "none"
+        (``False``) hashes nothing (see edge_sdk/bundle/verification.py)."""
         return cls(open_bundle(path, verify=verify), threads=threads)
 
     # --- adapters -------------------------------------------------------------------------------------
