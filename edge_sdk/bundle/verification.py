@@ -190,8 +190,8 @@ def verify_files(root: Path, manifest: Manifest, manifest_bytes: bytes, level: L
             problems.append(f"{entry.path}: not a regular file")
             continue
         if status.st_size != entry.size:
-            problems.append(f"{entry.path}: {status.st_size} bytes, the manifest says {entry.size} (the file was "
-                            "changed or cut short)")
+            problems.append(f"{entry.path}: content changed since the build ({status.st_size} bytes, the "
+                            f"manifest says {entry.size})")
             continue
         key = file_key(status)
         if previous is not None and previous.trusts(entry.path, key):
