@@ -316,13 +316,13 @@ class _Unpacker:
     def _extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo, top: str, listed: dict[str, FileEntry],
                  written: set[str]) -> None:
         name = member.name
+        problem = path_problem(name)
+        if problem is not None:
+            raise self.refuse(name, f"its name {problem}")
         prefix = f"{top}/"
         if not name.startswith(prefix):
             raise self.refuse(name, f"is outside the archive's bundle folder {top!r}")
         relative = name[len(prefix):]
-        problem = path_problem(relative)
-        if problem is not None:
-            raise self.refuse(name, f"its name {problem}")
         kind = _kind(member)
         if kind is not None:
             raise self.refuse(name, f"is {kind}; a bundle archive holds regular files only")
