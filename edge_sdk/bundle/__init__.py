@@ -3,8 +3,9 @@
 Pure Python and numpy: imported on both sides, never imports torch.
 """
 
+from edge_sdk.bundle.archive import pack_bundle, unpack_bundle
 from edge_sdk.bundle.manifest import SCHEMA_VERSION, FileEntry, Manifest, TensorSpec
-from edge_sdk.bundle.store import BundleWriter, open_bundle, pack_bundle, verify_bundle
+from edge_sdk.bundle.store import BundleWriter, open_bundle, verify_bundle
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -14,5 +15,6 @@ __all__ = [
     "TensorSpec",
     "open_bundle",
     "pack_bundle",
+    "unpack_bundle",
     "verify_bundle",
 ]

@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edge_sdk.bundle.paths import check_listed_paths
 from edge_sdk.errors import BundleError, BundleVersionError, EdgeSdkError
 
 SCHEMA_VERSION = 1
@@ -130,7 +131,7 @@ class Manifest:
         if "version" in data:
             check_bundle_version(version, f"{source}, key 'version'")
         try:
-            return cls(
+            manifest = cls(
                 task=data["task"],
                 labels=list(data["labels"]),
                 model=dict(data["model"]),
@@ -152,6 +153,8 @@ class Manifest:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{source} is missing or has a malformed field ({exc!r}); rebuild the bundle") from exc
+        _check_files(manifest.files, source)
+        return manifest
 
     # --- typed reads of the sections (bundles of older SDKs included) ------------------------------------
     # Readers use these instead of string keys: a renamed or moved key then changes here only.
@@ -206,6 +209,22 @@ class Manifest:
             if entry.path == path:
                 return entry
         raise BundleError(f"the manifest lists no file {path!r}; rebuild the bundle")
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_files(files: list[FileEntry], source: str) -> None:
+    """Refuse, naming the entry, a listed path that could leave the bundle folder (absolute, ``..``, ...), a
+    duplicate, a malformed hash or a negative size: every reader of the manifest then gets only safe paths."""
+    check_listed_paths((entry.path for entry in files), source)
+    for number, entry in enumerate(files):
+        if not isinstance(entry.sha256, str) or not _SHA256.match(entry.sha256):
+            raise BundleError(f"{source}, files[{number}] ({entry.path}): sha256 {entry.sha256!r} is not 64 "
+                              "lowercase hex digits; rebuild the bundle")
+        if entry.size < 0:
+            raise BundleError(f"{source}, files[{number}] ({entry.path}): negative size {entry.size}; "
+                              "rebuild the bundle")
 
 
 @dataclass(frozen=True)

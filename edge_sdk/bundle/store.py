@@ -1,4 +1,4 @@
-"""Reading, verifying, writing and packing bundles on disk.
+"""Reading, verifying and writing bundles on disk (packing and unpacking: archive.py).
 
 Writing is atomic: files are staged in a hidden sibling folder and renamed into place only after the
 manifest (with every file's sha256) is written, so a failed build never leaves a bundle behind.
@@ -6,50 +6,46 @@ manifest (with every file's sha256) is written, so a failed build never leaves a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import tarfile
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from edge_sdk.bundle.atomic import atomic_path, default_permissions, replace_folder, staging_folder
+from edge_sdk.bundle.atomic import default_permissions, replace_folder, staging_folder
 from edge_sdk.bundle.layout import SIGNATURE
 from edge_sdk.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
+from edge_sdk.bundle.paths import resolve_inside
 from edge_sdk.bundle.trust import Trust, read_trusted_manifest
-from edge_sdk.errors import BundleError, BundleIntegrityError
-
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+from edge_sdk.bundle.verification import Level, sha256_file, verification_level, verify_files
+from edge_sdk.errors import BundleError
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """An opened bundle: its root folder and parsed manifest."""
+    """An opened bundle: its root folder (the real path) and parsed manifest."""
 
     root: Path
     manifest: Manifest
 
     def path(self, relative: str) -> Path:
-        """Absolute path of a file the manifest lists (raises if it lists no such file)."""
+        """Path of a file the manifest lists, checked to stay inside the bundle folder (symlinks followed).
+
+        Every file the runtime opens from a bundle (graphs, weights, tokenizer, training artifacts, the
+        initial adapter) comes through here; raises if the manifest lists no such file or it leads out."""
         self.manifest.file(relative)
-        return self.root / relative
+        return resolve_inside(self.root, relative)
+
+    def inside(self, relative: str, what: str = "file") -> Path:
+        """Path of a file the manifest does not list (the adapter store's), with the same check."""
+        return resolve_inside(self.root, relative, what)
 
 
-def read_manifest(root: str | os.PathLike, trust: Trust = None) -> Manifest:
-    """The bundle's manifest; under a trust policy (``trust``, None: ``EDGE_SDK_TRUSTED_KEYS``) only after its
-    signature and version are accepted (:mod:`edge_sdk.bundle.trust`)."""
-    root = Path(root)
+def read_manifest_bytes(root: Path, trust: Trust = None) -> tuple[bytes, Manifest]:
+    """The manifest's exact bytes (what a stamp or a signature covers) and the manifest parsed from them; under
+    a trust policy (``trust``, None: ``EDGE_SDK_TRUSTED_KEYS``) only after its signature and version are
+    accepted (:mod:`edge_sdk.bundle.trust`), before any other file of the bundle is read."""
     if not root.exists():
         raise BundleError(f"bundle folder {str(root)!r} does not exist; build one with `edge-sdk build`")
     if not root.is_dir():
@@ -62,30 +58,36 @@ def read_manifest(root: str | os.PathLike, trust: Trust = None) -> Manifest:
     return read_trusted_manifest(manifest_path, trust)
 
 
+def read_manifest(root: str | os.PathLike, trust: Trust = None) -> Manifest:
+    """The bundle's manifest, parsed and its file paths checked (no file is hashed); ``trust``: see
+    :func:`read_manifest_bytes`."""
+    return read_manifest_bytes(Path(root), trust)[1]
+
+
 def verify_bundle(root: str | os.PathLike, trust: Trust = None) -> Manifest:
-    """Check every file the manifest lists against its recorded sha256; raise naming each bad file."""
-    root = Path(root)
-    manifest = read_manifest(root, trust)
-    problems = []
-    for entry in manifest.files:
-        file_path = root / entry.path
-        if not file_path.is_file():
-            problems.append(f"{entry.path}: missing")
-        elif file_path.stat().st_size != entry.size or sha256_file(file_path) != entry.sha256:
-            problems.append(f"{entry.path}: content changed since the build (sha256 mismatch)")
-    if problems:
-        raise BundleIntegrityError(
-            f"bundle {str(root)!r} failed verification: " + "; ".join(problems)
-            + ". Rebuild the bundle or copy it again from its source."
-        )
-    return manifest
+    """Hash every file the manifest lists and compare with its recorded sha256; raise naming each bad file.
+    A passed check refreshes the bundle's verification stamp."""
+    return _open(Path(root), "full", trust).manifest
 
 
-def open_bundle(root: str | os.PathLike, verify: bool = True, trust: Trust = None) -> Bundle:
-    """Open a bundle folder, verifying file hashes unless ``verify`` is False; ``trust``: see :func:`read_manifest`."""
-    root = Path(root)
-    manifest = verify_bundle(root, trust) if verify else read_manifest(root, trust)
-    return Bundle(root=root.resolve(), manifest=manifest)
+def open_bundle(root: str | os.PathLike, verify: bool | str = True, trust: Trust = None) -> Bundle:
+    """Open a bundle folder, checking its files at ``verify``: "full" hashes every file; "stamp" (also
+    ``True``) re-hashes only files changed since the last passed check (all of them when there is none);
+    "none" (also ``False``) hashes nothing. At every level each listed file must stay inside the folder, and
+    under a trust policy (``trust``; see :func:`read_manifest_bytes`) the manifest must be signed by a trusted key.
+    """
+    return _open(Path(root), verification_level(verify), trust)
+
+
+def _open(root: Path, level: Level, trust: Trust) -> Bundle:
+    manifest_bytes, manifest = read_manifest_bytes(root, trust)
+    real = root.resolve()
+    if level == "none":
+        for entry in manifest.files:  # a realpath each: cheap, and no listed file may lead out of the folder
+            resolve_inside(real, entry.path)
+    else:
+        verify_files(real, manifest, manifest_bytes, level)
+    return Bundle(root=real, manifest=manifest)
 
 
 class BundleWriter:
@@ -178,25 +180,10 @@ class BundleWriter:
         return self.destination
 
 
-def pack_bundle(root: str | os.PathLike, archive: str | os.PathLike) -> Path:
-    """Verify a bundle and write it as one ``.tar.gz`` file for shipping (written atomically).
+def __getattr__(name: str):
+    # pack_bundle moved to archive.py (which imports this module); still importable from here, lazily.
+    if name == "pack_bundle":
+        from edge_sdk.bundle.archive import pack_bundle
 
-    Only the manifest and the files it lists are packed: adapters personalized on a device are that
-    user's data, not part of the shipped bundle.
-    """
-    root = Path(root)
-    manifest = verify_bundle(root)
-    archive = Path(archive)
-    if archive.is_dir():
-        raise BundleError(f"--out {str(archive)!r} is a folder; give the archive's file name, e.g. bundle.tar.gz")
-    with ExitStack() as stack:
-        try:
-            archive.parent.mkdir(parents=True, exist_ok=True)
-            temporary = stack.enter_context(atomic_path(archive))
-        except OSError as exc:
-            raise BundleError(f"cannot write the archive {str(archive)!r}: {exc.strerror or exc}") from exc
-        with tarfile.open(temporary, "w:gz") as tar:
-            signature = [SIGNATURE] if (root / SIGNATURE).is_file() else []  # detached: not listed in the manifest
-            for relative in [MANIFEST_NAME, *signature, *(entry.path for entry in manifest.files)]:
-                tar.add(root / relative, arcname=f"{root.name}/{relative}")
-    return archive
+        return pack_bundle
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

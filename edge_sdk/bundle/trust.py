@@ -53,8 +53,9 @@ def resolve_trust(trust: Trust) -> TrustPolicy | None:
     return trust
 
 
-def read_trusted_manifest(manifest_path: Path, trust: Trust = None) -> Manifest:
+def read_trusted_manifest(manifest_path: Path, trust: Trust = None) -> tuple[bytes, Manifest]:
     """Read and parse ``manifest_path``; under a trust policy, first check its signature, then its version.
+    Returns the exact bytes and the manifest parsed from them.
 
     The bytes are read once: the ones whose signature is checked are the ones parsed.
     """
@@ -83,4 +84,4 @@ def read_trusted_manifest(manifest_path: Path, trust: Trust = None) -> Manifest:
         from edge_sdk.bundle.rollback import check_rollback
 
         check_rollback(manifest.bundle_id, manifest.version, bundle, record=policy.rollback == "record")
-    return manifest
+    return data, manifest

@@ -205,27 +205,39 @@ def inspect(bundle: Path, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
-@cli.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
-              help="A public key (.pub) or folder of them whose signature the bundle must carry (repeatable; "
-                   "EDGE_SDK_TRUSTED_KEYS is added).")
-@click.option("--json", "as_json", is_flag=True)
-def verify(bundle: Path, trusted_keys: tuple[Path, ...], as_json: bool) -> None:
-    """Check a bundle's signature (given trusted keys) and every file against the sha256 in its manifest."""
-    from edge_sdk.bundle.signing import TrustPolicy, signature_status
-    from edge_sdk.bundle.store import verify_bundle
+def _trust_policy(trusted_keys: tuple[Path, ...]):
+    """The policy of ``--trusted-key`` flags plus ``EDGE_SDK_TRUSTED_KEYS`` (None when neither is given). The
+    device's record of accepted versions is checked (when this is a device: the variable is set), never
+    written: verifying or unpacking an old release must not change what the device accepts."""
+    from edge_sdk.bundle.signing import TrustPolicy
     from edge_sdk.bundle.trust import TRUSTED_KEYS_VARIABLE
 
     environment = os.environ.get(TRUSTED_KEYS_VARIABLE)
     paths = [*trusted_keys, *([Path(environment)] if environment else [])]
-    policy = None
-    if paths:
-        origin = " and ".join(([f"--trusted-key {', '.join(map(str, trusted_keys))}"] if trusted_keys else [])
-                              + ([f"{TRUSTED_KEYS_VARIABLE}={environment}"] if environment else []))
-        # The device's record of accepted versions is checked (when this is a device: EDGE_SDK_TRUSTED_KEYS is
-        # set), never written: verifying an old release must not change what the device accepts.
-        policy = TrustPolicy.from_paths(paths, origin=origin, rollback="check" if environment else "off")
+    if not paths:
+        return None
+    origin = " and ".join(([f"--trusted-key {', '.join(map(str, trusted_keys))}"] if trusted_keys else [])
+                          + ([f"{TRUSTED_KEYS_VARIABLE}={environment}"] if environment else []))
+    return TrustPolicy.from_paths(paths, origin=origin, rollback="check" if environment else "off")
+
+
+_trusted_key_option = click.option(
+    "--trusted-key", "trusted_keys", multiple=True, type=click.Path(path_type=Path),
+    help="A public key (.pub) or folder of them whose signature the bundle must carry (repeatable; "
+         "EDGE_SDK_TRUSTED_KEYS is added).")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@_trusted_key_option
+@click.option("--json", "as_json", is_flag=True)
+def verify(bundle: Path, trusted_keys: tuple[Path, ...], as_json: bool) -> None:
+    """Check a bundle's signature (given trusted keys) and hash every file against its manifest (refreshing the
+    bundle's verification stamp)."""
+    from edge_sdk.bundle.signing import signature_status
+    from edge_sdk.bundle.store import verify_bundle
+
+    policy = _trust_policy(trusted_keys)
     manifest = verify_bundle(bundle, trust=policy if policy is not None else False)
     status = signature_status(bundle, policy)
     if as_json:
@@ -247,24 +259,54 @@ def verify(bundle: Path, trusted_keys: tuple[Path, ...], as_json: bool) -> None:
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Archive to write (.tar.gz).")
 def pack(bundle: Path, out: Path) -> None:
-    """Verify a bundle and pack it into one .tar.gz file for shipping."""
-    from edge_sdk.bundle.store import pack_bundle
+    """Pack a bundle into one .tar.gz file for shipping, checking every file as it is read."""
+    from edge_sdk.bundle.archive import pack_bundle
 
     click.echo(f"packed {pack_bundle(bundle, out)}")
 
 
+@cli.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="Folder to install the bundle as (it must not exist, unless --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (its adapters too).")
+@click.option("--max-bytes", type=click.IntRange(min=0), default=None,
+              help="Refuse an archive whose files add up to more bytes than this (default 64 GiB).")
+@_trusted_key_option
+@click.option("--json", "as_json", is_flag=True)
+def unpack(archive: Path, out: Path, overwrite: bool, max_bytes: int | None, trusted_keys: tuple[Path, ...],
+           as_json: bool) -> None:
+    """Check and install a bundle archive: the signature first (given trusted keys), then only the files its
+    manifest lists, each hash-checked."""
+    from edge_sdk.bundle.archive import DEFAULT_MAX_BYTES, unpack_bundle
+
+    policy = _trust_policy(trusted_keys)
+    result = unpack_bundle(archive, out, overwrite=overwrite, trust=policy if policy is not None else False,
+                           max_bytes=DEFAULT_MAX_BYTES if max_bytes is None else max_bytes)
+    if as_json:
+        emit_json({"bundle": str(result.path), "files": result.files, "bytes": result.bytes,
+                   "signed": result.signed})
+    else:
+        click.echo(f"unpacked {result.path} ({result.files} files, {result.bytes / 1e6:.1f} MB, all match the "
+                   "manifest)")
+
+
 # --- device ---------------------------------------------------------------------------------------------
 
-def _open(bundle: Path, threads: int | None):
+def _open(bundle: Path, threads: int | None, verify: str = "stamp"):
     from edge_sdk.device.runtime import DeviceBundle
 
-    return DeviceBundle.open(bundle, threads=threads)
+    return DeviceBundle.open(bundle, verify=verify, threads=threads)
 
 
 _wait_option = click.option(
     "--wait", type=click.FloatRange(min=0), default=0, show_default=True,
     help="Seconds to wait while another process writes this bundle's adapters (0: fail at once, naming it).")
 _threads_option = click.option("--threads", type=click.IntRange(min=0), help="Intra-op threads (default: profile).")
+_verify_option = click.option(
+    "--verify", "verify", type=click.Choice(["stamp", "full"]), default="stamp", show_default=True,
+    help="How to check the bundle's files first: stamp re-hashes only files changed since the last check "
+         "(all of them the first time); full hashes every file.")
 
 
 @cli.command()
@@ -301,12 +343,13 @@ _threads_option = click.option("--threads", type=click.IntRange(min=0), help="In
               help="Peak memory allowed (e.g. 512MiB, 1.5GiB, 800MB): the batch size is lowered to fit the estimate, "
                    "or training is refused before loading (default: the bundle profile's memory_budget, if any).")
 @_threads_option
+@_verify_option
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
                 batch_size: int, warmup: float, seed: int, backend: str, start_from: str | None, resume: bool,
                 checkpoint_every: int, checkpoint_seconds: float, gate_margin: float, no_gate: bool,
                 keep_generations: int, wait: float | None, memory_budget: str | None, threads: int | None,
-                as_json: bool) -> None:
+                verify: str, as_json: bool) -> None:
     """Fine-tune the bundle's adapter on this device's data.
 
     The new adapter replaces the current one only if it passes the gate: it loads, its losses were finite and,
@@ -315,7 +358,7 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
     from edge_sdk.device.adapter_gate import GateSettings
     from edge_sdk.device.personalize import CheckpointPolicy, EpochReport, StepReport, TrainingSettings
 
-    device_bundle = _open(bundle, threads)
+    device_bundle = _open(bundle, threads, verify)
     settings = TrainingSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, warmup_fraction=warmup,
                                 seed=seed)
     policy = CheckpointPolicy(every_steps=checkpoint_every, every_seconds=checkpoint_seconds)
@@ -375,10 +418,11 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled data (.jsonl or .csv).")
 @click.option("--adapter", help="Adapter to evaluate (default: 'default' if personalized, else 'initial').")
 @_threads_option
+@_verify_option
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None, as_json: bool) -> None:
+def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None, verify: str, as_json: bool) -> None:
     """Score an adapter on labelled data."""
-    metrics = _open(bundle, threads).evaluate(data, adapter=adapter)
+    metrics = _open(bundle, threads, verify).evaluate(data, adapter=adapter)
     if as_json:
         emit_json(metrics)
     else:
@@ -421,10 +465,12 @@ def _predict_options(command):
               help="seq2seq: beam search with this many beams (1: greedy).")
 @_predict_options
 @_threads_option
+@_verify_option
 @click.option("--json", "as_json", is_flag=True)
 def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, context_file, adapter: str | None,
           max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop: tuple[str, ...],
-          seed: int | None, raw: bool, num_beams: int, threads: int | None, as_json: bool, **options) -> None:
+          seed: int | None, raw: bool, num_beams: int, threads: int | None, verify: str, as_json: bool,
+          **options) -> None:
     """Run the bundle's task with an adapter: classify, tag, answer, or generate (streamed)."""
     inputs = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
     if not inputs:
@@ -433,7 +479,7 @@ def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, 
         raise click.UsageError("give --context or --context-file, not both")
     if context_file is not None:
         context = context_file.read()
-    device_bundle = _open(bundle, threads)
+    device_bundle = _open(bundle, threads, verify)
     if device_bundle.generates:
         from edge_sdk.device.generation import GenerationSettings
 

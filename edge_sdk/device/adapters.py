@@ -41,6 +41,7 @@ from edge_sdk.device.store_lock import StoreLock
 from edge_sdk.errors import AdapterError
 
 INITIAL = "initial"
+ADAPTERS_DIR = "adapters"   # the store's folder inside the bundle
 ACTIVE_FILE = "active.json"  # which adapter serves when none is named (`edge-sdk adapters activate`)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _METADATA_KEY = "edge_sdk"
@@ -92,7 +93,8 @@ class AdapterStore:
         if not isinstance(keep, int) or keep < 1:
             raise AdapterError(f"the number of adapter generations to keep must be at least 1, got {keep!r}")
         self.bundle = bundle
-        self.folder = bundle.root / "adapters"
+        # Through the bundle's path check: an adapters folder that is a symlink out of the bundle is refused.
+        self.folder = bundle.inside(ADAPTERS_DIR, "adapter folder")
         self.keep = keep
         self._lock = StoreLock(self.folder, str(bundle.root))
         manifest = bundle.manifest
@@ -106,7 +108,7 @@ class AdapterStore:
 
     @property
     def _active_file(self) -> Path:
-        return self.folder / ACTIVE_FILE
+        return self.bundle.inside(f"{ADAPTERS_DIR}/{ACTIVE_FILE}", "active-adapter file")
 
     def active(self) -> str | None:
         """The adapter `activate` chose (None when none was chosen or it has since been removed)."""
@@ -150,7 +152,7 @@ class AdapterStore:
     def path(self, name: str) -> Path:
         if name == INITIAL:
             return self.bundle.path(self.bundle.manifest.inference_spec.initial_adapter)
-        return self.folder / f"{check_adapter_name(name)}.safetensors"
+        return self.bundle.inside(f"{ADAPTERS_DIR}/{check_adapter_name(name)}.safetensors", f"adapter {name!r}")
 
     def exists(self, name: str) -> bool:
         return self.path(name).is_file()

@@ -59,10 +59,13 @@ class DeviceBundle:
         self._decoder = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True, threads: int | None = None,
+    def open(cls, path: str | os.PathLike, verify: bool | str = True, threads: int | None = None,
              trust: Trust = None) -> DeviceBundle:
-        """Open (and by default verify) the bundle at ``path``. ``trust``: a ``TrustPolicy`` whose keys must have
-        signed the bundle; None (the default) takes it from ``EDGE_SDK_TRUSTED_KEYS`` (no check when unset)."""
+        """Open the bundle at ``path``, checking its files at ``verify``: "stamp" (``True``, the default)
+        re-hashes only files changed since the last passed check, "full" hashes every file, "none"
+        (``False``) hashes nothing (see edge_sdk/bundle/verification.py). ``trust``: a ``TrustPolicy`` whose
+        keys must have signed the bundle; None (the default) takes it from ``EDGE_SDK_TRUSTED_KEYS`` (no check
+        when unset)."""
         return cls(open_bundle(path, verify=verify, trust=trust), threads=threads)
 
     # --- adapters -------------------------------------------------------------------------------------

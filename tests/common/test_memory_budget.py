@@ -82,10 +82,18 @@ def test_language_model_logits_follow_batch_length_and_vocabulary(fixtures_dir: 
             == estimate_training_peak(classifier, "portable", 2, 32).parts["logits"])
 
 
+def _without_dimensions(source: Path, target: Path) -> Path:
+    """The bundle as an SDK before recorded dimensions wrote it."""
+    return with_manifest_change(source, target, lambda data: data["model"].pop("dimensions", None))
+
+
 def test_recorded_dimensions_win_over_derived_ones(fixtures_dir: Path, tmp_path: Path) -> None:
     source = fixtures_dir / "tiny-seq-cls"
-    derived = model_dimensions(manifest_of(source))
+    derived = model_dimensions(manifest_of(_without_dimensions(source, tmp_path / "older")))
     assert derived.hidden_size > 0 and derived.layers > 0
+    if "dimensions" in manifest_of(source).model:  # a bundle that records them: derived agrees where it can
+        recorded = model_dimensions(manifest_of(source))
+        assert (recorded.hidden_size, recorded.layers) == (derived.hidden_size, derived.layers)
     dims = {"hidden_size": 512, "layers": 9, "intermediate_size": 2048, "attention_heads": 8, "vocab_size": 1000}
     bundle = with_manifest_change(source, tmp_path / "b", lambda data: data["model"].update(dimensions=dims))
     recorded = model_dimensions(manifest_of(bundle))
@@ -94,8 +102,8 @@ def test_recorded_dimensions_win_over_derived_ones(fixtures_dir: Path, tmp_path:
     assert not recorded.derived and derived.derived
 
 
-def test_derived_dimensions_count_the_adapted_layers(fixtures_dir: Path) -> None:
-    manifest = manifest_of(fixtures_dir / "tiny-causal-lm")
+def test_derived_dimensions_count_the_adapted_layers(fixtures_dir: Path, tmp_path: Path) -> None:
+    manifest = manifest_of(_without_dimensions(fixtures_dir / "tiny-causal-lm", tmp_path / "older"))
     dims = model_dimensions(manifest)
     layer_numbers = {part for spec in manifest.trainable for part in spec.name.split(".") if part.isdigit()}
     assert dims.layers == len(layer_numbers)
