@@ -110,7 +110,10 @@ def test_record_is_replaced_atomically_with_no_litter(releases) -> None:
     for version in (1, 2, 3):
         open_bundle(bundles[version], trust=policy)
     folder = accepted_versions_path().parent
-    assert sorted(path.name for path in folder.iterdir()) == ["accepted-versions.json", "accepted-versions.json.lock"]
+    # Beside the record and its lock, only the verification stamps' folder (the opens above verified the bundles).
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "accepted-versions.json", "accepted-versions.json.lock", "stamps"]
+    assert not [path for path in folder.rglob("*") if path.suffix == ".tmp"]
     assert json.loads(accepted_versions_path().read_text()) == {"format": 1, "bundles": {"demo": {"version": 3}}}
 
 
