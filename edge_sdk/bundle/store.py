@@ -54,7 +54,16 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
         raise BundleError(
             f"{str(root)!r} is not a bundle: it has no {MANIFEST_NAME}; point at the folder `edge-sdk build` wrote"
         )
-    return Manifest.from_json(manifest_path.read_text(encoding="utf-8"), source=str(manifest_path))
+    try:
+        raw = manifest_path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read {str(manifest_path)!r}: {exc.strerror or exc}; check its permissions") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "the bundle is damaged, copy it again or rebuild it with `edge-sdk build`") from exc
+    return Manifest.from_json(text, source=str(manifest_path))
 
 
 def verify_bundle(root: str | os.PathLike) -> Manifest:
