@@ -63,6 +63,10 @@ def _locate(record: Record, context: str, text: object, start: object) -> tuple[
     where = f"{record.source}:{record.line}"
     if not isinstance(text, str):
         raise DataError(f"{where}: an answer must be a string, found {text!r}")
+    if isinstance(start, str) and record.source.lower().endswith(".csv"):
+        # Every CSV cell is text: an answer_start column holds "30", and an empty cell means "not given".
+        cell = start.strip()
+        start = int(cell) if cell.isdecimal() and len(cell) < 19 else None if not cell else start
     if start is None:
         start = context.find(text)
         if start < 0:
@@ -85,6 +89,9 @@ def _answers(record: Record, context: str) -> list[tuple[str, int]]:
     raw = fields["answers"]
     if isinstance(raw, dict) and isinstance(raw.get("text"), list):
         starts = raw.get("answer_start") or [None] * len(raw["text"])
+        if not isinstance(starts, list):
+            raise DataError(f"{record.source}:{record.line}: answers.answer_start must be a list of character "
+                            f"offsets, one per answer text, found {starts!r}")
         if len(starts) != len(raw["text"]):
             raise DataError(f"{record.source}:{record.line}: answers has {len(raw['text'])} texts but "
                             f"{len(starts)} answer_start values")
