@@ -38,6 +38,7 @@ class QaExample:
     question: str
     context: str
     answers: list[tuple[str, int]]  # (text, character offset in the context); empty: no answer
+    origin: str | None = None       # "file:line" for errors about this example
 
 
 @dataclass
@@ -113,7 +114,8 @@ def load_qa_examples(path: str | os.PathLike[str], require_answers: bool = True)
             raise DataError(f"{record.source}:{record.line}: no answer; give 'answer' (a span of the context, "
                             "\"\" for none) or SQuAD-style 'answers'")
         examples.append(QaExample(question=text_field(record, "question"), context=context,
-                                  answers=_answers(record, context) if has_answer else []))
+                                  answers=_answers(record, context) if has_answer else [],
+                                  origin=f"{record.source}:{record.line}"))
     return examples
 
 
@@ -178,7 +180,8 @@ class QaTask:
 
     def _data(self, examples: list[QaExample], with_targets: bool) -> QaData:
         windows = self.tokenizer.encode_pairs([e.question for e in examples], [e.context for e in examples],
-                                              self.stride)
+                                              self.stride, [e.origin or f"question {i + 1}"
+                                                            for i, e in enumerate(examples)])
         encoded, targets, context = [], [], []
         for index, (example, pieces) in enumerate(zip(examples, windows, strict=True)):
             for window in pieces:
