@@ -122,7 +122,15 @@ class AdapterStore:
                 raw = (handle.metadata() or {}).get(_METADATA_KEY)
         except Exception as exc:  # safetensors raises its own error types for damaged headers
             raise AdapterError(f"adapter file {str(path)!r} is not a readable safetensors file: {exc}") from exc
-        return AdapterInfo(name=name, path=path, metadata=json.loads(raw) if raw else {})
+        try:
+            metadata = json.loads(raw) if raw else {}
+        except (ValueError, RecursionError) as exc:
+            raise AdapterError(f"adapter file {str(path)!r} has damaged metadata: its {_METADATA_KEY!r} entry is not "
+                               f"JSON ({exc}); personalize again or remove the adapter") from exc
+        if not isinstance(metadata, dict):
+            raise AdapterError(f"adapter file {str(path)!r} has damaged metadata: its {_METADATA_KEY!r} entry is "
+                               f"{type(metadata).__name__}, not a JSON object; personalize again or remove the adapter")
+        return AdapterInfo(name=name, path=path, metadata=metadata)
 
     def load(self, name: str) -> dict[str, np.ndarray]:
         """The adapter's weights, checked to belong to this bundle and to match its parameters."""
@@ -145,20 +153,28 @@ class AdapterStore:
         base = info.metadata.get("base_id")
         if name != INITIAL and base != self.base_id:
             raise AdapterError(
-                f"adapter {name!r} was trained for another base model (base id {str(base)[:12]}…, this bundle "
-                f"{self.base_id[:12]}…); personalize this bundle again instead of copying the adapter"
+                f"adapter {name!r} ({str(info.path)!r}) was trained for another base model (base id "
+                f"{str(base)[:12]}…, this bundle {self.base_id[:12]}…); personalize this bundle again instead of "
+                "copying the adapter"
             )
         weights = {}
-        with safe_open(str(info.path), framework="numpy") as handle:
-            for key in handle.keys():
-                weights[key] = handle.get_tensor(key)
+        try:
+            with safe_open(str(info.path), framework="numpy") as handle:
+                for key in handle.keys():
+                    weights[key] = handle.get_tensor(key)
+        except Exception as exc:  # safetensors' own errors: offsets outside the file, unknown dtypes, …
+            raise AdapterError(f"adapter file {str(info.path)!r} holds a tensor that cannot be read: {exc}; "
+                               "personalize again or remove the adapter") from exc
+        dtypes = {spec.name: spec.dtype for spec in self.bundle.manifest.trainable}  # numpy's names: "float32"
         missing = sorted(set(self._shapes) - set(weights))
         extra = sorted(set(weights) - set(self._shapes))
         wrong = [k for k, shape in self._shapes.items() if k in weights and tuple(weights[k].shape) != shape]
-        if missing or extra or wrong:
+        wrong_type = [f"{k} ({weights[k].dtype}, not {dtypes[k]})" for k in self._shapes
+                      if k in weights and k in dtypes and str(weights[k].dtype) != dtypes[k]]
+        if missing or extra or wrong or wrong_type:
             raise AdapterError(
-                f"adapter {name!r} does not fit this bundle: missing {missing[:3]}, unexpected {extra[:3]}, "
-                f"wrong shapes {wrong[:3]}"
+                f"adapter {name!r} ({str(info.path)!r}) does not fit this bundle: missing {missing[:3]}, unexpected "
+                f"{extra[:3]}, wrong shapes {wrong[:3]}, wrong element types {wrong_type[:3]}"
             )
         return weights
 
