@@ -7,9 +7,12 @@ is versioned: a device refuses a manifest whose schema is newer than the one it 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from edge_sdk.bundle.paths import check_listed_paths
 from edge_sdk.errors import BundleError, BundleVersionError, EdgeSdkError
@@ -48,6 +51,89 @@ def default_bundle_id(name: str, task: str) -> str:
         stem = stem.removesuffix(suffix)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")
     return f"{slug}-{task}"[:128] if slug else task
+
+
+_REBUILD = "the bundle is damaged or was edited; copy it again or rebuild it with `edge-sdk build`"
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _found(value: Any) -> str:
+    shown = repr(value)
+    return f"{_JSON_NAMES.get(type(value), type(value).__name__)} {shown[:60] + '…' if len(shown) > 60 else shown}"
+
+
+def _malformed(source: str, where: str, expected: str, value: Any) -> BundleError:
+    return BundleError(f"{source}: field {where} must be {expected}, found {_found(value)}; {_REBUILD}")
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass, but `true` is no count or size.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _object(value: Any, source: str, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _malformed(source, where, "a JSON object", value)
+    return value
+
+
+def _required(data: dict[str, Any], key: str, source: str, where: str) -> Any:
+    if key not in data:
+        raise BundleError(f"{source}: field {where}.{key} is missing; {_REBUILD}" if where else
+                          f"{source}: field {key} is missing; {_REBUILD}")
+    return data[key]
+
+
+def _string(value: Any, source: str, where: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise _malformed(source, where, "a string" + (" or null" if optional else ""), value)
+    return value
+
+
+def _integer(value: Any, source: str, where: str, minimum: int | None = None, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise _malformed(source, where, f"an integer{bound}" + (" or null" if optional else ""), value)
+    return value
+
+
+def _strings(value: Any, source: str, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _malformed(source, where, "an array of strings", value)
+    return list(value)
+
+
+def _tensor_specs(value: Any, source: str, where: str) -> list[TensorSpec]:
+    if not isinstance(value, list):
+        raise _malformed(source, where, "an array of {name, dtype, shape} objects", value)
+    specs = []
+    for index, item in enumerate(value):
+        at = f"{where}[{index}]"
+        item = _object(item, source, at)
+        shape = _required(item, "shape", source, at)
+        if not isinstance(shape, list) or not all(_is_int(dim) or isinstance(dim, str) for dim in shape):
+            raise _malformed(source, f"{at}.shape", "an array of integers and dimension names", shape)
+        specs.append(TensorSpec(name=_string(_required(item, "name", source, at), source, f"{at}.name"),
+                                dtype=_string(_required(item, "dtype", source, at), source, f"{at}.dtype"),
+                                shape=list(shape)))
+    return specs
+
+
+def _check_files(value: Any, source: str) -> None:
+    """Types of the file list (FileEntry.from_dict checks the paths themselves)."""
+    if not isinstance(value, list):
+        raise _malformed(source, "files", "an array of {path, sha256, size} objects", value)
+    for index, item in enumerate(value):
+        at = f"files[{index}]"
+        item = _object(item, source, at)
+        _string(_required(item, "path", source, at), source, f"{at}.path")
+        _string(_required(item, "sha256", source, at), source, f"{at}.sha256")
+        _integer(_required(item, "size", source, at), source, f"{at}.size", minimum=0)
 
 
 @dataclass(frozen=True)
@@ -105,20 +191,30 @@ class Manifest:
         if not self.bundle_id:
             self.bundle_id = default_bundle_id(str(self.model.get("source", "")), self.task)
 
+    # Where the manifest was read from, named by every error about its content. A class attribute, not a
+    # field: it is not part of the manifest and is not written by to_json.
+    source: ClassVar[str] = MANIFEST_NAME
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = MANIFEST_NAME) -> Manifest:
+        """Parse and type-check a manifest; anything wrong is a BundleError naming ``source`` and the field."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise BundleError(f"{source} is not valid JSON ({exc}); the bundle is damaged, rebuild it") from exc
+            raise BundleError(f"{source} is not valid JSON ({exc}); {_REBUILD}") from exc
+        except (ValueError, RecursionError) as exc:
+            # ValueError: an integer literal longer than Python converts; RecursionError: arrays nested
+            # thousands deep. Neither is something an SDK wrote.
+            raise BundleError(f"{source} cannot be read as a manifest ({type(exc).__name__}: {exc}); "
+                              f"{_REBUILD}") from exc
         if not isinstance(data, dict):
-            raise BundleError(f"{source} must hold a JSON object, found {type(data).__name__}; rebuild the bundle")
+            raise BundleError(f"{source} must hold a JSON object, found {_found(data)}; {_REBUILD}")
         schema = data.get("schema_version")
-        if not isinstance(schema, int):
-            raise BundleError(f"{source} has no integer schema_version (found {schema!r}); rebuild the bundle")
+        if not _is_int(schema) or schema < 1:
+            raise BundleError(f"{source} has no integer schema_version >= 1 (found {_found(schema)}); {_REBUILD}")
         if schema > SCHEMA_VERSION:
             raise BundleVersionError(
                 f"{source} uses bundle schema version {schema}, but this edge-sdk reads versions up to "
@@ -130,55 +226,81 @@ class Manifest:
         version = data.get("version", UNVERSIONED)
         if "version" in data:
             check_bundle_version(version, f"{source}, key 'version'")
+        sections = {name: _object(_required(data, name, source, ""), source, name)
+                    for name in ("model", "tokenizer", "peft", "training", "inference", "profile", "build")}
+        files = _required(data, "files", source, "")
+        _check_files(files, source)
+        sdk_version = _required(data, "sdk_version", source, "")
+        if not isinstance(sdk_version, (str, int, float)) or isinstance(sdk_version, bool):
+            raise _malformed(source, "sdk_version", "a version string", sdk_version)
         try:
             manifest = cls(
-                task=data["task"],
-                labels=list(data["labels"]),
-                model=dict(data["model"]),
-                tokenizer=dict(data["tokenizer"]),
-                max_length=int(data["max_length"]),
-                inputs=[TensorSpec.from_dict(item) for item in data["inputs"]],
-                outputs=[TensorSpec.from_dict(item) for item in data["outputs"]],
-                trainable=[TensorSpec.from_dict(item) for item in data["trainable"]],
-                peft=dict(data["peft"]),
-                training=dict(data["training"]),
-                inference=dict(data["inference"]),
-                profile=dict(data["profile"]),
-                build=dict(data["build"]),
-                sdk_version=str(data["sdk_version"]),
+                task=_string(_required(data, "task", source, ""), source, "task"),
+                labels=_strings(_required(data, "labels", source, ""), source, "labels"),
+                max_length=_integer(_required(data, "max_length", source, ""), source, "max_length", minimum=1),
+                inputs=_tensor_specs(_required(data, "inputs", source, ""), source, "inputs"),
+                outputs=_tensor_specs(_required(data, "outputs", source, ""), source, "outputs"),
+                trainable=_tensor_specs(_required(data, "trainable", source, ""), source, "trainable"),
+                sdk_version=str(sdk_version),
                 schema_version=schema,
-                files=[FileEntry.from_dict(item) for item in data["files"]],
+                files=[FileEntry.from_dict(item) for item in files],
                 bundle_id=bundle_id or "",
                 version=version,
+                **{name: dict(section) for name, section in sections.items()},
             )
+        except BundleError as exc:
+            if source in str(exc):
+                raise
+            raise BundleError(f"{source}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{source} is missing or has a malformed field ({exc!r}); rebuild the bundle") from exc
-        _check_files(manifest.files, source)
+            raise BundleError(f"{source} is missing or has a malformed field ({exc!r}); {_REBUILD}") from exc
+        _check_file_entries(manifest.files, source)
+        manifest.source = source
         return manifest
+
+    @contextmanager
+    def reading(self, where: str) -> Iterator[None]:
+        """Turn a lookup in a section that has the wrong shape into a BundleError naming this manifest and
+        ``where`` (the field); for code that reads parts of a section no typed property covers."""
+        try:
+            yield
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise BundleError(f"{self.source}: field {where} is missing or malformed ({type(exc).__name__}: "
+                              f"{exc}); {_REBUILD}") from exc
 
     # --- typed reads of the sections (bundles of older SDKs included) ------------------------------------
     # Readers use these instead of string keys: a renamed or moved key then changes here only.
 
     @property
     def peft_spec(self) -> PeftSpec:
-        return PeftSpec.from_manifest(self)
+        with self.reading("peft"):
+            return PeftSpec.from_manifest(self)
 
     @property
     def tokenizer_spec(self) -> TokenizerSpec:
-        return TokenizerSpec.from_dict(self.tokenizer)
+        with self.reading("tokenizer"):
+            return TokenizerSpec.from_dict(self.tokenizer, self.source)
 
     @property
     def inference_spec(self) -> InferenceSpec:
-        return InferenceSpec.from_dict(self.inference)
+        with self.reading("inference"):
+            return InferenceSpec.from_dict(self.inference, self.source)
 
     @property
     def portable_step(self) -> PortableStepSpec:
-        return PortableStepSpec.from_dict(self.training["portable"])
+        with self.reading("training.portable"):
+            return PortableStepSpec.from_dict(_required(self.training, "portable", self.source, "training"),
+                                              self.source)
 
     @property
     def ort_training_files(self) -> dict[str, str]:
         """ONNX Runtime's training artifacts by key (training_model, eval_model, optimizer_model, checkpoint)."""
-        return dict(self.training.get("ort-training", {}))
+        files = _object(self.training.get("ort-training", {}), self.source, "training.ort-training")
+        for key, value in files.items():
+            _string(value, self.source, f"training.ort-training.{key}")
+        return dict(files)
 
     @property
     def adapter(self) -> str:
@@ -194,11 +316,12 @@ class Manifest:
 
     @property
     def training_backends(self) -> list[str]:
-        return list(self.training.get("backends", []))
+        return _strings(self.training.get("backends", []), self.source, "training.backends")
 
     @property
     def max_batch_size(self) -> int | None:
-        return self.training.get("max_batch_size")
+        return _integer(self.training.get("max_batch_size"), self.source, "training.max_batch_size", minimum=1,
+                        optional=True)
 
     @property
     def generation(self) -> dict[str, Any] | None:
@@ -208,13 +331,13 @@ class Manifest:
         for entry in self.files:
             if entry.path == path:
                 return entry
-        raise BundleError(f"the manifest lists no file {path!r}; rebuild the bundle")
+        raise BundleError(f"{self.source} lists no file {path!r}; {_REBUILD}")
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _check_files(files: list[FileEntry], source: str) -> None:
+def _check_file_entries(files: list[FileEntry], source: str) -> None:
     """Refuse, naming the entry, a listed path that could leave the bundle folder (absolute, ``..``, ...), a
     duplicate, a malformed hash or a negative size: every reader of the manifest then gets only safe paths."""
     check_listed_paths((entry.path for entry in files), source)
@@ -241,15 +364,23 @@ class PeftSpec:
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> PeftSpec:
-        peft = manifest.peft
+        peft, source = manifest.peft, manifest.source
         # Bundles before the two axes named both in one "method" string (and int8 compute in inference).
         method = peft.get("method")
         base = peft.get("base") or ("int8-compute" if manifest.inference.get("precision") == "int8"
                                     else "int8-storage" if method == "qlora" else "float32")
-        return cls(adapter=peft.get("adapter") or ("dora" if method == "dora" else "lora"), base=base,
-                   rank=int(peft["rank"]), alpha=float(peft["alpha"]), target_modules=list(peft["target_modules"]),
-                   modules_to_save=list(peft.get("modules_to_save") or []),
-                   trainable_parameters=int(peft.get("trainable_parameters", 0)))
+        adapter = peft.get("adapter") or ("dora" if method == "dora" else "lora")
+        alpha = _required(peft, "alpha", source, "peft")
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+            raise _malformed(source, "peft.alpha", "a finite number", alpha)
+        return cls(adapter=_string(adapter, source, "peft.adapter"), base=_string(base, source, "peft.base"),
+                   rank=_integer(_required(peft, "rank", source, "peft"), source, "peft.rank", minimum=1),
+                   alpha=float(alpha),
+                   target_modules=_strings(_required(peft, "target_modules", source, "peft"), source,
+                                           "peft.target_modules"),
+                   modules_to_save=_strings(peft.get("modules_to_save") or [], source, "peft.modules_to_save"),
+                   trainable_parameters=_integer(peft.get("trainable_parameters", 0), source,
+                                                 "peft.trainable_parameters", minimum=0))
 
 
 @dataclass(frozen=True)
@@ -267,12 +398,27 @@ class TokenizerSpec:
     chat_template: str | None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenizerSpec:
-        return cls(file=data["file"], pad_token_id=int(data["pad_token_id"]),
-                   padding_side=data.get("padding_side", "right"), bos_token=data.get("bos_token"),
-                   bos_token_id=data.get("bos_token_id"), adds_bos=bool(data.get("adds_bos", False)),
-                   eos_token=data.get("eos_token"), eos_token_id=data.get("eos_token_id"),
-                   chat_template=data.get("chat_template"))
+    def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> TokenizerSpec:
+        data = _object(data, source, "tokenizer")
+        padding_side = data.get("padding_side", "right")
+        if padding_side not in ("left", "right"):
+            raise _malformed(source, "tokenizer.padding_side", "'left' or 'right'", padding_side)
+        adds_bos = data.get("adds_bos", False)
+        if not isinstance(adds_bos, bool):
+            raise _malformed(source, "tokenizer.adds_bos", "true or false", adds_bos)
+        return cls(file=_string(_required(data, "file", source, "tokenizer"), source, "tokenizer.file"),
+                   pad_token_id=_integer(_required(data, "pad_token_id", source, "tokenizer"), source,
+                                         "tokenizer.pad_token_id", minimum=0),
+                   padding_side=padding_side,
+                   bos_token=_string(data.get("bos_token"), source, "tokenizer.bos_token", optional=True),
+                   bos_token_id=_integer(data.get("bos_token_id"), source, "tokenizer.bos_token_id", minimum=0,
+                                         optional=True),
+                   adds_bos=adds_bos,
+                   eos_token=_string(data.get("eos_token"), source, "tokenizer.eos_token", optional=True),
+                   eos_token_id=_integer(data.get("eos_token_id"), source, "tokenizer.eos_token_id", minimum=0,
+                                         optional=True),
+                   chat_template=_string(data.get("chat_template"), source, "tokenizer.chat_template",
+                                         optional=True))
 
 
 @dataclass(frozen=True)
@@ -287,10 +433,17 @@ class InferenceSpec:
     generation: dict[str, Any] | None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InferenceSpec:
-        return cls(model=data["model"], weights=data.get("weights"), initial_adapter=data["initial_adapter"],
-                   precision=data.get("precision", "fp32"), int8_max_pair_sum=data.get("int8_max_pair_sum"),
-                   generation=data.get("generation"))
+    def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> InferenceSpec:
+        data = _object(data, source, "inference")
+        generation = data.get("generation")
+        if generation is not None:
+            _object(generation, source, "inference.generation")
+        return cls(model=_string(_required(data, "model", source, "inference"), source, "inference.model"),
+                   weights=_string(data.get("weights"), source, "inference.weights", optional=True),
+                   initial_adapter=_string(_required(data, "initial_adapter", source, "inference"), source,
+                                           "inference.initial_adapter"),
+                   precision=_string(data.get("precision", "fp32"), source, "inference.precision"),
+                   int8_max_pair_sum=data.get("int8_max_pair_sum"), generation=generation)
 
 
 @dataclass(frozen=True)
@@ -303,6 +456,14 @@ class PortableStepSpec:
     names: dict[str, Any]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PortableStepSpec:
-        return cls(model=data["model"], weights=data.get("weights"),
-                   prepack_weights=bool(data.get("prepack_weights", True)), names=data["names"])
+    def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> PortableStepSpec:
+        data = _object(data, source, "training.portable")
+        prepack = data.get("prepack_weights", True)
+        if not isinstance(prepack, bool):
+            raise _malformed(source, "training.portable.prepack_weights", "true or false", prepack)
+        return cls(model=_string(_required(data, "model", source, "training.portable"), source,
+                                 "training.portable.model"),
+                   weights=_string(data.get("weights"), source, "training.portable.weights", optional=True),
+                   prepack_weights=prepack,
+                   names=_object(_required(data, "names", source, "training.portable"), source,
+                                 "training.portable.names"))

@@ -193,23 +193,28 @@ class AdapterStore:
         base = _metadata(path).get("base_id")
         if check_base and base != self.base_id:
             raise AdapterError(
-                f"adapter {name!r} was trained for another base model (base id {str(base)[:12]}…, this bundle "
-                f"{self.base_id[:12]}…); personalize this bundle again instead of copying the adapter"
+                f"adapter {name!r} ({str(path)!r}) was trained for another base model (base id "
+                f"{str(base)[:12]}…, this bundle {self.base_id[:12]}…); personalize this bundle again instead of "
+                "copying the adapter"
             )
         weights = {}
         try:
             with safe_open(str(path), framework="numpy") as handle:
                 for key in handle.keys():
                     weights[key] = handle.get_tensor(key)
-        except Exception as exc:  # safetensors raises its own error types for damaged files
-            raise AdapterError(f"adapter file {str(path)!r} is not a readable safetensors file: {exc}") from exc
+        except Exception as exc:  # safetensors' own errors: offsets outside the file, unknown dtypes, …
+            raise AdapterError(f"adapter file {str(path)!r} holds a tensor that cannot be read: {exc}; "
+                               "personalize again or remove the adapter") from exc
+        dtypes = {spec.name: spec.dtype for spec in self.bundle.manifest.trainable}  # numpy's names: "float32"
         missing = sorted(set(self._shapes) - set(weights))
         extra = sorted(set(weights) - set(self._shapes))
         wrong = [k for k, shape in self._shapes.items() if k in weights and tuple(weights[k].shape) != shape]
-        if missing or extra or wrong:
+        wrong_type = [f"{k} ({weights[k].dtype}, not {dtypes[k]})" for k in self._shapes
+                      if k in weights and k in dtypes and str(weights[k].dtype) != dtypes[k]]
+        if missing or extra or wrong or wrong_type:
             raise AdapterError(
-                f"adapter {name!r} does not fit this bundle: missing {missing[:3]}, unexpected {extra[:3]}, "
-                f"wrong shapes {wrong[:3]}"
+                f"adapter {name!r} ({str(path)!r}) does not fit this bundle: missing {missing[:3]}, unexpected "
+                f"{extra[:3]}, wrong shapes {wrong[:3]}, wrong element types {wrong_type[:3]}"
             )
         return weights
 
@@ -364,8 +369,10 @@ def _metadata(path: Path) -> dict[str, Any]:
         return {}
     try:
         metadata = json.loads(raw)
-    except ValueError as exc:
-        raise AdapterError(f"adapter file {str(path)!r} has damaged edge-sdk metadata ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise AdapterError(f"adapter file {str(path)!r} has damaged metadata: its {_METADATA_KEY!r} entry is not "
+                           f"JSON ({exc}); personalize again or remove the adapter") from exc
     if not isinstance(metadata, dict):
-        raise AdapterError(f"adapter file {str(path)!r} has edge-sdk metadata that is not an object")
+        raise AdapterError(f"adapter file {str(path)!r} has damaged metadata: its {_METADATA_KEY!r} entry is "
+                           f"{type(metadata).__name__}, not a JSON object; personalize again or remove the adapter")
     return metadata

@@ -77,10 +77,13 @@ def _check_settings(config: dict[str, Any], manifest: Manifest, folder: Path) ->
     if config.get("peft_type", "LORA") != "LORA":
         problems.append(f"peft_type {config.get('peft_type')!r} (only LORA adapters load)")
     for key, ours in (("r", peft.rank), ("lora_alpha", peft.alpha)):
-        if float(config.get(key, -1)) != float(ours):
-            problems.append(f"{key} {config.get(key)!r} vs the bundle's {ours!r}")
+        value = config.get(key)
+        # Compared as numbers (PEFT writes alpha as 16 or 16.0), but a string or a list is no rank at all.
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != ours:
+            problems.append(f"{key} {value!r} vs the bundle's {ours!r}")
     targets = config.get("target_modules")
-    targets = sorted(targets) if isinstance(targets, list) else targets
+    if isinstance(targets, list) and all(isinstance(target, str) for target in targets):
+        targets = sorted(targets)
     if targets != sorted(peft.target_modules):
         problems.append(f"target_modules {targets!r} vs the bundle's {sorted(peft.target_modules)!r}")
     if bool(config.get("use_dora")) != (manifest.adapter == "dora"):
@@ -101,9 +104,13 @@ def read_config(folder: Path, named_by: str = "") -> dict[str, Any]:
         raise AdapterError(f"{named_by}{str(folder)!r} is not a PEFT adapter folder: it needs {CONFIG_FILE} and "
                            f"{WEIGHTS_FILE} (PeftModel.save_pretrained writes both)")
     try:
-        return json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise AdapterError(f"{str(config_path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise AdapterError(f"{str(config_path)!r} must hold a JSON object (PEFT's adapter settings), found "
+                           f"{type(config).__name__}")
+    return config
 
 
 def read_peft(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
@@ -113,19 +120,30 @@ def read_peft(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     weights_path = folder / WEIGHTS_FILE
     _check_settings(config, manifest, folder)
     by_key = {peft_key(spec.name): spec for spec in manifest.trainable}
+    raw: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(str(weights_path), framework="numpy") as handle:
+            keys = list(handle.keys())
+            unknown = [key for key in keys if key not in by_key]
+            missing = [key for key in by_key if key not in keys]
+            if unknown or missing:
+                raise AdapterError(f"the PEFT adapter in {str(folder)!r} has other tensors than this bundle trains: "
+                                   f"unexpected {unknown[:3]}, missing {missing[:3]}")
+            for key in keys:
+                raw[key] = handle.get_tensor(key)
+    except AdapterError:
+        raise
+    except Exception as exc:  # safetensors' own errors: a damaged header, offsets outside the file, bfloat16
+        raise AdapterError(f"{str(weights_path)!r} is not a readable safetensors file: {exc}; save the adapter "
+                           "again with PeftModel.save_pretrained (float32 or float16 weights)") from exc
     weights: dict[str, np.ndarray] = {}
-    with safe_open(str(weights_path), framework="numpy") as handle:
-        keys = list(handle.keys())
-        unknown = [key for key in keys if key not in by_key]
-        missing = [key for key in by_key if key not in keys]
-        if unknown or missing:
-            raise AdapterError(f"the PEFT adapter in {str(folder)!r} has other tensors than this bundle trains: "
-                               f"unexpected {unknown[:3]}, missing {missing[:3]}")
-        for key in keys:
-            spec = by_key[key]
-            value = handle.get_tensor(key).astype(np.float32)
-            if list(value.shape) != list(spec.shape):
-                raise AdapterError(f"tensor {key!r} of the PEFT adapter has shape {list(value.shape)}, the bundle "
-                                   f"expects {list(spec.shape)}")
-            weights[spec.name] = value
+    for key, value in raw.items():
+        spec = by_key[key]
+        if not np.issubdtype(value.dtype, np.floating):
+            raise AdapterError(f"tensor {key!r} of {str(weights_path)!r} holds {value.dtype} values; LoRA weights "
+                               "are floating point: save the adapter again with PeftModel.save_pretrained")
+        if list(value.shape) != list(spec.shape):
+            raise AdapterError(f"tensor {key!r} of {str(weights_path)!r} has shape {list(value.shape)}, the bundle "
+                               f"expects {list(spec.shape)}")
+        weights[spec.name] = value.astype(np.float32)
     return weights

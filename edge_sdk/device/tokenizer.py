@@ -50,9 +50,28 @@ class BundleTokenizer:
         return [(np.asarray(e.ids, dtype=np.int64), np.asarray(e.type_ids, dtype=np.int64), list(e.word_ids))
                 for e in encodings]
 
-    def encode_pairs(self, questions: Sequence[str], contexts: Sequence[str], stride: int) -> list[list[Window]]:
+    def encode_pairs(self, questions: Sequence[str], contexts: Sequence[str], stride: int,
+                     origins: Sequence[str] | None = None) -> list[list[Window]]:
         """Each (question, context) pair as windows of at most the bundle's max length: the question whole
-        in every window, the context cut into pieces that overlap by ``stride`` tokens."""
+        in every window, the context cut into pieces that overlap by ``stride`` tokens. ``origins`` (such as
+        "file:line") name the pairs in errors."""
+        # The question is repeated in every window; the context needs more room than the overlap. Checked here
+        # because the tokenizers library does not raise for a longer question: it panics (an exception that is
+        # not an Exception) or refuses the whole batch without saying which pair.
+        specials = self._tokenizer.num_special_tokens_to_add(True)
+        self._tokenizer.no_truncation()
+        try:
+            question_ids = self._tokenizer.encode_batch(list(questions), add_special_tokens=False)
+        finally:
+            self._tokenizer.enable_truncation(max_length=self._max_length)
+        for index, encoding in enumerate(question_ids):
+            room = self._max_length - specials - len(encoding.ids)
+            if room <= stride:
+                where = origins[index] if origins is not None else f"question {index + 1}"
+                raise DataError(f"{where}: the question is {len(encoding.ids)} tokens long, which leaves "
+                                f"{max(room, 0)} of the bundle's {self._max_length} tokens for the context "
+                                f"(windows overlap by {stride}); shorten the question or rebuild the bundle with a "
+                                "larger --max-length")
         self._tokenizer.enable_truncation(max_length=self._max_length, stride=stride, strategy="only_second")
         try:
             encodings = self._tokenizer.encode_batch(list(zip(questions, contexts, strict=True)))

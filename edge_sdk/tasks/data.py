@@ -114,6 +114,15 @@ def _parse_jsonl(text: str, source: str, required_fields: Sequence[str]) -> list
                 f"{source}:{line_no}: not valid JSON ({exc.msg} at column {exc.colno}). "
                 "Each line must hold one complete JSON object."
             ) from None
+        except RecursionError:
+            raise DataError(
+                f"{source}:{line_no}: JSON nested too deeply to read. Each line must hold one flat JSON object."
+            ) from None
+        except ValueError as exc:  # an integer literal longer than Python converts (4300 digits)
+            raise DataError(
+                f"{source}:{line_no}: not readable as JSON ({exc}). Quote long numbers as strings."
+            ) from None
+        _check_surrogates(value, line, source, line_no)
         if not isinstance(value, dict):
             hint = (
                 " A .json file must be JSON Lines, not a single JSON array."
@@ -127,6 +136,22 @@ def _parse_jsonl(text: str, source: str, required_fields: Sequence[str]) -> list
         _check_required(value, required_fields, source, line_no)
         records.append(Record(fields=value, source=source, line=line_no))
     return records
+
+
+def _check_surrogates(value: object, line: str, source: str, line_no: int) -> None:
+    # JSON may escape half of a UTF-16 surrogate pair (backslash-ud800); Python reads it into a string that
+    # is no text at all: no tokenizer can encode it and it cannot be written back as UTF-8. Only lines holding
+    # a backslash-u escape can contain one, so the full check runs rarely.
+    if "\\u" not in line:
+        return
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"{source}:{line_no}: a string holds an unpaired surrogate escape "
+            f"({exc.object[exc.start:exc.end].encode('unicode_escape').decode()}), which is not text. "
+            "Write the character itself, or both halves of its surrogate pair."
+        ) from None
 
 
 def _parse_csv(text: str, source: str, required_fields: Sequence[str]) -> list[Record]:

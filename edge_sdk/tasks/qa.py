@@ -38,6 +38,7 @@ class QaExample:
     question: str
     context: str
     answers: list[tuple[str, int]]  # (text, character offset in the context); empty: no answer
+    origin: str | None = None       # "file:line" for errors about this example
 
 
 @dataclass
@@ -63,6 +64,10 @@ def _locate(record: Record, context: str, text: object, start: object) -> tuple[
     where = f"{record.source}:{record.line}"
     if not isinstance(text, str):
         raise DataError(f"{where}: an answer must be a string, found {text!r}")
+    if isinstance(start, str) and record.source.lower().endswith(".csv"):
+        # Every CSV cell is text: an answer_start column holds "30", and an empty cell means "not given".
+        cell = start.strip()
+        start = int(cell) if cell.isdecimal() and len(cell) < 19 else None if not cell else start
     if start is None:
         start = context.find(text)
         if start < 0:
@@ -85,6 +90,9 @@ def _answers(record: Record, context: str) -> list[tuple[str, int]]:
     raw = fields["answers"]
     if isinstance(raw, dict) and isinstance(raw.get("text"), list):
         starts = raw.get("answer_start") or [None] * len(raw["text"])
+        if not isinstance(starts, list):
+            raise DataError(f"{record.source}:{record.line}: answers.answer_start must be a list of character "
+                            f"offsets, one per answer text, found {starts!r}")
         if len(starts) != len(raw["text"]):
             raise DataError(f"{record.source}:{record.line}: answers has {len(raw['text'])} texts but "
                             f"{len(starts)} answer_start values")
@@ -106,7 +114,8 @@ def load_qa_examples(path: str | os.PathLike[str], require_answers: bool = True)
             raise DataError(f"{record.source}:{record.line}: no answer; give 'answer' (a span of the context, "
                             "\"\" for none) or SQuAD-style 'answers'")
         examples.append(QaExample(question=text_field(record, "question"), context=context,
-                                  answers=_answers(record, context) if has_answer else []))
+                                  answers=_answers(record, context) if has_answer else [],
+                                  origin=f"{record.source}:{record.line}"))
     return examples
 
 
@@ -171,7 +180,8 @@ class QaTask:
 
     def _data(self, examples: list[QaExample], with_targets: bool) -> QaData:
         windows = self.tokenizer.encode_pairs([e.question for e in examples], [e.context for e in examples],
-                                              self.stride)
+                                              self.stride, [e.origin or f"question {i + 1}"
+                                                            for i, e in enumerate(examples)])
         encoded, targets, context = [], [], []
         for index, (example, pieces) in enumerate(zip(examples, windows, strict=True)):
             for window in pieces:

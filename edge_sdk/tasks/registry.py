@@ -37,7 +37,8 @@ def device_task(manifest, tokenizer):
     """The device-side task object for a bundle."""
     if manifest.task not in TASKS:
         raise BundleError(
-            f"bundle task {manifest.task!r} is not supported by this device runtime (supports "
+            f"{getattr(manifest, 'source', 'the manifest')}: bundle task {manifest.task!r} is not supported by this "
+            "device runtime (supports "
             f"{', '.join(TASK_NAMES)}); upgrade edge-sdk"
         )
     return TASKS[manifest.task].device(manifest, tokenizer)

@@ -61,6 +61,12 @@ def _padded_targets(target_ids, pad_id: int, target_mask: np.ndarray | None) -> 
     return targets, mask
 
 
+def _token_id(value: object, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be a token id (an integer >= 0), found {value!r}")
+    return value
+
+
 class Seq2SeqTask:
     name = TASK_NAME
     metric = "perplexity"
@@ -68,9 +74,10 @@ class Seq2SeqTask:
 
     def __init__(self, tokenizer, manifest: Manifest) -> None:
         self.tokenizer = tokenizer
-        generation = manifest.generation["generation"]
-        self.start_id = int(generation["decoder_start_token_id"])
-        self.pad_id = int(generation["pad_token_id"])
+        with manifest.reading("inference.generation.generation"):
+            generation = manifest.generation["generation"]
+            self.start_id, self.pad_id = (_token_id(generation[key], key)
+                                          for key in ("decoder_start_token_id", "pad_token_id"))
 
     def load(self, path: str | os.PathLike[str], require_targets: bool = True) -> TaskData:
         records = read_records(path, ("source", "target") if require_targets else ("source",))

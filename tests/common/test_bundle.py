@@ -89,7 +89,7 @@ def test_newer_schema_is_refused_with_versions(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content, pattern", [
     ("{not json", "not valid JSON"),
     ("[1, 2]", "JSON object"),
-    ('{"schema_version": 1}', "missing or has a malformed field"),
+    ('{"schema_version": 1}', r"manifest\.json: field model is missing"),
 ])
 def test_damaged_manifest(tmp_path: Path, content: str, pattern: str) -> None:
     (tmp_path / "manifest.json").write_text(content)
