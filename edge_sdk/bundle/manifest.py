@@ -339,15 +339,12 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 def _check_file_entries(files: list[FileEntry], source: str) -> None:
     """Refuse, naming the entry, a listed path that could leave the bundle folder (absolute, ``..``, ...), a
-    duplicate, a malformed hash or a negative size: every reader of the manifest then gets only safe paths."""
+    duplicate or a malformed hash (the types were checked before): every reader then gets only safe paths."""
     check_listed_paths((entry.path for entry in files), source)
     for number, entry in enumerate(files):
         if not isinstance(entry.sha256, str) or not _SHA256.match(entry.sha256):
             raise BundleError(f"{source}, files[{number}] ({entry.path}): sha256 {entry.sha256!r} is not 64 "
                               "lowercase hex digits; rebuild the bundle")
-        if entry.size < 0:
-            raise BundleError(f"{source}, files[{number}] ({entry.path}): negative size {entry.size}; "
-                              "rebuild the bundle")
 
 
 @dataclass(frozen=True)

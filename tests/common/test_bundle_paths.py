@@ -85,8 +85,8 @@ def test_duplicates_reserved_names_and_file_folder_clashes_are_refused(bundle: P
 
 @pytest.mark.parametrize("field, value, reason", [
     ("sha256", "ABC", "64 lowercase hex"),
-    ("size", -1, "negative size"),
-    ("path", 7, "not a string"),
+    ("size", -1, "size must be an integer >= 0"),
+    ("path", 7, "path must be a string"),
 ])
 def test_malformed_entries_are_refused_naming_them(bundle: Path, field: str, value: object, reason: str) -> None:
     rewrite_manifest(bundle, lambda data: data["files"][0].__setitem__(field, value))
