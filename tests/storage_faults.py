@@ -2,6 +2,7 @@
 
 * a file size limit makes every write past it fail with EFBIG, in Python and in native writers alike
   (safetensors' Rust, ONNX Runtime's C++), which a monkeypatched Python function cannot;
+* :class:`PowerCut`, raised from a progress callback, stands for the device losing power mid-run;
 * :func:`disk_full_at` fails the k-th write under a folder with ENOSPC. Python's audit hooks see every open
   for writing (``open``, ``os.open``, ``Path.write_*``, ``shutil.copy*``, onnx's and json's writers) and every
   rename, whichever library makes them, so no call site needs a seam for the test; writes made inside native
@@ -100,3 +101,23 @@ def tree_snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` by relative path, with its bytes."""
     return {path.relative_to(folder).as_posix(): path.read_bytes()
             for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+class PowerCut(Exception):
+    """The device lost power: raised from a personalization's progress callback to stop it mid-run."""
+
+
+def cut_at_step(step: int):
+    """An ``on_step`` callback that cuts the power when ``step`` has been trained."""
+    def on_step(report) -> None:
+        if report.step == step:
+            raise PowerCut
+    return on_step
+
+
+def cut_after_epoch(epoch: int):
+    """An ``on_epoch`` callback that cuts the power when ``epoch`` has ended (and been checkpointed)."""
+    def on_epoch(report) -> None:
+        if report.epoch == epoch:
+            raise PowerCut
+    return on_epoch

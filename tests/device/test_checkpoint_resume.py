@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from storage_faults import POSIX_ONLY, file_size_limit
+from storage_faults import POSIX_ONLY, PowerCut, cut_at_step, file_size_limit
 
 from edge_sdk.bundle import atomic
 from edge_sdk.cli.main import cli
@@ -27,17 +27,6 @@ LIMIT = 1 << 14  # bytes: above progress.json, below the tiny bundle's optimizer
 EVERY_STEP = CheckpointPolicy(every_steps=1, every_seconds=0)
 BACKENDS = ["portable", pytest.param("ort-training", marks=pytest.mark.skipif(
     not training_build_installed(), reason="needs onnxruntime-training"))]
-
-
-class PowerCut(Exception):
-    pass
-
-
-def cut_at(step: int):
-    def on_step(report) -> None:
-        if report.step == step:
-            raise PowerCut
-    return on_step
 
 
 def train(bundle: DeviceBundle, data: Path, backend: str, **kwargs):
@@ -58,15 +47,15 @@ def test_mid_epoch_resumes_are_bit_identical_to_the_uninterrupted_run(backend: s
     bundle = DeviceBundle.open(tiny_bundle)
     # Cut in epoch 1 (no best weights yet), mid epoch 2, and mid epoch 3; each resume may checkpoint differently.
     with pytest.raises(PowerCut):
-        train(bundle, tiny_data, backend, on_step=cut_at(5), checkpoint_policy=EVERY_STEP)
+        train(bundle, tiny_data, backend, on_step=cut_at_step(5), checkpoint_policy=EVERY_STEP)
     assert store(tiny_bundle).inspect().step == 5 and not bundle.adapters.exists("u")
     with pytest.raises(PowerCut):
-        train(bundle, tiny_data, backend, on_step=cut_at(17), resume=True,
+        train(bundle, tiny_data, backend, on_step=cut_at_step(17), resume=True,
               checkpoint_policy=CheckpointPolicy(every_steps=3, every_seconds=0))
     saved = store(tiny_bundle).inspect()
     assert (saved.step, saved.epoch, saved.batch) == (15, 1, 3)  # the last multiple of 3 before the cut
     with pytest.raises(PowerCut):
-        train(bundle, tiny_data, backend, on_step=cut_at(31), resume=True, checkpoint_policy=EVERY_STEP)
+        train(bundle, tiny_data, backend, on_step=cut_at_step(31), resume=True, checkpoint_policy=EVERY_STEP)
     resumed = train(bundle, tiny_data, backend, resume=True, checkpoint_policy=EVERY_STEP)
 
     assert resumed.resumed_from_step == 31 and straight.resumed_from_step is None
@@ -130,7 +119,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(backend: 
                                                                       tiny_data: Path) -> None:
     bundle = DeviceBundle.open(tiny_bundle)
     with pytest.raises(PowerCut):
-        train(bundle, tiny_data, backend, on_step=cut_at(3), checkpoint_policy=EVERY_STEP)
+        train(bundle, tiny_data, backend, on_step=cut_at_step(3), checkpoint_policy=EVERY_STEP)
     before = {path.name: path.read_bytes() for path in store(tiny_bundle).folder.iterdir()}
     assert max(len(content) for content in before.values()) > LIMIT  # the backend's state file cannot fit
     # The next checkpoint's state file hits the limit: a real EFBIG, reported by the backend's native writer.
@@ -147,7 +136,7 @@ def test_a_failed_fsync_of_a_checkpoint_is_fatal_and_keeps_the_previous_one(tiny
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = DeviceBundle.open(tiny_bundle)
     with pytest.raises(PowerCut):
-        train(bundle, tiny_data, "portable", on_step=cut_at(2), checkpoint_policy=EVERY_STEP)
+        train(bundle, tiny_data, "portable", on_step=cut_at_step(2), checkpoint_policy=EVERY_STEP)
     calls = []
 
     def failing_fsync(descriptor: int) -> None:
@@ -187,7 +176,7 @@ def test_resume_recovers_a_checkpoint_left_aside_and_refuses_a_damaged_one(tiny_
                                                                           tiny_data: Path) -> None:
     bundle = DeviceBundle.open(tiny_bundle)
     with pytest.raises(PowerCut):
-        train(bundle, tiny_data, "portable", on_step=cut_at(7), checkpoint_policy=EVERY_STEP)
+        train(bundle, tiny_data, "portable", on_step=cut_at_step(7), checkpoint_policy=EVERY_STEP)
     checkpoint = store(tiny_bundle).folder
     # Killed between the two renames of the next checkpoint: the previous one is aside, the new one staged.
     checkpoint.rename(atomic._temporary_name(checkpoint, "old"))
@@ -198,7 +187,7 @@ def test_resume_recovers_a_checkpoint_left_aside_and_refuses_a_damaged_one(tiny_
         ".generations", ".lock", ".lock.holder", "initial.safetensors", "u.safetensors"]
 
     with pytest.raises(PowerCut):
-        train(bundle, tiny_data, "portable", on_step=cut_at(3), checkpoint_policy=EVERY_STEP)
+        train(bundle, tiny_data, "portable", on_step=cut_at_step(3), checkpoint_policy=EVERY_STEP)
     state = next(checkpoint.glob("portable-state.safetensors"))
     state.write_bytes(state.read_bytes()[:-8] + b"\0" * 8)  # bit rot or a torn write on a lying disk
     with pytest.raises(AdapterError, match="checkpoint of adapter 'u' .* is damaged .*run without --resume"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from storage_faults import disk_full_at, tree_snapshot
+from storage_faults import PowerCut, cut_at_step, disk_full_at, tree_snapshot
 
 from edge_sdk.device import CheckpointPolicy, DeviceBundle, TrainingSettings
 from edge_sdk.errors import StorageFullError
@@ -18,17 +18,6 @@ from edge_sdk.errors import StorageFullError
 FIRST = TrainingSettings(epochs=1, learning_rate=1e-3, batch_size=16, seed=0)
 RUN = TrainingSettings(epochs=1, learning_rate=1e-2, batch_size=16, seed=3)   # 6 steps on 96 examples
 EVERY_2 = CheckpointPolicy(every_steps=2, every_seconds=0)
-
-
-class PowerCut(Exception):
-    pass
-
-
-def _cut_at(step: int):
-    def on_step(report) -> None:
-        if report.step == step:
-            raise PowerCut
-    return on_step
 
 
 def _resume(bundle: Path, train: Path):
@@ -41,7 +30,7 @@ def test_disk_full_at_every_write_of_a_personalization(tiny_bundle: Path, tiny_d
     device = DeviceBundle.open(tiny_bundle)
     device.personalize(train, adapter="u", settings=FIRST)                      # generation 1 serves
     with pytest.raises(PowerCut):                                              # a run cut after its step-4 checkpoint
-        device.personalize(train, adapter="u", settings=RUN, checkpoint_policy=EVERY_2, on_step=_cut_at(5))
+        device.personalize(train, adapter="u", settings=RUN, checkpoint_policy=EVERY_2, on_step=cut_at_step(5))
     prepared = tmp_path / "prepared"
     shutil.copytree(tiny_bundle, prepared)
     serving = (prepared / "adapters" / "u.safetensors").read_bytes()

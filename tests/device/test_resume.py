@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from storage_faults import PowerCut, cut_after_epoch
 
 from edge_sdk.device import DeviceBundle, TrainingSettings
 from edge_sdk.device.backends import training_build_installed
@@ -15,17 +16,6 @@ from edge_sdk.errors import AdapterError
 SETTINGS = TrainingSettings(epochs=3, learning_rate=1e-2, batch_size=16, seed=5)
 BACKENDS = ["portable", pytest.param("ort-training", marks=pytest.mark.skipif(
     not training_build_installed(), reason="needs onnxruntime-training"))]
-
-
-class PowerCut(Exception):
-    pass
-
-
-def _cut_after(epoch: int):
-    def on_epoch(report) -> None:
-        if report.epoch == epoch:
-            raise PowerCut
-    return on_epoch
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -37,7 +27,7 @@ def test_resume_reproduces_the_uninterrupted_run(backend: str, tiny_bundle: Path
 
     bundle = DeviceBundle.open(tiny_bundle)
     with pytest.raises(PowerCut):
-        bundle.personalize(train, dev, adapter="u", settings=SETTINGS, backend=backend, on_epoch=_cut_after(2))
+        bundle.personalize(train, dev, adapter="u", settings=SETTINGS, backend=backend, on_epoch=cut_after_epoch(2))
     assert not bundle.adapters.exists("u")  # nothing half-saved as the adapter
     resumed = bundle.personalize(train, dev, adapter="u", settings=SETTINGS, backend=backend, resume=True)
 
@@ -56,7 +46,7 @@ def test_resume_refuses_other_data_or_settings_and_missing_runs(tiny_bundle: Pat
     with pytest.raises(AdapterError, match="no interrupted personalization of adapter 'v'"):
         bundle.personalize(tiny_data / "train.jsonl", adapter="v", settings=SETTINGS, resume=True)
     with pytest.raises(PowerCut):
-        bundle.personalize(tiny_data / "train.jsonl", adapter="v", settings=SETTINGS, on_epoch=_cut_after(1))
+        bundle.personalize(tiny_data / "train.jsonl", adapter="v", settings=SETTINGS, on_epoch=cut_after_epoch(1))
     with pytest.raises(AdapterError, match="used different data_sha256"):
         bundle.personalize(tiny_data / "dev.jsonl", adapter="v", settings=SETTINGS, resume=True)
     faster = TrainingSettings(epochs=3, learning_rate=5e-2, batch_size=16, seed=5)
