@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from edge_sdk.bundle import BundleWriter, Manifest, TensorSpec
-from edge_sdk.bundle.signing import SigningKey, TrustPolicy, generate_keys, load_public_key, sign_bundle
+from edge_sdk.bundle.keys import SigningKey, generate_keys, load_public_key
+from edge_sdk.bundle.signing import TrustPolicy, sign_bundle
 
 
 def synthetic_bundle(destination: Path, bundle_id: str = "demo", version: int = 1,

@@ -1,4 +1,5 @@
-"""Ed25519 keys, detached signatures of a bundle's manifest, and the trusted keys a device checks them with.
+"""Detached signatures of a bundle's manifest, and the trusted keys a device checks them with (the keys
+themselves: keys.py).
 
 A bundle's ``manifest.json`` lists every other file with its sha256, so a signature over the manifest's exact
 bytes covers the whole bundle. The signatures sit beside it in ``manifest.sig`` (not listed in the manifest,
@@ -18,176 +19,28 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
-import logging
 import os
-import stat
 from collections.abc import Iterable, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_sdk.bundle.atomic import atomic_path, atomic_write_bytes
+from edge_sdk.bundle.atomic import atomic_write_bytes
+from edge_sdk.bundle.keys import PUBLIC_KEY_FILE, SigningKey, key_id, load_public_key
 from edge_sdk.bundle.layout import MANIFEST, SIGNATURE
 from edge_sdk.bundle.store import verify_bundle
 from edge_sdk.bundle.trust import ROLLBACK_MODES, TRUSTED_KEYS_VARIABLE
 from edge_sdk.errors import BundleError, BundleTrustError, ConfigError
 
-log = logging.getLogger(__name__)
-
-PRIVATE_KEY_FILE = "edge-sdk.key"
-PUBLIC_KEY_FILE = "edge-sdk.pub"
 SIGNATURE_FORMAT = 1
 ALGORITHM = "ed25519"
-_KEY_ID_LENGTH = 16
+_KEY_ID_LENGTH = 16  # as keys.key_id makes them
 _SIGNATURE_BYTES = 64
-# Keys and signature files are a few hundred bytes; a larger file is something else (a model named by mistake),
-# refused before it is read into memory.
-_MAX_KEY_BYTES = 64 * 1024
+# Signature files are a few hundred bytes; a larger file is something else, refused before it is read into memory.
 _MAX_SIGNATURE_FILE_BYTES = 256 * 1024
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """The key's id: the first 16 hex digits of the sha256 of its raw 32-byte public key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:_KEY_ID_LENGTH]
-
-
-def _public_pem(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _read_key_file(path: Path, what: str) -> bytes:
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise ConfigError(f"{what} {str(path)!r} is not a file; give the path of a .pub/.key PEM file")
-        if size > _MAX_KEY_BYTES:
-            raise ConfigError(f"{what} {str(path)!r} is {size:,} bytes, far too large for a key; is it the right "
-                              "file? Keys are the small PEM files `edge-sdk keys generate` writes")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {str(path)!r} does not exist; create keys with `edge-sdk keys generate --out DIR`")\
-            from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
-
-
-# --- keys ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GeneratedKeys:
-    """Where :func:`generate_keys` wrote a key pair, and the pair's id."""
-
-    key_id: str
-    private_key: Path
-    public_key: Path
-
-
-def generate_keys(folder: str | os.PathLike, overwrite: bool = False) -> GeneratedKeys:
-    """Write a new Ed25519 pair as ``folder/edge-sdk.key`` (private, mode 0600) and ``folder/edge-sdk.pub``.
-
-    Existing keys are kept unless ``overwrite``: a replaced private key cannot sign for the devices that
-    trust the old one. Each file is written atomically; the private key is never readable by others, not even
-    while it is being written.
-    """
-    folder = Path(folder)
-    private_path, public_path = folder / PRIVATE_KEY_FILE, folder / PUBLIC_KEY_FILE
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"--out {str(folder)!r} is a file; give a folder to write the keys into")
-    existing = [str(path) for path in (private_path, public_path) if path.exists()]
-    if existing and not overwrite:
-        raise ConfigError(f"{' and '.join(existing)} already exist; keep them (devices may trust them), choose "
-                          "another --out, or pass --overwrite to replace them")
-    key = Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with ExitStack() as stack:
-            # Leaving the stack renames the public key into place, then the private key: both or (on an error
-            # before the renames) neither.
-            private_temporary = stack.enter_context(atomic_path(private_path))
-            public_temporary = stack.enter_context(atomic_path(public_path))
-            os.chmod(private_temporary, 0o600)  # before a byte of the key is in it
-            with open(private_temporary, "wb") as handle:
-                handle.write(private_pem)
-            public_temporary.write_bytes(_public_pem(key.public_key()))
-    except OSError as exc:
-        raise ConfigError(f"cannot write keys into {str(folder)!r}: {exc.strerror or exc}") from exc
-    return GeneratedKeys(key_id=key_id(key.public_key()), private_key=private_path, public_key=public_path)
-
-
-class SigningKey:
-    """A private Ed25519 key loaded from its PEM file, ready to sign manifests."""
-
-    def __init__(self, private_key: Ed25519PrivateKey, path: Path | None = None) -> None:
-        self._key = private_key
-        self.path = path
-        self.public_key = private_key.public_key()
-        self.key_id = key_id(self.public_key)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> SigningKey:
-        """Read a private key written by :func:`generate_keys` (PKCS8 PEM, unencrypted)."""
-        path = Path(path)
-        data = _read_key_file(path, "signing key")
-        where = str(path)
-        if b"PUBLIC KEY-----" in data:
-            raise ConfigError(f"{where!r} is a public key; signing needs the private key ({PRIVATE_KEY_FILE}, "
-                              "the file beside it that `edge-sdk keys generate` wrote)")
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except TypeError as exc:  # cryptography's way of saying the key is encrypted
-            raise ConfigError(f"{where!r} is an encrypted private key; edge-sdk reads unencrypted PKCS8 keys "
-                              "(protect the file with mode 0600 instead, or use `edge-sdk keys generate`)") from exc
-        except (ValueError, UnsupportedAlgorithm) as exc:
-            raise ConfigError(f"{where!r} is not a PEM private key ({exc}); give the {PRIVATE_KEY_FILE} file that "
-                              "`edge-sdk keys generate` wrote") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError(f"{where!r} holds a {type(key).__name__.lstrip('_')}, not an Ed25519 key; edge-sdk "
-                              "signs with Ed25519 keys from `edge-sdk keys generate`")
-        if os.name == "posix" and stat.S_IMODE(path.stat().st_mode) & 0o077:
-            log.warning("signing key %s is readable by other users; restrict it with `chmod 600 %s`", where, where)
-        return cls(key, path)
-
-    def sign(self, data: bytes) -> bytes:
-        """The 64-byte Ed25519 signature of ``data``."""
-        return self._key.sign(data)
-
-    def signature_file(self, manifest_bytes: bytes, existing: bytes | None = None, source: str = SIGNATURE) -> bytes:
-        """The contents of a ``manifest.sig`` holding this key's signature of ``manifest_bytes``: the
-        signatures of ``existing`` (another file's bytes) are kept, except an older one by this same key,
-        which this one replaces in place."""
-        signatures = parse_signatures(existing, source) if existing is not None else []
-        mine = Signature(self.key_id, self.sign(manifest_bytes))
-        by_key = {signature.key_id: signature for signature in signatures}  # keeps the file's order
-        by_key[self.key_id] = mine
-        return signatures_to_bytes(by_key.values())
-
-
-def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:
-    """Read a trusted public key (SubjectPublicKeyInfo PEM, as ``edge-sdk keys generate`` writes it)."""
-    path = Path(path)
-    data = _read_key_file(path, "trusted key")
-    where = str(path)
-    if b"PRIVATE KEY-----" in data:
-        raise ConfigError(f"trusted key {where!r} is a private key; trust the public key ({PUBLIC_KEY_FILE}) and "
-                          "keep the private key off devices")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise ConfigError(f"trusted key {where!r} is not a PEM public key ({exc}); give the {PUBLIC_KEY_FILE} file "
-                          "that `edge-sdk keys generate` wrote") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"trusted key {where!r} is a {type(key).__name__.lstrip('_')}, not an Ed25519 key; "
-                          "edge-sdk checks Ed25519 signatures made with keys from `edge-sdk keys generate`")
-    return key
 
 
 # --- the signature file -------------------------------------------------------------------------------------
@@ -261,6 +114,18 @@ def signatures_to_bytes(signatures: Iterable[Signature]) -> bytes:
 
 
 # --- trust --------------------------------------------------------------------------------------------------
+
+
+def signature_file(key: SigningKey, manifest_bytes: bytes, existing: bytes | None = None,
+                   source: str = SIGNATURE) -> bytes:
+    """The contents of a ``manifest.sig`` holding ``key``'s signature of ``manifest_bytes``: the signatures of
+    ``existing`` (another file's bytes) are kept, except an older one by this same key, which this one replaces
+    in place."""
+    signatures = parse_signatures(existing, source) if existing is not None else []
+    by_key = {signature.key_id: signature for signature in signatures}  # keeps the file's order
+    by_key[key.key_id] = Signature(key.key_id, key.sign(manifest_bytes))
+    return signatures_to_bytes(by_key.values())
+
 
 @dataclass(frozen=True)
 class TrustPolicy:
@@ -426,7 +291,7 @@ def sign_bundle(root: str | os.PathLike, key: SigningKey | str | os.PathLike) ->
         except _Malformed as exc:
             raise BundleTrustError(f"cannot add a signature: {signature_path} is malformed ({exc}); delete it, then "
                                    "sign again with every key that should sign the bundle") from None
-    contents = signing_key.signature_file(manifest_bytes, existing, source=str(signature_path))
+    contents = signature_file(signing_key, manifest_bytes, existing, source=str(signature_path))
     try:
         atomic_write_bytes(signature_path, contents)
     except OSError as exc:

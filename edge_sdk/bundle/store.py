@@ -164,7 +164,7 @@ class BundleWriter:
     def commit(self, manifest: Manifest, signer: Callable[[bytes], bytes] | None = None) -> Path:
         """Hash every staged file into ``manifest``, write it, and move the bundle into place.
 
-        ``signer`` turns the manifest's bytes into the contents of its signature file (``SigningKey.signature_file``);
+        ``signer`` turns the manifest's bytes into the contents of its signature file (``signing.signature_file``);
         it signs in the staging folder, so a failure to sign leaves any previous bundle in place.
         """
         self._hash_files(manifest)

@@ -119,7 +119,7 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
 
         # The adapter's own shape wins over recipe and flags: its weights must fit the graphs.
         config = config.with_overrides(adapter_from=adapter_from, **lora_overrides(adapter_from))
-    from edge_sdk.bundle.signing import SigningKey
+    from edge_sdk.bundle.keys import SigningKey
 
     signing_key = SigningKey.load(sign_key) if sign_key is not None else None  # a bad key fails before the build
     if dry_run:

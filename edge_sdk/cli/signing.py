@@ -23,7 +23,7 @@ def keys() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def generate(out: Path, overwrite: bool, as_json: bool) -> None:
     """Create an Ed25519 key pair for signing bundles."""
-    from edge_sdk.bundle.signing import generate_keys
+    from edge_sdk.bundle.keys import generate_keys
 
     made = generate_keys(out, overwrite=overwrite)
     if as_json:

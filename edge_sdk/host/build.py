@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edge_sdk.bundle.signing import SigningKey
+from edge_sdk.bundle.keys import SigningKey
+from edge_sdk.bundle.signing import signature_file
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.pipeline import Progress, plan, run_build
 
@@ -21,7 +23,7 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
     """
     key = None if sign is None else sign if isinstance(sign, SigningKey) else SigningKey.load(sign)
     return run_build(config, out, overwrite=overwrite, progress=progress,
-                     signer=None if key is None else key.signature_file)
+                     signer=None if key is None else partial(signature_file, key))
 
 
 def describe_build(config: BuildConfig) -> dict[str, Any]:

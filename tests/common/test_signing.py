@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tarfile
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,18 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from signed_bundles import new_key, synthetic_bundle, trusting
 
 from edge_sdk.bundle import BundleWriter, open_bundle, pack_bundle, verify_bundle
+from edge_sdk.bundle.keys import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, SigningKey, generate_keys, key_id, load_public_key
 from edge_sdk.bundle.manifest import UNVERSIONED, Manifest
 from edge_sdk.bundle.signing import (
-    PRIVATE_KEY_FILE,
-    PUBLIC_KEY_FILE,
-    SigningKey,
     TrustPolicy,
     check_manifest_signature,
-    generate_keys,
-    key_id,
-    load_public_key,
     parse_signatures,
     sign_bundle,
+    signature_file,
 )
 from edge_sdk.bundle.trust import resolve_trust
 from edge_sdk.errors import BundleError, BundleIntegrityError, BundleTrustError, ConfigError
@@ -211,7 +208,7 @@ def test_newer_signature_format_asks_for_an_upgrade() -> None:
 def test_check_manifest_signature_for_the_archive_unpacker(tmp_path: Path) -> None:
     key, public = new_key(tmp_path / "keys")
     data = b'{"schema_version": 1}\n'
-    signature = key.signature_file(data)
+    signature = signature_file(key, data)
     policy = trusting(public)
     assert check_manifest_signature(data, signature, "bundle.tar.gz", policy) == [key.key_id]
     assert check_manifest_signature(data, None, "bundle.tar.gz", None) == []  # no policy: no check
@@ -259,7 +256,7 @@ def test_a_stale_signature_beside_a_good_one_does_not_matter(tmp_path: Path) -> 
     old, old_public = new_key(tmp_path / "old")
     new, new_public = new_key(tmp_path / "new")
     root = synthetic_bundle(tmp_path / "b")
-    stale = old.signature_file(b"an earlier manifest")
+    stale = signature_file(old, b"an earlier manifest")
     (root / "manifest.sig").write_bytes(stale)
     sign_bundle(root, new)
     open_bundle(root, trust=trusting(old_public, new_public))
@@ -365,7 +362,7 @@ def test_commit_signs_in_the_staging_folder_and_a_failed_signature_keeps_the_old
     assert sorted(path.name for path in tmp_path.iterdir()) == ["b", "keys"]  # no staging folder left
     with BundleWriter(root, overwrite=True) as writer:
         writer.add_bytes(b"new graph", "portable/inference.onnx")
-        writer.commit(open_bundle(root).manifest, signer=key.signature_file)
+        writer.commit(open_bundle(root).manifest, signer=partial(signature_file, key))
     assert open_bundle(root, trust=trusting(public)).manifest.file("portable/inference.onnx").size == 9
 
 

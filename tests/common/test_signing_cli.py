@@ -83,7 +83,7 @@ def test_a_device_with_trusted_keys_refuses_unsigned_and_foreign_bundles(tiny_bu
 
 def test_rollback_through_the_cli(tiny_bundle: Path, keys: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from edge_sdk.bundle.signing import SigningKey
+    from edge_sdk.bundle.keys import SigningKey
 
     key = SigningKey.load(keys / "edge-sdk.key")
     v1 = with_version(tiny_bundle, tmp_path / "v1", 1, key)

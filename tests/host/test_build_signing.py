@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from edge_sdk.bundle import open_bundle
-from edge_sdk.bundle.signing import SigningKey, TrustPolicy, generate_keys
+from edge_sdk.bundle.keys import SigningKey, generate_keys
+from edge_sdk.bundle.signing import TrustPolicy
 from edge_sdk.cli.main import cli
 from edge_sdk.errors import BundleTrustError
 
