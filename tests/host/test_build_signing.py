@@ -74,7 +74,7 @@ def test_a_bad_signing_key_fails_before_the_build(tiny_model: Path, tmp_path: Pa
 
 
 class _BrokenKey(SigningKey):
-    def signature_file(self, manifest_bytes: bytes, existing: bytes | None = None, source: str = "") -> bytes:
+    def sign(self, data: bytes) -> bytes:
         raise OSError("the hardware token was unplugged")
 
 
