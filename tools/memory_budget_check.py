@@ -9,9 +9,10 @@ for ``--steps`` steps of that batch on the longest examples of DATA, and reports
 (``VmHWM`` from /proc/self/status, else ``ru_maxrss``) next to the estimate of
 ``edge_sdk.device.memory_budget`` for the same backend, batch and padded length. Prints a markdown table
 (model, backend, batch, length, estimate, measured, error) and exits 1 when any point is off by more than
-the tolerance. The bundle is never written: the child trains in a shadow folder whose files link to the
-bundle's, with a private copy of its adapter store. ``--python portable=.venv-stock/bin/python`` measures a
-backend under another interpreter (the stock onnxruntime, or the training build).
+the tolerance. The bundle is never written: the child trains in a shadow folder beside it whose files are
+hard links to the bundle's, with a private copy of its adapter store.
+``--python portable=.venv-stock/bin/python`` measures a backend under another interpreter (the stock
+onnxruntime, or the training build).
 """
 
 from __future__ import annotations
@@ -66,15 +67,20 @@ def peak_rss() -> int:
 
 
 def shadow_bundle(bundle: Path, folder: Path) -> Path:
-    """A folder that reads as ``bundle`` (links to its files) with its own copy of the adapter store."""
-    folder.mkdir(parents=True)
-    for entry in bundle.iterdir():
-        target = folder / entry.name
-        if entry.name == "adapters":
-            shutil.copytree(entry, target)
-        else:
-            target.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+    """A folder that reads as ``bundle`` with its own copy of the adapter store. Its other files are hard links
+    to the bundle's (copies where the file system cannot link): not symlinks, which the runtime refuses when
+    they lead out of the bundle folder."""
+    shutil.copytree(bundle, folder, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("adapters"))
+    if (bundle / "adapters").is_dir():
+        shutil.copytree(bundle / "adapters", folder / "adapters")
     return folder
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(source, target)
 
 
 def longest_examples(data: Path, rows: int, out: Path) -> Path:
@@ -90,7 +96,8 @@ def child(spec: dict) -> dict:
     from edge_sdk.device.backends import resolve_backend_name
     from edge_sdk.device.memory_budget import estimate_training_peak, padded_lengths
 
-    with tempfile.TemporaryDirectory() as scratch:
+    # Beside the bundle: on its file system, so the shadow's files can be hard links.
+    with tempfile.TemporaryDirectory(prefix=".memory-check.", dir=Path(spec["bundle"]).parent) as scratch:
         folder = shadow_bundle(Path(spec["bundle"]), Path(scratch) / "bundle")
         batch, steps = spec["batch_size"], spec["steps"]
         data = longest_examples(Path(spec["data"]), batch * steps, Path(scratch) / "train.jsonl")

@@ -41,6 +41,7 @@ class BackendConstants:
     activation_scale: float      # measured / textbook float32 activations kept for the backward pass
     logits_copies: float         # per-token output copies alive at once: logits, log-softmax, its gradient, …
     workspace_mib: float         # a step's fixed working set: arena blocks, kernels' scratch, the loss graph
+    checkpoint_factor: float     # transient bytes while a checkpoint is written, per byte of the frozen weights file
 
 
 # Why the two differ: the portable step maps the frozen weights file and keeps two sets of state buffers
@@ -48,12 +49,16 @@ class BackendConstants:
 # second copy of the weights while the sessions are created) and keeps the parameters, their gradients
 # and the AdamW moments in its checkpoint state. The portable step's lowered cross-entropy holds more
 # full-vocabulary tensors at once (softmax, its gradient and the masked products): SmolLM2 measured 7.5 copies.
+# A checkpoint (every N steps and after the last) costs the portable step nothing beyond its state buffers,
+# but ONNX Runtime serializes its whole checkpoint state, frozen weights included, in memory first: MiniLM
+# measured 0.9-1.6 times its checkpoint file on top of the training peak.
 BACKENDS: dict[str, BackendConstants] = {
     "portable": BackendConstants(runtime_mib=42.0, tokenizer_factor=11.0, weights_factor=1.0, load_factor=1.0,
-                                 state_copies=7, activation_scale=0.85, logits_copies=7.5, workspace_mib=30.0),
+                                 state_copies=7, activation_scale=0.85, logits_copies=7.5, workspace_mib=30.0,
+                                 checkpoint_factor=0.0),
     "ort-training": BackendConstants(runtime_mib=42.0, tokenizer_factor=11.0, weights_factor=1.65,
                                      load_factor=2.55, state_copies=4, activation_scale=0.85, logits_copies=4.0,
-                                     workspace_mib=30.0),
+                                     workspace_mib=30.0, checkpoint_factor=1.4),
 }
 
 
@@ -224,6 +229,7 @@ def estimate_training_peak(manifest: Manifest, backend_name: str, batch_size: in
         "activations": int(activations),
         "logits": int(logits),
         "workspace": int(constants.workspace_mib * MIB),
+        "checkpoint write": int(constants.checkpoint_factor * weights_file),
     }
     load_peak = int(runtime + constants.load_factor * weights_file)
     return MemoryEstimate(backend=backend_name, batch_size=batch_size, sequence_length=sequence_length, parts=parts,

@@ -14,10 +14,12 @@ from click.testing import CliRunner
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.cli.main import cli
 from edge_sdk.device import DeviceBundle, TrainingSettings
+from edge_sdk.device.memory_budget import BACKENDS as CONSTANTS
 from edge_sdk.device.memory_budget import (
     MIB,
     estimate_training_peak,
     fit_batch_size,
+    frozen_weights_file,
     model_dimensions,
     padded_lengths,
     parse_size,
@@ -213,3 +215,15 @@ def test_a_profile_budget_must_be_written_as_a_size(fixtures_dir: Path, tmp_path
     device = DeviceBundle.open(bundle, verify=False)
     with pytest.raises(ConfigError, match="profile 'cpu' memory_budget: 'big' is not a size"):
         device.personalize(fixtures_dir / "data" / "train.jsonl", backend="portable")
+
+
+def test_writing_a_checkpoint_counts_for_onnx_runtime_only(fixtures_dir: Path) -> None:
+    """ONNX Runtime serializes its whole checkpoint state (frozen weights too) in memory when the run
+    checkpoints; the portable step writes the state buffers it already holds."""
+    if "ort-training" not in manifest_of(fixtures_dir / "tiny-seq-cls").training_backends:
+        pytest.skip("the fixture has no ONNX Runtime training artifacts")
+    manifest = manifest_of(fixtures_dir / "tiny-seq-cls")
+    ort = estimate_training_peak(manifest, "ort-training", 2, 16)
+    expected = int(CONSTANTS["ort-training"].checkpoint_factor * frozen_weights_file(manifest, "ort-training"))
+    assert ort.parts["checkpoint write"] == expected > 0
+    assert estimate_training_peak(manifest, "portable", 2, 16).parts["checkpoint write"] == 0
