@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_sdk.bundle.atomic import atomic_write_text
+from edge_sdk.bundle.verification import sha256_file
 from edge_sdk.errors import AdapterError
 
 GENERATIONS_FOLDER = ".generations"
@@ -83,8 +84,7 @@ class Ledger:
             ) from exc
         return sorted(records, key=lambda record: record.number)
 
-    def read_or_rebuild(self, metadata_of: Callable[[Path], dict[str, Any]], sha256_of: Callable[[Path], str],
-                        ) -> list[Generation]:
+    def read_or_rebuild(self, metadata_of: Callable[[Path], dict[str, Any]]) -> list[Generation]:
         """The records, or — when the ledger is damaged — records rebuilt from the generation files' own metadata
         (number, time, the gate's verdict), the damaged ledger kept beside them for diagnosis. Rollback events
         are lost then; the generations themselves are not."""
@@ -103,7 +103,7 @@ class Ledger:
                 path.unlink(missing_ok=True)  # a damaged generation cannot be served or restored
                 continue
             gate = (metadata.get("training") or {}).get("gate") or {}
-            records.append(Generation(number=int(path.stem), sha256=sha256_of(path),
+            records.append(Generation(number=int(path.stem), sha256=sha256_file(path),
                                       status=REJECTED if gate.get("accepted") is False else ACCEPTED,
                                       created=str(metadata.get("created", "")), source="rebuilt",
                                       reason=str(gate.get("reason", "recovered from a damaged history"))))

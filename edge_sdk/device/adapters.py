@@ -343,7 +343,7 @@ class AdapterStore:
         """The ledger, tidied before a write: generation files without a record are dropped, and a current
         adapter without one (an older SDK's adapter, or a run killed after making it current) is recorded, so
         a later rollback can return to it."""
-        records = ledger.read_or_rebuild(_metadata, sha256_file)
+        records = ledger.read_or_rebuild(_metadata)
         ledger.drop_unrecorded(records)
         flat = self.path(ledger.name)
         if flat.is_file() and self._current_number(ledger.name, records) is None:
