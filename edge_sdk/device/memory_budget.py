@@ -319,7 +319,9 @@ def budget_from(flag: str | int | None, profile: dict[str, Any]) -> tuple[int | 
     """The budget in bytes and where it came from: the flag wins over the bundle profile's ``memory_budget``."""
     if flag is not None:
         return parse_size(flag), "--memory-budget"
-    configured = profile.get("memory_budget")
+    # Profiles keep it under [limits]; manifests written before that, at the top.
+    limits = profile.get("limits")
+    configured = limits.get("memory_budget") if isinstance(limits, dict) else profile.get("memory_budget")
     if configured is None:
         return None, ""
     where = f"profile {profile.get('name', '?')!r} memory_budget"

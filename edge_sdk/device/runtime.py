@@ -146,7 +146,7 @@ class DeviceBundle:
     def _session_for(self, relative: str) -> DeviceSession:
         """A session of the bundle graph ``relative``: ONNX Runtime's failures come out as the SDK's errors."""
         profile = profile_from_dict(self.manifest.profile)
-        return open_session(self.bundle.path(relative), profile.session_options(self.threads), profile.providers)
+        return open_session(self.bundle.path(relative), profile.session_options(self.threads), profile.provider_names)
 
     def _generator(self):
         if self._decoder is None:

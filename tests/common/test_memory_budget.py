@@ -199,7 +199,7 @@ def test_cli_refuses_in_one_line(tiny_bundle: Path, tiny_data: Path, budget: str
 
 def test_the_profile_budget_applies_and_the_flag_wins(fixtures_dir: Path, tiny_data: Path, tmp_path: Path) -> None:
     bundle = with_manifest_change(fixtures_dir / "tiny-seq-cls", tmp_path / "b",
-                                  lambda data: data["profile"].update(memory_budget="1MiB"))
+                                  lambda data: data["profile"].setdefault("limits", {}).update(memory_budget="1MiB"))
     device = DeviceBundle.open(bundle, verify=False)
     with pytest.raises(MemoryBudgetError, match="profile 'cpu' memory_budget to at least"):
         device.personalize(tiny_data / "train.jsonl", backend="portable")
@@ -211,7 +211,7 @@ def test_the_profile_budget_applies_and_the_flag_wins(fixtures_dir: Path, tiny_d
 def test_a_profile_budget_must_be_written_as_a_size(fixtures_dir: Path, tmp_path: Path) -> None:
     assert load_profile("cpu").memory_budget is None
     bundle = with_manifest_change(fixtures_dir / "tiny-seq-cls", tmp_path / "b",
-                                  lambda data: data["profile"].update(memory_budget="big"))
+                                  lambda data: data["profile"].setdefault("limits", {}).update(memory_budget="big"))
     device = DeviceBundle.open(bundle, verify=False)
     with pytest.raises(ConfigError, match="profile 'cpu' memory_budget: 'big' is not a size"):
         device.personalize(fixtures_dir / "data" / "train.jsonl", backend="portable")

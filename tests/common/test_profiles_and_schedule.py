@@ -9,7 +9,7 @@ from edge_sdk.profiles import available_profiles, load_profile
 
 def test_cpu_profile_loads_and_builds_session_options() -> None:
     profile = load_profile("cpu")
-    assert profile.providers == ["CPUExecutionProvider"]
+    assert profile.provider_names == ["CPUExecutionProvider"]
     assert profile.session_options(threads=2).intra_op_num_threads == 2
     assert "cpu" in available_profiles()
 

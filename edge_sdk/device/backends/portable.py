@@ -38,7 +38,7 @@ class PortableBackend:
         step = manifest.portable_step
         graph = bundle.path(step.model)
         options = step_session_options(step.prepack_weights, manifest.profile, threads)
-        self._setup(open_session(graph, options, profile_from_dict(manifest.profile).providers), graph, step.names,
+        self._setup(open_session(graph, options, profile_from_dict(manifest.profile).provider_names), graph, step.names,
                     manifest.trainable, load_file(str(bundle.path(manifest.inference_spec.initial_adapter))))
 
     @classmethod
