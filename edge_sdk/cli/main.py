@@ -15,6 +15,7 @@ import click
 import edge_sdk
 from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
+from edge_sdk.cli.profiles import profiles
 from edge_sdk.cli.signing import keys, sign
 from edge_sdk.device.adapter_history import DEFAULT_KEEP
 from edge_sdk.errors import DependencyError, EdgeSdkError
@@ -68,7 +69,8 @@ def cli(verbose: bool) -> None:
 @click.option("--alpha", type=float, help="LoRA alpha (default 16).")
 @click.option("--target-modules", help="Comma-separated module names LoRA adapts (default: per architecture).")
 @click.option("--max-length", type=int, help="Maximum tokens per example (default 128).")
-@click.option("--profile", help="Execution-provider profile (default cpu).")
+@click.option("--profile", help="Target profile: a built-in name (`edge-sdk profiles list`; default cpu) or the path "
+              "of a .toml profile file; overrides the recipe's.")
 @click.option("--seed", type=int, help="Seed for new weights (default 0).")
 @click.option("--precision", type=click.Choice(list(LEGACY_PRECISIONS)),
               help="Alias: fp32 = --base float32; int8 = --base int8-compute.")
@@ -514,6 +516,7 @@ def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, 
 
 
 cli.add_command(adapters)
+cli.add_command(profiles)
 cli.add_command(keys)
 cli.add_command(sign)
 

@@ -29,6 +29,8 @@ def build_bundle(config: BuildConfig, out: str | Path, overwrite: bool = False,
 def describe_build(config: BuildConfig) -> dict[str, Any]:
     """The resolved settings and the stages a build of ``config`` would run, without running them."""
     config.validate()
+    config, profile = config.for_profile()
     settings = {key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()}
     settings["bundle_id"] = config.resolved_bundle_id
-    return {"config": settings, "stages": [{"name": stage.name, "does": stage.summary} for stage in plan(config)]}
+    return {"config": settings, "profile": profile.to_dict(),
+            "stages": [{"name": stage.name, "does": stage.summary} for stage in plan(config)]}

@@ -13,6 +13,7 @@ from typing import Any
 
 from edge_sdk.bundle.manifest import check_bundle_id, check_bundle_version, default_bundle_id
 from edge_sdk.errors import ConfigError
+from edge_sdk.profiles import Profile, is_profile_path, load_profile
 from edge_sdk.tasks.registry import task_spec
 
 # Two independent axes. How the adapter is parametrised:
@@ -96,7 +97,9 @@ class BuildConfig:
     source_description: str = ""
     gguf_file: str | None = None  # the model is this GGUF file in model_dir (dequantized when loaded)
     adapter_from: Path | None = None  # a PEFT adapter folder whose weights become the initial adapter
-    base: str = "float32"  # one of BASES: how the frozen base is stored and computes
+    # One of BASES: how the frozen base is stored and computes; None: what the profile's precision implies
+    # (int8-compute for an int8-dynamic profile such as cpu-int8, else float32). See ``for_profile``.
+    base: str | None = None
     # Rollback protection on devices compares versions of one bundle id (None: from the source and task).
     bundle_id: str | None = None
     bundle_version: int = 1
@@ -120,9 +123,33 @@ class BuildConfig:
                 f"opset {self.opset!r} is not supported for training export; use {MIN_OPSET} or {MAX_OPSET} "
                 "(opset 17 LayerNormalization has no gradient in ONNX Runtime training)"
             )
-        if self.base not in BASES:
+        if self.base is not None and self.base not in BASES:
             raise ConfigError(f"unknown base {self.base!r}; choose one of {', '.join(BASES)}")
         self.lora.validate()
+        self.for_profile()
+
+    def for_profile(self) -> tuple[BuildConfig, Profile]:
+        """The profile this build targets, and this config with the base the profile implies filled in.
+
+        A base that contradicts the profile is refused rather than one silently winning: an int8-dynamic
+        profile (cpu-int8) computes in int8, so a float32 base would ship a graph the profile misdescribes;
+        a static-int8 target graph (fpga-vitisai) is quantized from the float32 weights, which int8-compute
+        no longer keeps. A float32 CPU profile still takes an explicit ``--base int8-compute`` (the older way
+        to ask for cpu-int8; the manifest's inference section records the precision either way)."""
+        profile = load_profile(self.profile)
+        implied = "int8-compute" if profile.precision == "int8-dynamic" else "float32"
+        base = self.base or implied
+        if profile.precision == "int8-dynamic" and base != "int8-compute":
+            raise ConfigError(f"profile {profile.name!r} computes in int8 (precision int8-dynamic), but the base is "
+                              f"{base!r}; drop --base (the profile implies int8-compute) or choose a float32 profile "
+                              "such as --profile cpu")
+        if profile.has_target_graph and base == "int8-compute":
+            raise ConfigError(f"profile {profile.name!r} quantizes a static int8 target graph from the float32 "
+                              "weights, which --base int8-compute does not keep; use --base float32 or int8-storage")
+        if profile.max_sequence_length is not None and self.max_length > profile.max_sequence_length:
+            raise ConfigError(f"max sequence length {self.max_length} exceeds profile {profile.name!r}'s limit "
+                              f"limits.max_sequence_length = {profile.max_sequence_length}; lower --max-length")
+        return replace(self, base=base), profile
 
     def with_overrides(self, **changes: Any) -> BuildConfig:
         """A copy with the given non-None fields replaced (CLI flags override recipe values); ``method`` and
@@ -186,13 +213,22 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         max_length=data.get("max_length", 128),
         max_batch_size=data.get("max_batch_size"),
         lora=lora,
-        profile=data.get("profile", "cpu"),
+        profile=_recipe_profile(data.get("profile", "cpu"), path),
         seed=data.get("seed", 0),
         opset=data.get("opset", 14),
-        base=base or "float32",
+        base=base,
         source_description=description,
         gguf_file=gguf_file,
         # A recipe names one bundle: by default its id is the recipe's file name and task.
         bundle_id=data.get("bundle_id", default_bundle_id(path.name, str(data["task"]))),
         bundle_version=data.get("bundle_version", 1),
     )
+
+
+def _recipe_profile(value: object, recipe: Path) -> str:
+    """A recipe's ``profile``: a built-in name, or a profile file's path relative to the recipe."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"recipe {str(recipe)!r}: profile = {value!r} is not a profile name or a .toml path")
+    if is_profile_path(value) and not Path(value).is_absolute():
+        return str(recipe.parent / value)
+    return value

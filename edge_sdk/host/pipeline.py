@@ -22,7 +22,7 @@ from edge_sdk.bundle import BundleWriter, Manifest
 from edge_sdk.bundle.atomic import storage_errors
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.graph_set import GraphSet
-from edge_sdk.profiles import Profile, load_profile
+from edge_sdk.profiles import Profile
 from edge_sdk.tasks.registry import task_spec
 from edge_sdk.tasks.spec import TaskSpec
 
@@ -88,6 +88,7 @@ def plan(config: BuildConfig) -> list[Stage]:
     )
 
     spec = task_spec(config.task)
+    config, _profile = config.for_profile()
     stages = [load_model.STAGE]
     if config.base == "int8-storage":
         stages.append(int8_storage.STAGE)
@@ -117,13 +118,14 @@ def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, pro
     report = progress or (lambda _message: None)
     started = time.perf_counter()
     config.validate()
+    config, profile = config.for_profile()
     stages = plan(config)
     # The writer checks the destination first, so a build that cannot be written fails before the work. A full
     # disk at any write (the exporter's, ONNX Runtime's, the staged files, the swap) is reported as such; the
     # writer has then removed its staging folder and left the previous bundle in place.
     with storage_errors(out), BundleWriter(out, overwrite=overwrite) as writer, tempfile.TemporaryDirectory(
             prefix=".edge-sdk-build.", dir=writer.staging.parent) as scratch:
-        state = BuildState(config=config, spec=task_spec(config.task), profile=load_profile(config.profile),
+        state = BuildState(config=config, spec=task_spec(config.task), profile=profile,
                            scratch=Path(scratch))
         draft: Fragment = {"build": {"stages": [stage.name for stage in stages]}}
         for stage in stages:

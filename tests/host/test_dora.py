@@ -131,7 +131,8 @@ def test_dora_is_an_adapter_and_unknown_ones_are_refused(tmp_path: Path) -> None
     recipe.write_text(f'model = "{make_tiny_model(tmp_path / "m", "bert").as_posix()}"\ntask = "seq-cls"\n'
                       'labels = ["a", "b"]\n[peft]\nmethod = "dora"\nrank = 4\n', encoding="utf-8")
     config = load_recipe(recipe)
-    assert (config.lora.adapter, config.lora.rank, config.base) == ("dora", 4, "float32")
+    assert (config.lora.adapter, config.lora.rank, config.base) == ("dora", 4, None)  # None: the profile decides
+    assert config.for_profile()[0].base == "float32"
     assert config.with_overrides(method="lora").lora.adapter == "lora"
     assert config.with_overrides(adapter="lora").lora.adapter == "lora"
     assert config.with_overrides(method=None).lora.adapter == "dora"
