@@ -199,12 +199,19 @@ def inspect(bundle: Path, as_json: bool) -> None:
         f"backends    {', '.join(manifest.training_backends)}",
         f"precision   {manifest.compute_precision}",
         f"generation  {'KV-cache graphs (' + manifest.task + ')' if manifest.generation else 'no'}",
-        f"profile     {manifest.profile['name']}",
+        f"profile     {_profile_line(manifest.profile)}",
         f"files       {len(manifest.files)} ({size / 1e6:.1f} MB)",
         f"adapters    {', '.join(adapters)}",
         f"built with  edge-sdk {manifest.sdk_version}, schema {manifest.schema_version}",
     ]
     click.echo("\n".join(lines))
+
+
+def _profile_line(section: dict) -> str:
+    from edge_sdk.profiles import profile_from_dict
+
+    profile = profile_from_dict(section)
+    return f"{profile.name} ({profile.precision}; {' > '.join(profile.provider_names)})"
 
 
 def _trust_policy(trusted_keys: tuple[Path, ...]):
