@@ -3,10 +3,11 @@ registered, availability checked.
 
 A provider the installed onnxruntime lacks is dropped and the session runs on what remains (always ending with
 the CPU provider), with one warning per process and provider naming it and what to install; ``strict=True``
-makes it a :class:`~edge_sdk.errors.DependencyError` instead and sets ``session.disable_cpu_ep_fallback`` so
-ONNX Runtime cannot add the CPU provider on its own either. A profile that lists ``CPUExecutionProvider`` itself
-still gets the CPU for the nodes its accelerator does not take: that split is the profile's design, reported by
-``edge-sdk coverage``.
+makes it a :class:`~edge_sdk.errors.DependencyError` instead. A profile that lists ``CPUExecutionProvider``
+itself still gets the CPU for the nodes its accelerator does not take: that split is the profile's design,
+reported by ``edge-sdk coverage``. A strict profile that does not list it also gets
+``session.disable_cpu_ep_fallback=1``, so ONNX Runtime cannot add the CPU on its own either (ONNX Runtime
+refuses that setting next to an explicitly listed CPU provider).
 
 Two kinds of provider: built into the onnxruntime package (``get_available_providers()`` names them), or a
 plugin EP whose shared library ships in its own Python package (``library``, e.g. ``onnxruntime_ep_openvino``):
@@ -166,11 +167,18 @@ def session_providers(profile: Profile, bundle_root: str | os.PathLike | None = 
             _LOG.warning("%s of the profile %r is not available: %s; running on %s instead (%s, or pass --strict to "
                          "make this an error)", spec.name, profile.name, reason,
                          ", ".join(s.name for s, _, _ in chosen if s.name != spec.name) or CPU, install_hint(spec))
-    if not any(spec.name == CPU for spec, _, _ in chosen):
+    # A profile listing the CPU provider runs on it whatever its accelerator does not take: that split is its
+    # design (ONNX Runtime refuses disable_cpu_ep_fallback next to an explicit CPU provider). A profile without
+    # it gets the CPU as the fallback it is, except in strict mode: then ONNX Runtime may not fall back either,
+    # and a node the accelerator cannot take fails the session instead of running on the CPU unnoticed.
+    lists_cpu = any(spec.name == CPU for spec in profile.providers)
+    config = {}
+    if strict and not lists_cpu:
+        config[DISABLE_CPU_FALLBACK] = "1"
+    elif not any(spec.name == CPU for spec, _, _ in chosen):
         chosen.append((ProviderSpec(CPU), {}, []))
     result = SessionProviders(names=[spec.name for spec, _, _ in chosen], options=[opts for _, opts, _ in chosen],
-                              missing=[spec.name for spec, _ in missing],
-                              config={DISABLE_CPU_FALLBACK: "1"} if strict else {})
+                              missing=[spec.name for spec, _ in missing], config=config)
     if any(devices for _, _, devices in chosen):
         result.devices = [(devices or _ep_devices(spec.name), {k: v for k, v in opts.items() if k != "device_type"}
                            if devices else opts) for spec, opts, devices in chosen]
