@@ -96,8 +96,11 @@ def placeholder_values(bundle_root: str | os.PathLike | None, graph: str | os.Pa
     return values
 
 
-def install_hint(spec: ProviderSpec) -> str:
-    if spec.library:
+def install_hint(spec: ProviderSpec, reason: str = "") -> str:
+    if spec.name == "OpenVINOExecutionProvider" and "no device" in reason:
+        return ("the onnxruntime-ep-openvino plugin offers devices on Intel hardware only; elsewhere install "
+                "onnxruntime-openvino in place of onnxruntime")
+    if spec.library and "no device" not in reason:
         return f"install its plugin: pip install {spec.library.replace('_', '-')}"
     if spec.name == "OpenVINOExecutionProvider":
         return "install onnxruntime-openvino (in place of onnxruntime) or the onnxruntime-ep-openvino plugin"
@@ -160,13 +163,15 @@ def session_providers(profile: Profile, bundle_root: str | os.PathLike | None = 
     if missing and strict:
         spec, reason = missing[0]
         raise DependencyError(f"the profile {profile.name!r} needs {spec.name} and strict mode forbids falling back "
-                              f"to the CPU, but {reason}; {install_hint(spec)}, or drop --strict to run on the CPU")
+                              f"to the CPU, but {reason}; {install_hint(spec, reason)}, or drop --strict to run on "
+                              "the CPU")
     for spec, reason in missing:
         if spec.name not in _warned:
             _warned.add(spec.name)
             _LOG.warning("%s of the profile %r is not available: %s; running on %s instead (%s, or pass --strict to "
                          "make this an error)", spec.name, profile.name, reason,
-                         ", ".join(s.name for s, _, _ in chosen if s.name != spec.name) or CPU, install_hint(spec))
+                         ", ".join(s.name for s, _, _ in chosen if s.name != spec.name) or CPU,
+                         install_hint(spec, reason))
     # A profile listing the CPU provider runs on it whatever its accelerator does not take: that split is its
     # design (ONNX Runtime refuses disable_cpu_ep_fallback next to an explicit CPU provider). A profile without
     # it gets the CPU as the fallback it is, except in strict mode: then ONNX Runtime may not fall back either,
