@@ -332,6 +332,8 @@ def _report(model: onnx.ModelProto, profile: Profile, places: dict[str, tuple[st
                   "share": round(flops[ACCELERATOR] / total_flops, 4) if total_flops else 0.0,
                   "how": _FLOPS_HOW, "dims": chosen, "unknown_nodes": dict(unknown_flops)},
         "partitions": len({root(name) for name in parent}),
+        "partitions_how": "connected groups of accelerator nodes (ONNX Runtime may split a group further where a "
+                          "path leaves it through the CPU and comes back)",
         "boundaries": {"count": len(crossings), "bytes": sum(known_bytes),
                        "listed": min(len(crossings), BOUNDARY_LIST_CAP), "tensors": crossings[:BOUNDARY_LIST_CAP]},
         "op_types": dict(sorted(op_types.items(), key=lambda item: (-item[1]["count"], item[0]))),
