@@ -148,15 +148,15 @@ def session_providers(profile: Profile, bundle_root: str | os.PathLike | None = 
     chosen: list[tuple[ProviderSpec, dict[str, str], list[Any]]] = []
     missing: list[tuple[ProviderSpec, str]] = []
     for spec in profile.providers:
-        options = fill_placeholders(spec.options, values, spec.name)
+        # Options are filled only for providers that run: a missing one's placeholders need not be known.
         if spec.name in available:
-            chosen.append((spec, options, []))
+            chosen.append((spec, fill_placeholders(spec.options, values, spec.name), []))
             continue
         reason = f"this onnxruntime {onnxruntime.__version__} does not have it (it has {', '.join(available)})"
         if spec.library:
-            devices, why = _plugin_devices(spec, options)
+            devices, why = _plugin_devices(spec, spec.options)
             if devices:
-                chosen.append((spec, options, devices))
+                chosen.append((spec, fill_placeholders(spec.options, values, spec.name), devices))
                 continue
             reason = why
         missing.append((spec, reason))

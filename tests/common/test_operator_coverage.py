@@ -124,3 +124,20 @@ def test_verbose_log_placements_are_parsed() -> None:
     everything = "x [V:onnxruntime:, s.cc:1 V]  All nodes placed on [CPUExecutionProvider]. Number of nodes: 2\n"
     assert parse_node_placements(everything, ["a", "b"]) == {"a": "CPUExecutionProvider", "b": "CPUExecutionProvider"}
 
+
+
+def test_cli_coverage_of_a_bundle_predicts_and_measures(tiny_bundle) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from edge_sdk.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["coverage", str(tiny_bundle), "--measure", "--json"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    report = json.loads(result.stdout)
+    assert report["predicted"]["graph"].endswith("inference.onnx") and report["measured"]["provenance"] == "measured"
+    assert report["comparison"]["agree"] and report["predicted"]["flops"]["unknown_nodes"] == {}
+    text = CliRunner().invoke(cli, ["coverage", str(tiny_bundle), "--profile", "fpga-vitisai"])
+    assert text.exit_code == 0 and text.stdout.startswith("PREDICTED") and "was not run" in text.stdout
+    assert "VitisAIExecutionProvider: 0/" in text.stdout  # a float32 graph: nothing is quantized for it

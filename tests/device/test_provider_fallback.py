@@ -5,6 +5,7 @@ profile where its provider is installed (skipped elsewhere)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 
 from edge_sdk.cli.main import cli
 from edge_sdk.device.runtime import DeviceBundle
-from edge_sdk.errors import DependencyError
+from edge_sdk.errors import ConfigError, DependencyError
 from edge_sdk.profiles import Profile, ProviderSpec, load_profile
 from edge_sdk.profiles import providers as providers_module
 from edge_sdk.profiles.providers import DISABLE_CPU_FALLBACK, provider_available, session_providers
@@ -126,3 +127,31 @@ def test_openvino_profile_runs_on_openvino_and_matches_the_cpu(tiny_bundle: Path
     got = on_openvino.outputs(data, weights)
     for left, right in zip(expected, got, strict=True):
         np.testing.assert_allclose(np.asarray(right), np.asarray(left), atol=1e-3)
+
+
+def test_a_plugin_whose_package_is_absent_falls_back_saying_so(tiny_bundle: Path, caplog) -> None:
+    profile = Profile.parse({"providers": [{"name": "PluginOnlyExecutionProvider", "library": "no_such_ep_package",
+                                            "options": {"cache": "{bundle}/x"}}, "CPUExecutionProvider"],
+                             "session": {}}, "plugin", "test")
+    with caplog.at_level(logging.WARNING):
+        resolved = session_providers(profile, None, None)
+    assert resolved.names == ["CPUExecutionProvider"] and resolved.missing == ["PluginOnlyExecutionProvider"]
+    message = caplog.records[-1].getMessage()
+    # onnxruntime 1.23+ looks for the package; older ones cannot load plugins at all, and say so.
+    assert ("no_such_ep_package is not installed" in message or "cannot load plugin" in message), message
+    assert "pip install no-such-ep-package" in message
+
+
+def test_placeholders_unknown_outside_a_bundle_are_refused() -> None:
+    profile = Profile.parse({"providers": [{"name": "CPUExecutionProvider", "options": {"cache": "{bundle}/x"}}],
+                             "session": {}}, "cpu-options", "test")
+    with pytest.raises(ConfigError, match=r"\{bundle\}"):
+        session_providers(profile, None, None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed here")
+def test_coverage_without_onnx_says_what_to_install(tiny_bundle: Path) -> None:
+    result = CliRunner().invoke(cli, ["coverage", str(tiny_bundle)])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install onnx" in lines[0]
