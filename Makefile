@@ -5,11 +5,12 @@ PYTHON ?= python3
 HOST := .venv
 DEVICE := .venv-device
 STOCK := .venv-stock
+OPENVINO := .venv-openvino
 FIXTURES := build/test-fixtures
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup quickstart test test-host test-device test-stock test-slow lint bench clean
+.PHONY: setup setup-openvino quickstart test test-host test-device test-stock test-openvino test-slow lint bench clean
 
 setup: $(HOST)/.installed $(DEVICE)/.installed $(STOCK)/.installed
 
@@ -32,6 +33,21 @@ $(STOCK)/.installed: pyproject.toml
 	$(STOCK)/bin/pip install --quiet --upgrade pip
 	$(STOCK)/bin/pip install --quiet -e ".[device,dev]"
 	touch $@
+
+# Optional: ONNX Runtime with the OpenVINO execution provider, in its own environment (it replaces the onnxruntime
+# package, so it cannot live in .venv-stock; the onnxruntime-ep-openvino plugin could, but it only offers Intel
+# devices). `make setup` does not build it: about 300 MB for one optional provider.
+setup-openvino: $(OPENVINO)/.installed
+
+$(OPENVINO)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OPENVINO)
+	$(OPENVINO)/bin/pip install --quiet --upgrade pip
+	$(OPENVINO)/bin/pip install --quiet -e ".[openvino-build,dev]" "onnx>=1.16.2,<1.18"
+	touch $@
+
+test-openvino: setup-openvino
+	EDGE_SDK_DEVICE_ENV=openvino EDGE_SDK_FIXTURES=$(FIXTURES) $(OPENVINO)/bin/python -m pytest -q \
+		tests/device/test_provider_fallback.py tests/common/test_operator_coverage.py
 
 quickstart: setup
 	$(HOST)/bin/python tools/quickstart.py

@@ -14,6 +14,7 @@ import click
 
 import edge_sdk
 from edge_sdk.cli.adapters import adapters
+from edge_sdk.cli.coverage import coverage
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
 from edge_sdk.cli.signing import keys, sign
@@ -302,16 +303,28 @@ def unpack(archive: Path, out: Path, overwrite: bool, max_bytes: int | None, tru
 
 # --- device ---------------------------------------------------------------------------------------------
 
-def _open(bundle: Path, threads: int | None, verify: str = "stamp"):
+def _open(bundle: Path, threads: int | None, verify: str = "stamp", strict: bool = False, profile: str | None = None):
     from edge_sdk.device.runtime import DeviceBundle
 
-    return DeviceBundle.open(bundle, verify=verify, threads=threads)
+    return DeviceBundle.open(bundle, verify=verify, threads=threads, strict=strict, profile=profile)
 
 
 _wait_option = click.option(
     "--wait", type=click.FloatRange(min=0), default=0, show_default=True,
     help="Seconds to wait while another process writes this bundle's adapters (0: fail at once, naming it).")
 _threads_option = click.option("--threads", type=click.IntRange(min=0), help="Intra-op threads (default: profile).")
+
+
+def _target_options(command):
+    """--profile and --strict: which execution providers the sessions use, and whether a missing one is an error."""
+    command = click.option("--strict", is_flag=True,
+                           help="Fail (exit 1) when a provider of the profile is not installed, instead of falling "
+                                "back to the CPU with a warning.")(command)
+    return click.option("--profile", "run_profile", metavar="NAME|FILE.toml",
+                        help="Run with this execution-provider profile instead of the bundle's (a built-in name or "
+                             "a .toml file).")(command)
+
+
 _verify_option = click.option(
     "--verify", "verify", type=click.Choice(["stamp", "full"]), default="stamp", show_default=True,
     help="How to check the bundle's files first: stamp re-hashes only files changed since the last check "
@@ -352,13 +365,14 @@ _verify_option = click.option(
               help="Peak memory allowed (e.g. 512MiB, 1.5GiB, 800MB): the batch size is lowered to fit the estimate, "
                    "or training is refused before loading (default: the bundle profile's memory_budget, if any).")
 @_threads_option
+@_target_options
 @_verify_option
 @click.option("--json", "as_json", is_flag=True)
 def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, epochs: int, lr: float,
                 batch_size: int, warmup: float, seed: int, backend: str, start_from: str | None, resume: bool,
                 checkpoint_every: int, checkpoint_seconds: float, gate_margin: float, no_gate: bool,
                 keep_generations: int, wait: float | None, memory_budget: str | None, threads: int | None,
-                verify: str, as_json: bool) -> None:
+                strict: bool, run_profile: str | None, verify: str, as_json: bool) -> None:
     """Fine-tune the bundle's adapter on this device's data.
 
     The new adapter replaces the current one only if it passes the gate: it loads, its losses were finite and,
@@ -367,7 +381,7 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
     from edge_sdk.device.adapter_gate import GateSettings
     from edge_sdk.device.personalize import CheckpointPolicy, EpochReport, StepReport, TrainingSettings
 
-    device_bundle = _open(bundle, threads, verify)
+    device_bundle = _open(bundle, threads, verify, strict, run_profile)
     settings = TrainingSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, warmup_fraction=warmup,
                                 seed=seed)
     policy = CheckpointPolicy(every_steps=checkpoint_every, every_seconds=checkpoint_seconds)
@@ -427,11 +441,13 @@ def personalize(bundle: Path, data: Path, eval_data: Path | None, adapter: str, 
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Labelled data (.jsonl or .csv).")
 @click.option("--adapter", help="Adapter to evaluate (default: 'default' if personalized, else 'initial').")
 @_threads_option
+@_target_options
 @_verify_option
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None, verify: str, as_json: bool) -> None:
+def evaluate(bundle: Path, data: Path, adapter: str | None, threads: int | None, strict: bool, run_profile: str | None,
+             verify: str, as_json: bool) -> None:
     """Score an adapter on labelled data."""
-    metrics = _open(bundle, threads, verify).evaluate(data, adapter=adapter)
+    metrics = _open(bundle, threads, verify, strict, run_profile).evaluate(data, adapter=adapter)
     if as_json:
         emit_json(metrics)
     else:
@@ -474,12 +490,13 @@ def _predict_options(command):
               help="seq2seq: beam search with this many beams (1: greedy).")
 @_predict_options
 @_threads_option
+@_target_options
 @_verify_option
 @click.option("--json", "as_json", is_flag=True)
 def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, context_file, adapter: str | None,
           max_new_tokens: int, temperature: float, top_k: int, top_p: float, stop: tuple[str, ...],
-          seed: int | None, raw: bool, num_beams: int, threads: int | None, verify: str, as_json: bool,
-          **options) -> None:
+          seed: int | None, raw: bool, num_beams: int, threads: int | None, strict: bool, run_profile: str | None,
+          verify: str, as_json: bool, **options) -> None:
     """Run the bundle's task with an adapter: classify, tag, answer, or generate (streamed)."""
     inputs = list(texts) + ([line.rstrip("\n") for line in text_file if line.strip()] if text_file else [])
     if not inputs:
@@ -488,7 +505,7 @@ def infer(bundle: Path, texts: tuple[str, ...], text_file, context: str | None, 
         raise click.UsageError("give --context or --context-file, not both")
     if context_file is not None:
         context = context_file.read()
-    device_bundle = _open(bundle, threads, verify)
+    device_bundle = _open(bundle, threads, verify, strict, run_profile)
     if device_bundle.generates:
         from edge_sdk.device.generation import GenerationSettings
 
@@ -524,6 +541,7 @@ def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, 
 
 cli.add_command(adapters)
 cli.add_command(profiles)
+cli.add_command(coverage)
 cli.add_command(keys)
 cli.add_command(sign)
 

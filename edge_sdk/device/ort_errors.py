@@ -8,7 +8,8 @@ through :func:`ort_errors`. There each ONNX Runtime failure becomes an :class:`~
 naming the graph file:
 
 * the graph cannot be loaded (corrupt, truncated, missing, unsupported)  → BundleError
-* an execution provider of the bundle's profile is not in this build     → DependencyError
+* an execution provider of the bundle's profile is not in this build     → one warning and the CPU provider;
+  with ``strict`` a DependencyError (edge_sdk/profiles/providers.py)
 * inputs of the wrong name, rank, size or type when running               → GraphRunError naming the input
 * any other failure while running (out of memory, a kernel's error)      → GraphRunError
 
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from edge_sdk.errors import BundleError, DependencyError, EdgeSdkError, GraphRunError
+from edge_sdk.profiles.providers import SessionProviders, session_providers
+from edge_sdk.profiles.schema import Profile, ProviderSpec
 
 # ONNX Runtime's element types as get_inputs() spells them.
 _NUMPY_TYPES = {
@@ -111,34 +114,28 @@ def ort_errors(graph: str | os.PathLike, action: str = "run") -> Iterator[None]:
         raise error from exc
 
 
-def check_providers(providers: Sequence[str], graph: str | os.PathLike) -> None:
-    """Refuse providers this onnxruntime build lacks; ONNX Runtime itself would print a warning to stdout
-    and silently fall back to the CPU."""
-    import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    missing = [provider for provider in providers if provider not in available]
-    if missing:
-        raise DependencyError(
-            f"the bundle's profile needs the execution provider{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(missing)} to run {str(graph)!r}, but this onnxruntime {_version()} has only "
-            f"{', '.join(available)}; install the onnxruntime build with {missing[0]}, or use a bundle built with "
-            "a profile for this device (e.g. --profile cpu)"
-        )
-
-
-def open_session(graph: str | os.PathLike, options: Any = None, providers: Sequence[str] = ("CPUExecutionProvider",),
+def open_session(graph: str | os.PathLike, options: Any = None,
+                 providers: Sequence[str] | SessionProviders = ("CPUExecutionProvider",), strict: bool = False,
                  ) -> DeviceSession:
-    """An ONNX Runtime session for the bundle graph ``graph``, its failures (now and when run) as SDK errors."""
+    """An ONNX Runtime session for the bundle graph ``graph``, its failures (now and when run) as SDK errors.
+
+    ``providers``: names in priority order, or what :func:`edge_sdk.profiles.providers.session_providers` made of
+    a profile. A provider this onnxruntime lacks falls back to the CPU with one warning naming it; ``strict``
+    makes it a DependencyError (see edge_sdk/profiles/providers.py)."""
     import onnxruntime
 
     path = Path(graph)
-    check_providers(providers, path)
+    if not isinstance(providers, SessionProviders):
+        profile = Profile(name="session", providers=tuple(ProviderSpec(name) for name in providers))
+        providers = session_providers(profile, graph=path, strict=strict)
+    if options is None:
+        options = onnxruntime.SessionOptions()
+    arguments = providers.apply(options)
     try:
         with ort_errors(path, "load"):
-            session = onnxruntime.InferenceSession(str(path), options, providers=list(providers))
+            session = onnxruntime.InferenceSession(str(path), options, **arguments)
     except ValueError as exc:  # onnxruntime's own checks of the provider list and options
-        raise DependencyError(f"ONNX Runtime refused the providers {list(providers)} for {str(path)!r}: {exc}; "
+        raise DependencyError(f"ONNX Runtime refused the providers {providers.names} for {str(path)!r}: {exc}; "
                               "use a bundle built with a profile for this device") from exc
     return DeviceSession(session, path)
 

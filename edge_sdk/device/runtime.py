@@ -31,7 +31,8 @@ from edge_sdk.device.personalize import (
 )
 from edge_sdk.device.tokenizer import BundleTokenizer
 from edge_sdk.errors import AdapterError, ConfigError, StorageFullError
-from edge_sdk.profiles import profile_from_dict
+from edge_sdk.profiles import Profile, load_profile, profile_from_dict
+from edge_sdk.profiles.providers import session_providers
 from edge_sdk.tasks.base import TaskData, reject_context
 from edge_sdk.tasks.registry import TASKS, device_task
 
@@ -44,13 +45,18 @@ _MAX_OUTPUT_VALUES = 1 << 24
 class DeviceBundle:
     """A bundle opened on the device: one inference session shared by every adapter and task."""
 
-    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int | None = None, strict: bool = False,
+                 profile: str | os.PathLike | Profile | None = None) -> None:
         manifest = bundle.manifest
         check_int8_portable(manifest.inference, str(bundle.root))
         self.bundle = bundle
         self.manifest = manifest
         self.labels = list(manifest.labels)
         self.threads = threads
+        self.strict = strict
+        # The profile sessions run with: the manifest's, or one given at run time (a name, a .toml path or a Profile).
+        self.profile = profile_from_dict(manifest.profile) if profile is None else (
+            profile if isinstance(profile, Profile) else load_profile(profile))
         self.tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer_spec.file), manifest)
         self.task = device_task(manifest, self.tokenizer)
         self.spec = TASKS[manifest.task]
@@ -60,13 +66,15 @@ class DeviceBundle:
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool | str = True, threads: int | None = None,
-             trust: Trust = None) -> DeviceBundle:
+             trust: Trust = None, strict: bool = False, profile: str | os.PathLike | Profile | None = None,
+             ) -> DeviceBundle:
         """Open the bundle at ``path``, checking its files at ``verify``: "stamp" (``True``, the default)
         re-hashes only files changed since the last passed check, "full" hashes every file, "none"
         (``False``) hashes nothing (see edge_sdk/bundle/verification.py). ``trust``: a ``TrustPolicy`` whose
         keys must have signed the bundle; None (the default) takes it from ``EDGE_SDK_TRUSTED_KEYS`` (no check
-        when unset)."""
-        return cls(open_bundle(path, verify=verify, trust=trust), threads=threads)
+        when unset). A provider of the profile this onnxruntime lacks falls back to the CPU with a warning;
+        ``strict=True`` makes it an error. ``profile`` replaces the manifest's profile for sessions."""
+        return cls(open_bundle(path, verify=verify, trust=trust), threads=threads, strict=strict, profile=profile)
 
     # --- adapters -------------------------------------------------------------------------------------
 
@@ -145,8 +153,9 @@ class DeviceBundle:
 
     def _session_for(self, relative: str) -> DeviceSession:
         """A session of the bundle graph ``relative``: ONNX Runtime's failures come out as the SDK's errors."""
-        profile = profile_from_dict(self.manifest.profile)
-        return open_session(self.bundle.path(relative), profile.session_options(self.threads), profile.provider_names)
+        path = self.bundle.path(relative)
+        providers = session_providers(self.profile, self.bundle.root, path, strict=self.strict)
+        return open_session(path, self.profile.session_options(self.threads), providers)
 
     def _generator(self):
         if self._decoder is None:

@@ -87,16 +87,19 @@ def test_adapter_weight_of_the_wrong_shape_is_named(tiny_bundle: Path) -> None:
         device_bundle.outputs(data, weights)
 
 
-def test_missing_execution_provider_names_it_and_the_available_ones(tiny_bundle: Path) -> None:
+def test_missing_execution_provider_falls_back_to_the_cpu_and_strict_names_it(tiny_bundle: Path) -> None:
     import onnxruntime
 
     document = manifest(tiny_bundle)
     document["profile"]["providers"] = ["NoSuchExecutionProvider", "CPUExecutionProvider"]
     (tiny_bundle / "manifest.json").write_text(json.dumps(document))
-    device_bundle = DeviceBundle.open(tiny_bundle, verify=False)  # manifest.json is not among the hashed files
+    # manifest.json is not among the hashed files
+    assert len(DeviceBundle.open(tiny_bundle, verify=False).infer(["a short text"])) == 1
+    device_bundle = DeviceBundle.open(tiny_bundle, verify=False, strict=True)
     with pytest.raises(DependencyError, match="NoSuchExecutionProvider") as caught:
         device_bundle.infer(["a short text"])
     assert all(provider in str(caught.value) for provider in onnxruntime.get_available_providers())
+    assert "--strict" in str(caught.value)
 
 
 def test_cli_reports_a_corrupt_graph_in_one_line_and_exits_1(tiny_bundle: Path) -> None:

@@ -15,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 
 from edge_sdk.bundle.store import Bundle
 from edge_sdk.device.ort_errors import open_session, ort_errors
-from edge_sdk.profiles import profile_from_dict
+from edge_sdk.profiles import CPU, profile_from_dict
 
 _STATE_FILE = "portable-state.safetensors"
 
@@ -38,7 +38,9 @@ class PortableBackend:
         step = manifest.portable_step
         graph = bundle.path(step.model)
         options = step_session_options(step.prepack_weights, manifest.profile, threads)
-        self._setup(open_session(graph, options, profile_from_dict(manifest.profile).provider_names), graph, step.names,
+        # Training stays on ONNX Runtime's CPU provider whatever the profile's accelerator (gradients are not
+        # accelerated); the profile's session settings still apply.
+        self._setup(open_session(graph, options, (CPU,)), graph, step.names,
                     manifest.trainable, load_file(str(bundle.path(manifest.inference_spec.initial_adapter))))
 
     @classmethod
