@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_sdk.bundle.int8_arithmetic import check_int8_portable
+from edge_sdk.bundle.layout import MANIFEST
 from edge_sdk.bundle.store import Bundle, open_bundle, sha256_file
 from edge_sdk.bundle.trust import Trust
 from edge_sdk.device.adapter_gate import GateDecision, GateSettings, judge
@@ -55,7 +56,7 @@ class DeviceBundle:
         self.threads = threads
         self.strict = strict
         # The profile sessions run with: the manifest's, or one given at run time (a name, a .toml path or a Profile).
-        self.profile = profile_from_dict(manifest.profile) if profile is None else (
+        self.profile = profile_from_dict(manifest.profile, bundle.root / MANIFEST) if profile is None else (
             profile if isinstance(profile, Profile) else load_profile(profile))
         self.tokenizer = BundleTokenizer(bundle.path(manifest.tokenizer_spec.file), manifest)
         self.task = device_task(manifest, self.tokenizer)

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edge_sdk.errors import ConfigError
+from edge_sdk.errors import BundleError, ConfigError
 from edge_sdk.profiles.schema import (
     CPU,
     PRECISIONS,
@@ -68,9 +68,14 @@ def _parse_toml(content: str, name: str, source: str) -> Profile:
     return Profile.parse(data, name, source)
 
 
-def profile_from_dict(data: dict[str, Any]) -> Profile:
-    """The profile a bundle was built for, from its manifest entry (also the older flat form)."""
-    return Profile.parse(data, str(data.get("name", "?")), "manifest")
+def profile_from_dict(data: dict[str, Any], manifest: str | os.PathLike = "manifest.json") -> Profile:
+    """The profile a bundle was built for, from its manifest entry (also the older flat form). A malformed
+    entry is the bundle's fault, not a setting's: a BundleError naming ``manifest`` (its path)."""
+    try:
+        return Profile.parse(data, str(data.get("name", "?")), "manifest")
+    except ConfigError as exc:
+        raise BundleError(f"{str(manifest)}: section 'profile' is malformed: {exc}; rebuild the bundle with this "
+                          "SDK") from None
 
 
 def session_options(profile: Profile, threads: int | None = None):

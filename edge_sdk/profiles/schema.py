@@ -257,8 +257,9 @@ class Profile:
     def parse(cls, data: Mapping[str, Any], name: str, source: str = "built-in") -> Profile:
         """Read and check a profile table (a TOML file's contents, or a manifest's ``profile`` section)."""
         where = f"profile {name!r}" if source in ("built-in", "manifest") else f"profile file {source!r}"
-        if "graph_optimization_level" in data or (data.get("providers") and all(
-                isinstance(item, str) for item in data["providers"]) and "session" not in data):
+        providers = data.get("providers")
+        if "graph_optimization_level" in data or ("session" not in data and isinstance(providers, list) and providers
+                                                  and all(isinstance(item, str) for item in providers)):
             data = _upgrade_flat(data)
         _check_keys(where, "", data, _TOP_KEYS + ("source",))
         providers = data.get("providers", [CPU])
