@@ -82,6 +82,7 @@ def plan(config: BuildConfig) -> list[Stage]:
         int8_storage,
         load_model,
         portable_step,
+        target_graph,
         training_artifacts,
         validation,
         write,
@@ -98,6 +99,8 @@ def plan(config: BuildConfig) -> list[Stage]:
     if config.base == "int8-compute":
         stages.append(int8_compute.STAGE)
     stages.append(write.STAGE)
+    if load_profile(config.profile).has_target_graph:
+        stages.append(target_graph.STAGE)  # reads the written bundle: the graph the device would merge into
     return stages
 
 

@@ -1,0 +1,1 @@
+"""Target graphs for execution-provider profiles: static int8 QDQ, deployment and operator coverage."""
