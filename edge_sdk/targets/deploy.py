@@ -54,7 +54,7 @@ def bundle_calibration(bundle: Bundle, profile_name: str):
 def deploy(bundle: Bundle, adapter: str, profile, calibration_data: str | os.PathLike | None = None,
            wait: float | None = 0.0) -> DeployResult:
     """Write ``adapter``'s target graph for ``profile`` (a Profile or a name/path ``load_profile`` reads)."""
-    from edge_sdk.bundle.atomic import atomic_folder
+    from edge_sdk.bundle.atomic import atomic_folder, default_permissions
     from edge_sdk.device.adapters import INITIAL, AdapterStore
     from edge_sdk.profiles import Profile, load_profile
     from edge_sdk.targets.graph import build_target_graph, read_calibration, write_target
@@ -93,8 +93,12 @@ def deploy(bundle: Bundle, adapter: str, profile, calibration_data: str | os.Pat
                       "base_id": store.base_id, "precision": profile.precision,
                       "static_shapes": target.static_shapes, "opset": target.opset,
                       "quantization": target.quantization, "validation": target.validation,
-                      "files": written["bytes"]}
+                      "files": written["bytes"],
+                      # What the runtime checks before it runs the graph: the folder is writable by design.
+                      "sha256": {name: sha256_file(staging / name) for name in written["files"]}}
             (staging / DEPLOY_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            for path in staging.iterdir():  # onnx writes its weights file private (0600), like mkstemp
+                default_permissions(path)
     return DeployResult(adapter=adapter, profile=profile.name, folder=destination, adapter_sha256=sha256,
                         validation=target.validation, quantization=target.quantization,
                         coverage=written["coverage"], bytes=written["bytes"])

@@ -246,7 +246,7 @@ def write_target(folder: Path, target: TargetGraph, profile: Profile) -> dict[st
     written = [MODEL_FILE, COVERAGE_FILE]
     if (folder / DATA_FILE).exists():
         written.insert(1, DATA_FILE)
-    for provider in profile.provider_names:
+    for provider in (spec.name for spec in profile.providers):  # declared, installed or not
         if provider in PROVIDER_CONFIGS:
             name = PROVIDER_CONFIGS[provider]
             (folder / name).write_bytes(provider_config(name))

@@ -34,7 +34,8 @@ def _run(state: BuildState, writer: BundleWriter, draft: Fragment) -> Fragment:
     folder = writer.folder(folder_name)
     write_target(folder, target, profile)
     calibration.save(folder / CALIBRATION_FILE)
-    config = next((PROVIDER_CONFIGS[name] for name in profile.provider_names if name in PROVIDER_CONFIGS), None)
+    config = next((PROVIDER_CONFIGS[name] for name in (spec.name for spec in profile.providers)
+                   if name in PROVIDER_CONFIGS), None)
     return {"target": {
         "profile": profile.name,
         "model": f"{folder_name}/{MODEL_FILE}",
