@@ -139,3 +139,15 @@ def test_runtime_serves_the_deployed_graph_until_the_adapter_changes(fpga_bundle
     # Retrained: the deployed graph was made from the earlier version, so the float graph serves again.
     bundle.personalize(tiny_data / "dev.jsonl", adapter="alice", settings=FAST)
     assert bundle._target_graph("alice") is None
+
+
+def test_a_broken_quantization_fails_loudly(fpga_bundle: Path, tiny_data: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    bundle = _personalized(fpga_bundle, tiny_data).bundle
+    import edge_sdk.targets.quantize as quantize
+
+    # Quantizing the attention-mask path (0 or the float32 minimum) makes every example give the same output.
+    monkeypatch.setattr(quantize, "mask_nodes", lambda _model: [])
+    with pytest.raises(ExportError, match="same output for every example"):
+        deploy(bundle, "alice", "fpga-vitisai")
+    assert not (fpga_bundle / "adapters" / "alice.fpga-vitisai").exists()
