@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,7 +63,7 @@ def quantize_qdq(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
         onnx.save(saved, str(source), save_as_external_data=True, location="float.data", size_threshold=1024)
         # The calibrator also measures the excluded mask tensors, whose float32-minimum range overflows its
         # range arithmetic (harmless: they are not quantized).
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore"), _quiet_root_logger():
             quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(spec.op_types), nodes_to_exclude=mask_nodes(model),
                             per_channel=spec.per_channel, activation_type=activation, weight_type=QuantType.QInt8,
@@ -72,6 +74,19 @@ def quantize_qdq(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
         power_of_two_scales(result)
     result.ir_version = min(result.ir_version, IR_VERSION)
     return result
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization advises pre-processing through the root logger on every call; the graph it gets
+    is already shape-inferred and constant-folded (static.py), so the advice is noise on a user's terminal."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def mask_nodes(model: onnx.ModelProto, sources: Sequence[str] = ("attention_mask",)) -> list[str]:
