@@ -140,7 +140,8 @@ def write_seq2seq_data(path: Path, count: int, seed: int) -> Path:
 def make_fixtures(root: Path) -> Path:
     """Write ``tiny-model/``, bundles ``tiny-seq-cls/``, ``other-seq-cls/``, ``tiny-token-cls/``, ``tiny-qa/``,
     ``tiny-causal-lm/``, ``tiny-seq2seq/``, ``tiny-multi-label/``, their ``-int8`` builds for seq-cls, causal-lm,
-    seq2seq and multi-label, and ``data/``."""
+    seq2seq and multi-label, ``tiny-seq-cls-fpga/`` (profile fpga-vitisai: a static int8 target graph) and
+    ``data/``."""
     from edge_sdk.host.build import build_bundle
     from edge_sdk.host.config import BuildConfig
 
@@ -182,6 +183,10 @@ def make_fixtures(root: Path) -> Path:
     write_multi_label_data(root / "data" / "multi-dev.csv", 48, seed=12, csv=True)
     write_topic_data(root / "data" / "train.jsonl", 96, seed=1)
     write_topic_data(root / "data" / "dev.jsonl", 48, seed=2)
+    # The fpga-vitisai profile: a static int8 QDQ target graph beside the float graphs, calibrated on the topics.
+    build_bundle(BuildConfig(model_dir=model, task="seq-cls", labels=LABELS, max_length=32, profile="fpga-vitisai",
+                             calibration_data=root / "data" / "train.jsonl"), root / "tiny-seq-cls-fpga",
+                 overwrite=True)
     record_reference_losses(root)
     return root
 

@@ -186,6 +186,8 @@ class Manifest:
     # ``version`` only grows. An empty id is derived from the model source and the task.
     bundle_id: str = ""
     version: int = 1
+    # The accelerator's target graph of an int8-qdq profile (``targets/<profile>/``); absent before such profiles.
+    target: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.bundle_id:
@@ -196,7 +198,10 @@ class Manifest:
     source: ClassVar[str] = MANIFEST_NAME
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        data = asdict(self)
+        if data["target"] is None:  # bundles without a target graph keep the manifest they always had
+            del data["target"]
+        return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = MANIFEST_NAME) -> Manifest:
@@ -228,6 +233,9 @@ class Manifest:
             check_bundle_version(version, f"{source}, key 'version'")
         sections = {name: _object(_required(data, name, source, ""), source, name)
                     for name in ("model", "tokenizer", "peft", "training", "inference", "profile", "build")}
+        target = data.get("target")
+        if target is not None:
+            TargetSpec.from_dict(_object(target, source, "target"), source)
         files = _required(data, "files", source, "")
         _check_files(files, source)
         sdk_version = _required(data, "sdk_version", source, "")
@@ -246,6 +254,7 @@ class Manifest:
                 files=[FileEntry.from_dict(item) for item in files],
                 bundle_id=bundle_id or "",
                 version=version,
+                target=dict(target) if target is not None else None,
                 **{name: dict(section) for name, section in sections.items()},
             )
         except BundleError as exc:
@@ -301,6 +310,14 @@ class Manifest:
         for key, value in files.items():
             _string(value, self.source, f"training.ort-training.{key}")
         return dict(files)
+
+    @property
+    def target_spec(self) -> TargetSpec | None:
+        """The target graph of an int8-qdq profile (None: the bundle has none)."""
+        if self.target is None:
+            return None
+        with self.reading("target"):
+            return TargetSpec.from_dict(self.target, self.source)
 
     @property
     def adapter(self) -> str:
@@ -464,3 +481,38 @@ class PortableStepSpec:
                    prepack_weights=prepack,
                    names=_object(_required(data, "names", source, "training.portable"), source,
                                  "training.portable.names"))
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """The static int8 graph an accelerator runs (the initial adapter merged in), and how it was made."""
+
+    profile: str
+    model: str                   # bundle path of the QDQ graph
+    precision: str               # "int8-qdq"
+    static_shapes: list[int]     # [batch, sequence]
+    opset: int
+    quantization: dict[str, Any]
+    validation: dict[str, Any]   # against float32 on the CPU provider
+    coverage: str | None         # bundle path of the operator-coverage report
+    calibration: str | None      # bundle path of the stored calibration inputs (what `adapters deploy` reuses)
+    provider_config: str | None  # bundle path of the provider's configuration file (vaip_config.json)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = MANIFEST_NAME) -> TargetSpec:
+        data = _object(data, source, "target")
+        shapes = _required(data, "static_shapes", source, "target")
+        if not isinstance(shapes, list) or len(shapes) != 2 or not all(_is_int(dim) and dim >= 1 for dim in shapes):
+            raise _malformed(source, "target.static_shapes", "[batch, sequence] (two integers >= 1)", shapes)
+        return cls(profile=_string(_required(data, "profile", source, "target"), source, "target.profile"),
+                   model=_string(_required(data, "model", source, "target"), source, "target.model"),
+                   precision=_string(_required(data, "precision", source, "target"), source, "target.precision"),
+                   static_shapes=list(shapes),
+                   opset=_integer(_required(data, "opset", source, "target"), source, "target.opset", minimum=1),
+                   quantization=_object(_required(data, "quantization", source, "target"), source,
+                                        "target.quantization"),
+                   validation=_object(_required(data, "validation", source, "target"), source, "target.validation"),
+                   coverage=_string(data.get("coverage"), source, "target.coverage", optional=True),
+                   calibration=_string(data.get("calibration"), source, "target.calibration", optional=True),
+                   provider_config=_string(data.get("provider_config"), source, "target.provider_config",
+                                           optional=True))

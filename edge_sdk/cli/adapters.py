@@ -1,5 +1,6 @@
 """`edge-sdk adapters …`: the bundle's named adapters (one per user or skill): list, show, activate,
-remove, history and rollback (generations), export (PEFT folder or merged ONNX graph), import (a PEFT folder)."""
+remove, history and rollback (generations), export (PEFT folder or merged ONNX graph), import (a PEFT folder),
+deploy (the adapter merged and quantized into an accelerator profile's static int8 graph)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,50 @@ def import_adapter(bundle: Path, folder: Path, name: str, wait: float) -> None:
     weights = read_peft(folder, opened.manifest)
     store.save(name, weights, {"imported_from": str(folder.resolve()), "source": "import"}, wait=wait)
     click.echo(f"imported {folder} as {name!r}")
+
+
+@adapters.command()
+@_bundle_argument
+@click.argument("name")
+@click.option("--profile", "profile_name",
+              help="The accelerator profile: a built-in name (fpga-vitisai) or a .toml file (default: the bundle's).")
+@click.option("--calibration-data", type=click.Path(path_type=Path),
+              help="Task data (JSONL/CSV) to calibrate on (default: the calibration inputs the build stored).")
+@_wait_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+def deploy(bundle: Path, name: str, profile_name: str | None, calibration_data: Path | None, wait: float,
+           as_json: bool) -> None:
+    """Merge adapter NAME into the float weights and quantize it to the profile's static int8 target graph
+    (written to adapters/NAME.PROFILE/), validated against the float adapter; training stays on the CPU."""
+    try:
+        import onnx  # noqa: F401
+        from onnxruntime import quantization  # noqa: F401
+    except ImportError as exc:
+        raise DependencyError(f"adapters deploy needs the onnx package and onnxruntime's quantization tools "
+                              f"({exc.name} is missing); pip install onnx") from exc
+    from edge_sdk.bundle.store import open_bundle
+    from edge_sdk.profiles import load_profile, profile_from_dict
+    from edge_sdk.targets.coverage import format_coverage
+    from edge_sdk.targets.deploy import deploy as deploy_adapter
+
+    opened = open_bundle(bundle, verify=True)
+    profile = load_profile(profile_name) if profile_name else profile_from_dict(opened.manifest.profile)
+    result = deploy_adapter(opened, name, profile, calibration_data=calibration_data, wait=wait)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    validation = result.validation
+    size = sum(result.bytes.values())
+    click.echo(f"deployed {name!r} for {result.profile}: {result.folder} ({size / 1e6:.1f} MB; "
+               f"{', '.join(result.bytes)})")
+    click.echo(f"quantization: {result.quantization['scheme']}, {result.quantization['calibration_examples']} "
+               f"calibration examples ({result.quantization['calibration_source']}), MatMul/Gemm QDQ-wrapped "
+               f"{result.quantization['qdq_wrapped']}")
+    line = (f"validation on {validation['examples']} examples: predictions agree "
+            f"{validation['prediction_agreement']:.1%}, max |logits diff| {validation['max_abs_logits_diff']:.3g}")
+    metric = validation.get("metric")
+    if metric:
+        key = next(iter(metric["float32"]))
+        line += f", {key} {metric['float32'][key]:.4f} (float32) vs {metric['int8_qdq'][key]:.4f} (int8)"
+    click.echo(line)
+    click.echo(format_coverage(result.coverage))

@@ -73,6 +73,9 @@ def cli(verbose: bool) -> None:
 @click.option("--profile", help="Target profile: a built-in name (`edge-sdk profiles list`; default cpu) or the path "
               "of a .toml profile file; overrides the recipe's.")
 @click.option("--seed", type=int, help="Seed for new weights (default 0).")
+@click.option("--calibration-data", type=click.Path(path_type=Path),
+              help="Task data (JSONL/CSV) calibrating the static int8 target graph of an int8-qdq profile "
+                   "(--profile fpga-vitisai).")
 @click.option("--precision", type=click.Choice(list(LEGACY_PRECISIONS)),
               help="Alias: fp32 = --base float32; int8 = --base int8-compute.")
 @click.option("--adapter-from", type=click.Path(path_type=Path),
@@ -88,9 +91,9 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
 def build(source: Path, out: Path, task: str | None, labels: str | None, adapter: str | None, base: str | None,
           method: str | None, rank: int | None, alpha: float | None, target_modules: str | None,
-          max_length: int | None, profile: str | None, seed: int | None, precision: str | None,
-          adapter_from: Path | None, bundle_id: str | None, bundle_version: int | None, sign_key: Path | None,
-          overwrite: bool, dry_run: bool, as_json: bool) -> None:
+          max_length: int | None, profile: str | None, seed: int | None, calibration_data: Path | None,
+          precision: str | None, adapter_from: Path | None, bundle_id: str | None, bundle_version: int | None,
+          sign_key: Path | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
     """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml)."""
     try:
         from edge_sdk.host.build import build_bundle, describe_build
@@ -116,7 +119,7 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
     config = config.with_overrides(task=task, labels=label_list, adapter=adapter, base=base, method=method,
                                    rank=rank, alpha=alpha, target_modules=targets, max_length=max_length,
                                    profile=profile, seed=seed, precision=precision, bundle_id=bundle_id,
-                                   bundle_version=bundle_version)
+                                   bundle_version=bundle_version, calibration_data=calibration_data)
     if adapter_from is not None:
         from edge_sdk.host.adapter_import import lora_overrides
 

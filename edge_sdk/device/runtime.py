@@ -64,6 +64,7 @@ class DeviceBundle:
         self.adapters = AdapterStore(bundle)
         self._session = None
         self._decoder = None
+        self._targets = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool | str = True, threads: int | None = None,
@@ -101,9 +102,16 @@ class DeviceBundle:
         classes = next((dim for dim in self.manifest.outputs[0].shape[2:] if isinstance(dim, int)), 1)
         return int(max(1, min(_EVAL_BATCH, _MAX_OUTPUT_VALUES // max(1, length * classes))))
 
-    def outputs(self, data: TaskData, weights: dict[str, np.ndarray]) -> list:
+    def outputs(self, data: TaskData, weights: dict[str, np.ndarray], adapter: str | None = None) -> list:
         """The task's reduction of the graph outputs of each pre-tokenized example (per-token outputs cut to
-        the example's own tokens), run in batches of similar length to keep padding small."""
+        the example's own tokens), run in batches of similar length to keep padding small. With ``adapter`` named
+        on a bundle whose profile has a target graph, that adapter's static int8 graph serves when it is deployed
+        (one example at a time, padded to its static shape); see edge_sdk/targets/serving.py."""
+        static = self._target_graph(adapter) if adapter is not None else None
+        if static is not None:
+            from edge_sdk.targets.run import run_static
+
+            return run_static(static.session, self.tokenizer, self.manifest, self.task, data, static.length).reduced
         encoded = data.encoded
         session = self._inference_session()
         names = [spec.name for spec in self.manifest.outputs]
@@ -141,9 +149,10 @@ class DeviceBundle:
         if self.generates:
             reject_context(self.manifest.task, context)
             return [self.generate(text, adapter=adapter) for text in texts]
-        weights = self.adapters.load(self.resolve_adapter(adapter))
+        name = self.resolve_adapter(adapter)
+        weights = self.adapters.load(name)
         data = self.task.from_texts(texts, context)
-        return self.task.predict(data, self.outputs(data, weights), **options)
+        return self.task.predict(data, self.outputs(data, weights, adapter=name), **options)
 
     # --- generation -----------------------------------------------------------------------------------
 
@@ -154,7 +163,10 @@ class DeviceBundle:
 
     def _session_for(self, relative: str) -> DeviceSession:
         """A session of the bundle graph ``relative``: ONNX Runtime's failures come out as the SDK's errors."""
-        path = self.bundle.path(relative)
+        return self._open_graph(self.bundle.path(relative))
+
+    def _open_graph(self, path: Path) -> DeviceSession:
+        """A session of the graph at ``path`` (checked inside the bundle) with the profile's providers."""
         providers = session_providers(self.profile, self.bundle.root, path, strict=self.strict)
         return open_session(path, self.profile.session_options(self.threads), providers)
 
@@ -221,12 +233,28 @@ class DeviceBundle:
         return GenerationResult(text=text, token_ids=tokens, prompt_tokens=len(ids), new_tokens=len(output),
                                 stop_reason=reason, seconds=time.perf_counter() - started)
 
-    def _score(self, data: TaskData, weights: dict[str, np.ndarray]) -> dict[str, float]:
-        return self.task.score(data, self.outputs(data, weights))
+    def _score(self, data: TaskData, weights: dict[str, np.ndarray], adapter: str | None = None) -> dict[str, float]:
+        return self.task.score(data, self.outputs(data, weights, adapter=adapter))
 
     def evaluate(self, data: str | os.PathLike, adapter: str | None = None) -> dict[str, float]:
-        """The task metric(s), mean loss and example count of the named adapter on a labelled data file."""
-        return self._score(self.task.load(data), self.adapters.load(self.resolve_adapter(adapter)))
+        """The task metric(s), mean loss and example count of the named adapter on a labelled data file (on a
+        bundle with a target graph: the adapter's deployed int8 graph, when it has a current one)."""
+        name = self.resolve_adapter(adapter)
+        return self._score(self.task.load(data), self.adapters.load(name), adapter=name)
+
+    # --- target graphs (profiles with precision int8-qdq) -----------------------------------------------
+
+    def _target_graph(self, adapter: str):
+        """The static graph serving ``adapter`` (None: the float inference graph serves)."""
+        if self._targets is None:
+            from edge_sdk.targets.serving import TargetGraphs
+
+            self._targets = TargetGraphs(self)
+        return self._targets.graph(adapter)
+
+    def _deployed_session(self, path: Path) -> DeviceSession:
+        """A session of a deployed target graph (in the adapters folder, which the manifest does not list)."""
+        return self._open_graph(path)
 
     # --- personalization ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ models) lets them load without torch. One job per module:
 - :mod:`~edge_sdk.graph.prune`: remove what no graph output depends on.
 - :mod:`~edge_sdk.graph.frozen`: where a frozen weight comes from, and its float value.
 - :mod:`~edge_sdk.graph.row_quantization`: symmetric int8 with one scale per row.
+- :mod:`~edge_sdk.graph.merge`: merge a LoRA/DoRA adapter into the base weights of an inference graph.
 
 Nothing is re-exported here, so importing one helper loads only its module.
 """

@@ -103,6 +103,8 @@ class BuildConfig:
     # Rollback protection on devices compares versions of one bundle id (None: from the source and task).
     bundle_id: str | None = None
     bundle_version: int = 1
+    # Task data (JSONL/CSV) that calibrates the static int8 target graph of an int8-qdq profile (fpga-vitisai).
+    calibration_data: Path | None = None
 
     @property
     def resolved_bundle_id(self) -> str:
@@ -126,7 +128,7 @@ class BuildConfig:
         if self.base is not None and self.base not in BASES:
             raise ConfigError(f"unknown base {self.base!r}; choose one of {', '.join(BASES)}")
         self.lora.validate()
-        self.for_profile()
+        self._validate_target(self.for_profile()[1])
 
     def for_profile(self) -> tuple[BuildConfig, Profile]:
         """The profile this build targets, and this config with the base the profile implies filled in.
@@ -151,6 +153,23 @@ class BuildConfig:
                               f"limits.max_sequence_length = {profile.max_sequence_length}; lower --max-length")
         return replace(self, base=base), profile
 
+    def _validate_target(self, profile: Profile) -> None:
+        """A profile with a target graph (precision int8-qdq) needs a static-shaped task, float weights to quantize
+        and calibration data: all checked here, before any work."""
+        from edge_sdk.targets.static import check_static_task, static_length
+
+        if not profile.has_target_graph:
+            return
+        check_static_task(self.task, profile)
+        static_length(profile, self.max_length)
+        if self.calibration_data is None:
+            raise ConfigError(f"profile {profile.name!r} builds a static int8 target graph calibrated on task data: "
+                              "pass --calibration-data FILE (JSONL or CSV, like training data; recipe key "
+                              "calibration_data)")
+        if not Path(self.calibration_data).is_file():
+            raise ConfigError(f"calibration data {str(self.calibration_data)!r} does not exist (--calibration-data, "
+                              "recipe key calibration_data: relative to the recipe file)")
+
     def with_overrides(self, **changes: Any) -> BuildConfig:
         """A copy with the given non-None fields replaced (CLI flags override recipe values); ``method`` and
         ``precision`` are the legacy aliases of ``adapter`` and ``base``."""
@@ -164,7 +183,7 @@ class BuildConfig:
 
 
 _RECIPE_KEYS = {"model", "task", "labels", "max_length", "max_batch_size", "peft", "profile", "seed", "opset",
-                "description", "base", "precision", "bundle_id", "bundle_version"}
+                "description", "base", "precision", "bundle_id", "bundle_version", "calibration_data"}
 _PEFT_KEYS = {"adapter", "method", "rank", "alpha", "target_modules"}
 
 
@@ -222,6 +241,7 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         # A recipe names one bundle: by default its id is the recipe's file name and task.
         bundle_id=data.get("bundle_id", default_bundle_id(path.name, str(data["task"]))),
         bundle_version=data.get("bundle_version", 1),
+        calibration_data=(path.parent / str(data["calibration_data"])) if "calibration_data" in data else None,
     )
 
 

@@ -82,13 +82,14 @@ def plan(config: BuildConfig) -> list[Stage]:
         int8_storage,
         load_model,
         portable_step,
+        target_graph,
         training_artifacts,
         validation,
         write,
     )
 
     spec = task_spec(config.task)
-    config, _profile = config.for_profile()
+    config, profile = config.for_profile()
     stages = [load_model.STAGE]
     if config.base == "int8-storage":
         stages.append(int8_storage.STAGE)
@@ -99,6 +100,8 @@ def plan(config: BuildConfig) -> list[Stage]:
     if config.base == "int8-compute":
         stages.append(int8_compute.STAGE)
     stages.append(write.STAGE)
+    if profile.has_target_graph:
+        stages.append(target_graph.STAGE)  # reads the written bundle: the graph the device would merge into
     return stages
 
 
