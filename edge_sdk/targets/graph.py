@@ -284,7 +284,8 @@ def write_target(folder: Path, target: TargetGraph, profile: Profile) -> dict[st
     onnx.save(target.model, str(folder / MODEL_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
               location=DATA_FILE, size_threshold=1024)
     onnx.checker.check_model(str(folder / MODEL_FILE), full_check=True)
-    coverage = coverage_report(target.model, profile)
+    # From the file: saving moved the model's weights out of ``target.model`` into DATA_FILE.
+    coverage = coverage_report(folder / MODEL_FILE, profile)
     (folder / COVERAGE_FILE).write_text(json.dumps(coverage, indent=2) + "\n", encoding="utf-8")
     written = [MODEL_FILE, COVERAGE_FILE]
     if (folder / DATA_FILE).exists():
@@ -307,7 +308,7 @@ def provider_config(name: str) -> bytes:
     return resources.files(__package__).joinpath(name).read_bytes()
 
 
-def coverage_report(model: onnx.ModelProto, profile: Profile) -> dict[str, Any]:
+def coverage_report(model: onnx.ModelProto | Path, profile: Profile) -> dict[str, Any]:
     from edge_sdk.targets.coverage import predict_coverage
 
     return predict_coverage(model, profile)
