@@ -33,24 +33,16 @@ RECIPE = ROOT / "models" / "minilm-topics.toml"
 DEVICE_ENV = ROOT / ".venv-stock"
 ADAPTER = "trained"
 LATENCY_EXAMPLES = 40
-XINT8_PROFILE = """\
-# fpga-vitisai with power-of-two scales (AMD's XINT8 scheme), as a user profile file.
-description = "Vitis AI, XINT8 (power-of-two scales)"
-precision = "int8-qdq"
-opset = 17
-providers = [{ name = "VitisAIExecutionProvider", options = { config_file = "{target_dir}/vaip_config.json", \
-cache_dir = "{bundle}/.cache/vitisai", cache_key = "{bundle_hash}" } }, "CPUExecutionProvider"]
-[session]
-graph_optimization_level = "basic"
-[static_shapes]
-batch = 1
-[quantization]
-scheme = "xint8"
-per_channel = false
-[operators]
-int8 = ["MatMul", "Gemm", "Softmax", "Add", "Mul", "Reshape", "Transpose", "Concat", "Slice", "LayerNormalization",
-        "Gelu"]
-"""
+
+
+def xint8_profile() -> str:
+    """fpga-vitisai with power-of-two scales (AMD's XINT8 scheme), written as a user profile file would be."""
+    from importlib import resources
+
+    text = resources.files("edge_sdk.profiles").joinpath("fpga-vitisai.toml").read_text(encoding="utf-8")
+    if 'scheme = "int8"' not in text:
+        raise RuntimeError("fpga-vitisai.toml no longer says scheme = \"int8\"; update this tool")
+    return text.replace('scheme = "int8"', 'scheme = "xint8"', 1)
 
 
 def prepare(dataset: str, folder: Path, seed: int) -> tuple[Path, tuple[str, ...]]:
@@ -77,22 +69,24 @@ _LATENCY = """
 import json, statistics, sys, time
 from edge_sdk.device.runtime import DeviceBundle
 bundle = DeviceBundle.open(sys.argv[1], threads=int(sys.argv[3]))
-texts = [json.loads(line)["text"] for line in open(sys.argv[2], encoding="utf-8")][:int(sys.argv[4])]
-bundle.infer(texts[:1], adapter=sys.argv[5])  # session creation and first-run allocations
-times, labels = [], []
-for text in texts:
+texts = [json.loads(line)["text"] for line in open(sys.argv[2], encoding="utf-8")]
+timed, adapter = texts[:int(sys.argv[4])], sys.argv[5]
+bundle.infer(texts[:1], adapter=adapter)  # session creation and first-run allocations
+times = []
+for text in timed:
     started = time.perf_counter()
-    labels.append(bundle.infer([text], adapter=sys.argv[5])[0]["label"])
+    bundle.infer([text], adapter=adapter)
     times.append(time.perf_counter() - started)
-all_labels = [p["label"] for p in bundle.infer([json.loads(l)["text"] for l in open(sys.argv[2])], adapter=sys.argv[5])]
-print(json.dumps({"ms_per_example": 1000 * statistics.median(times), "labels": all_labels}))
+labels = [prediction.label for prediction in bundle.infer(texts, adapter=adapter)]
+print(json.dumps({"ms_per_example": 1000 * statistics.median(times) if times else None, "labels": labels}))
 """
 
 
-def latency_and_predictions(env: Path, bundle: Path, test: Path, threads: int) -> dict:
-    """Median ms per example at batch 1 (after one warm-up call) and the labels predicted for the whole split."""
+def latency_and_predictions(env: Path, bundle: Path, test: Path, threads: int, timed: int) -> dict:
+    """Median ms per example at batch 1 over the first ``timed`` examples (after one warm-up call; None when 0)
+    and the labels predicted for the whole split."""
     done = subprocess.run([str(env / "bin" / "python"), "-c", _LATENCY, str(bundle), str(test), str(threads),
-                           str(LATENCY_EXAMPLES), ADAPTER], capture_output=True, text=True)
+                           str(timed), ADAPTER], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"timing {bundle} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -112,7 +106,13 @@ def inference_graph_bytes(bundle: Path) -> int:
     return sizes[graph] + sum(sizes[path] for path in weights)
 
 
-def measure(dataset: str, out: Path, threads: int = 2, seed: int = 0, env: Path = DEVICE_ENV) -> dict:
+PROFILES = ("cpu", "cpu-int8", "fpga-vitisai", "fpga-xint8")
+
+
+def measure(dataset: str, out: Path, threads: int = 2, seed: int = 0, env: Path = DEVICE_ENV,
+            profiles: tuple[str, ...] = PROFILES, timed: int = LATENCY_EXAMPLES) -> dict:
+    """Build, personalize (on ``cpu``), deploy and score; ``profiles`` picks the rows (``cpu`` always),
+    ``timed`` how many examples the latency is the median of (0: no timing)."""
     from edge_sdk.host.build import build_bundle
     from edge_sdk.host.config import load_recipe
 
@@ -120,14 +120,14 @@ def measure(dataset: str, out: Path, threads: int = 2, seed: int = 0, env: Path 
     data, labels = prepare(dataset, out / "data", seed)
     recipe = load_recipe(RECIPE).with_overrides(labels=labels, bundle_id=f"minilm-{dataset}")
     xint8 = out / "fpga-xint8.toml"
-    xint8.write_text(XINT8_PROFILE, encoding="utf-8")
-    bundles = {
-        "cpu": build_bundle(recipe, out / "cpu", overwrite=True),
-        "cpu-int8": build_bundle(recipe.with_overrides(profile="cpu-int8"), out / "cpu-int8", overwrite=True),
-    }
+    xint8.write_text(xint8_profile(), encoding="utf-8")
+    bundles = {"cpu": build_bundle(recipe, out / "cpu", overwrite=True)}
+    if "cpu-int8" in profiles:
+        bundles["cpu-int8"] = build_bundle(recipe.with_overrides(profile="cpu-int8"), out / "cpu-int8", overwrite=True)
     for name, profile in (("fpga-vitisai", "fpga-vitisai"), ("fpga-xint8", str(xint8))):
-        config = recipe.with_overrides(profile=profile, calibration_data=data / "train.jsonl")
-        bundles[name] = build_bundle(config, out / name, overwrite=True)
+        if name in profiles:
+            config = recipe.with_overrides(profile=profile, calibration_data=data / "train.jsonl")
+            bundles[name] = build_bundle(config, out / name, overwrite=True)
     trained = device(env, "personalize", bundles["cpu"], "--data", data / "train.jsonl", "--eval-data",
                      data / "dev.jsonl", "--epochs", "3", "--lr", "2e-3", "--batch-size", "16", "--adapter", ADAPTER,
                      "--backend", "portable", "--threads", threads, "--json")
@@ -148,7 +148,7 @@ def measure(dataset: str, out: Path, threads: int = 2, seed: int = 0, env: Path 
             row["graph_bytes"] = inference_graph_bytes(bundle)
         row["accuracy"] = device(env, "evaluate", bundle, "--data", data / "test.jsonl", "--adapter", ADAPTER,
                                  "--json")["accuracy"]
-        timing = latency_and_predictions(env, bundle, data / "test.jsonl", threads)
+        timing = latency_and_predictions(env, bundle, data / "test.jsonl", threads, timed)
         row["ms_per_example"] = timing["ms_per_example"]
         row["labels"] = timing["labels"]
         results["profiles"][name] = row
@@ -170,7 +170,7 @@ def table(results: dict) -> str:
     for name, row in results["profiles"].items():
         lines.append(f"| {name} | {row['accuracy']:.4f} | {row['accuracy_change_points']:+.2f} | "
                      f"{row['agreement_with_cpu']:.1%} | {row['graph_bytes'] / 1e6:.1f} | "
-                     f"{row['ms_per_example']:.1f} |")
+                     f"{row['ms_per_example'] or float('nan'):.1f} |")
     return "\n".join(lines)
 
 

@@ -143,13 +143,38 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
     manifest = open_bundle(path, trust=False).manifest
     size = sum(entry.size for entry in manifest.files)
     signed_by = signing_key and signing_key.key_id
+    target = _target_summary(path, manifest)
     if as_json:
         emit_json({"bundle": str(path), "task": manifest.task, "labels": manifest.labels, "bytes": size,
                    "seconds": manifest.build["seconds"], "validation": manifest.build["validation_max_abs_diff"],
-                   "bundle_id": manifest.bundle_id, "version": manifest.version, "signed_by": signed_by})
+                   "bundle_id": manifest.bundle_id, "version": manifest.version, "signed_by": signed_by,
+                   "profile": manifest.profile["name"], "target": target and target["json"]})
     else:
         click.echo(f"built {path} ({size / 1e6:.1f} MB, {manifest.build['seconds']} s), {manifest.bundle_id} "
                    f"version {manifest.version}" + (f", signed by key {signed_by}" if signed_by else ""))
+        if target:
+            click.echo(target["text"])
+
+
+def _target_summary(path: Path, manifest) -> dict | None:
+    """What a build for a static-int8 profile made: the target graph's validation and its coverage report."""
+    spec = manifest.target_spec
+    if spec is None:
+        return None
+    from edge_sdk.targets.coverage import format_coverage
+
+    coverage = json.loads((path / spec.coverage).read_text(encoding="utf-8")) if spec.coverage else None
+    validation = spec.validation
+    text = (f"target graph {spec.model} for {spec.profile}: batch {spec.static_shapes[0]} x "
+            f"{spec.static_shapes[1]} tokens, opset {spec.opset}, {spec.quantization.get('scheme')} QDQ; against "
+            f"float32 on the CPU: predictions agree {validation.get('prediction_agreement', float('nan')):.1%}, "
+            f"max |logits diff| {validation.get('max_abs_logits_diff', float('nan')):.3g}")
+    if coverage is not None:
+        text += "\n" + format_coverage(coverage)
+    summary = coverage and {key: coverage[key] for key in ("provenance", "accelerator", "nodes", "partitions")} | {
+        "flops_share": coverage["flops"]["share"], "boundaries": coverage["boundaries"]["count"]}
+    return {"text": text, "json": {"model": spec.model, "profile": spec.profile, "validation": validation,
+                                   "coverage": summary}}
 
 
 # --- bundle ---------------------------------------------------------------------------------------------

@@ -286,6 +286,8 @@ def write_target(folder: Path, target: TargetGraph, profile: Profile) -> dict[st
     onnx.checker.check_model(str(folder / MODEL_FILE), full_check=True)
     # From the file: saving moved the model's weights out of ``target.model`` into DATA_FILE.
     coverage = coverage_report(folder / MODEL_FILE, profile)
+    # The graph it describes sits beside it; the path it was read from (a staging folder) means nothing later.
+    coverage["graph"] = MODEL_FILE
     (folder / COVERAGE_FILE).write_text(json.dumps(coverage, indent=2) + "\n", encoding="utf-8")
     written = [MODEL_FILE, COVERAGE_FILE]
     if (folder / DATA_FILE).exists():

@@ -33,11 +33,11 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None
 
 # One manifest of each shape: a classifier, a decoder with a chat template, an encoder-decoder with generation
 # graphs (the deepest manifest), and an int8 build (its own checks on open).
-FIXTURES = ("tiny-seq-cls", "tiny-causal-lm", "tiny-seq2seq", "tiny-multi-label-int8")
+FIXTURES = ("tiny-seq-cls", "tiny-causal-lm", "tiny-seq2seq", "tiny-multi-label-int8", "tiny-seq-cls-fpga")
 
 # Every typed read a device does through the manifest; each must fail as a BundleError or succeed.
 TYPED_READS = ("peft_spec", "tokenizer_spec", "inference_spec", "portable_step", "ort_training_files", "adapter",
-               "base", "compute_precision", "training_backends", "max_batch_size", "generation")
+               "base", "compute_precision", "training_backends", "max_batch_size", "generation", "target_spec")
 
 HOSTILE_VALUES = st.one_of(
     st.none(),
