@@ -187,7 +187,9 @@ class StaticShapes:
         table = _table(where, "static_shapes", value)
         _check_keys(where, "static_shapes.", table, ("batch", "sequence"))
         sequence = table.get("sequence")
-        return cls(batch=_integer(where, "static_shapes.batch", table.get("batch", 1), 1, 4096),
+        # Target graphs run one example at a time (edge_sdk/targets/run.py), as the accelerators they are for
+        # compile them (Vitis AI: batch 1); a larger static batch would need batched calibration and serving.
+        return cls(batch=_integer(where, "static_shapes.batch", table.get("batch", 1), 1, 1),
                    sequence=None if sequence is None else _integer(where, "static_shapes.sequence", sequence, 8, 8192))
 
 

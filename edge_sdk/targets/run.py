@@ -11,8 +11,6 @@ import numpy as np
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.tasks.base import TaskData
 
-_PADS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "position_ids": 0}
-
 
 @dataclass
 class StaticRun:
