@@ -358,8 +358,12 @@ def predict_coverage(model: onnx.ModelProto | str | os.PathLike, profile: Profil
     note = (f"predicted from the profile's operator table; {accelerator} was not run, so no offload is measured "
             "(edge-sdk coverage --measure runs it)" if accelerator else
             "predicted: the profile has no accelerator, every node runs on the CPU provider")
+    import onnxruntime
+
+    # Which ops the basic level fuses depends on the version (1.32 fuses LayerNormalization, 1.19 does not).
     return {"provenance": PREDICTED, "graph": where, "provider_run": False, "note": note,
-            "method": "the profile's [operators] table over the basic-optimized graph"} | _report(
+            "method": "the profile's [operators] table over the basic-optimized graph",
+            "onnxruntime": onnxruntime.__version__} | _report(
         optimized, profile, places, dims)
 
 
