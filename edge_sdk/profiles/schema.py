@@ -8,7 +8,6 @@ quotes the key, the value and the allowed values, so a hand-written profile is f
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -310,7 +309,7 @@ def _memory_budget(where: str, value: Any) -> str | None:
     # The size itself is checked where it is used; here only that it is written as a size can be.
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str) or (isinstance(value, float) and math.isnan(value)):
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise _fail(where, "limits.memory_budget", value, 'expected a size such as "512MiB"')
     return str(value)
 
