@@ -166,7 +166,8 @@ class DeviceBundle:
         return self._open_graph(self.bundle.path(relative))
 
     def _open_graph(self, path: Path) -> DeviceSession:
-        """A session of the graph at ``path`` (checked inside the bundle) with the profile's providers."""
+        """A session of the graph at ``path`` (checked inside the bundle: a bundle graph, or a deployed target graph
+        in the adapters folder, which the manifest does not list) with the profile's providers."""
         providers = session_providers(self.profile, self.bundle.root, path, strict=self.strict)
         return open_session(path, self.profile.session_options(self.threads), providers)
 
@@ -252,9 +253,6 @@ class DeviceBundle:
             self._targets = TargetGraphs(self)
         return self._targets.graph(adapter)
 
-    def _deployed_session(self, path: Path) -> DeviceSession:
-        """A session of a deployed target graph (in the adapters folder, which the manifest does not list)."""
-        return self._open_graph(path)
 
     # --- personalization ------------------------------------------------------------------------------
 

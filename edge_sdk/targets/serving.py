@@ -78,7 +78,7 @@ class TargetGraphs:
         if expected is not None and sha256_file(folder / MODEL_FILE) != expected:
             raise AdapterError(f"the deployed target graph {str(folder / MODEL_FILE)!r} was changed after it was "
                                f"written; deploy adapter {adapter!r} again")
-        session = self.device._deployed_session(folder / MODEL_FILE)
+        session = self.device._open_graph(folder / MODEL_FILE)
         graph = StaticGraph(session, length, f"adapters/{deployed_dir(adapter, self.profile.name)}/{MODEL_FILE}")
         self._sessions[adapter] = (stamp, graph)
         return graph
