@@ -14,6 +14,7 @@ import click
 
 import edge_sdk
 from edge_sdk.cli.adapters import adapters
+from edge_sdk.cli.cache import cache
 from edge_sdk.cli.coverage import coverage
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
@@ -598,6 +599,7 @@ def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, 
 
 cli.add_command(adapters)
 cli.add_command(profiles)
+cli.add_command(cache)
 cli.add_command(coverage)
 cli.add_command(keys)
 cli.add_command(sign)
