@@ -111,6 +111,8 @@ def test_an_unchanged_rebuild_comes_from_the_cache_and_any_change_misses(bert: P
     fresh = built(model, *common)
     again = built(model, *common)
     assert (fresh["cached"], again["cached"]) == (False, True)
+    plan = json.loads(run("build", model, *common, "--dry-run", "--json").stdout)
+    assert plan["cache"]["hit"] is True and {item["role"] for item in plan["inputs"]} == {"model"}
     assert again["manifest_sha256"] == fresh["manifest_sha256"]
     assert set(again) >= {"bundle", "manifest_sha256", "cached", "bytes", "files", "sizes", "warnings"}
     assert again["sizes"] == fresh["sizes"] and sum(again["sizes"].values()) == again["bytes"]
