@@ -138,6 +138,15 @@ int ebv_check_signature(ebv_ctx *ctx, const ebv_key *keys, size_t key_count, con
                 memcpy(ctx->report->verified_by, keys[k].key_id, 17);
                 return EBV_OK;
             }
-    return ebv_problem(ctx, EBV_ERR_SIGNATURE, source, "the signature by the trusted key does not match %s, so the "
-                       "manifest was changed after it was signed; do not use this copy", EBV_MANIFEST);
+    {
+        char tried[EBV_MAX_SIGNATURES * 18 + 1] = "";
+        for (size_t s = 0; s < parsed.count; s++)
+            for (size_t k = 0; k < key_count; k++)
+                if (!strcmp(parsed.items[s].key_id, keys[k].key_id) && !strstr(tried, keys[k].key_id)) {
+                    if (*tried) strcat(tried, ", ");
+                    strcat(tried, keys[k].key_id);
+                }
+        return ebv_problem(ctx, EBV_ERR_SIGNATURE, source, "the signature by trusted key %s does not match %s, so the "
+                           "manifest was changed after it was signed; do not use this copy", tried, EBV_MANIFEST);
+    }
 }
