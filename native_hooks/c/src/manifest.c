@@ -387,9 +387,10 @@ int ebv_manifest_parse(ebv_ctx *ctx, const char *data, size_t len, const char *s
         int digits = t && t->type == JSMN_PRIMITIVE && d.js[t->start] >= '1' && d.js[t->start] <= '9';
         for (int c = t ? t->start : 0; digits && c < t->end; c++) digits = d.js[c] >= '0' && d.js[c] <= '9';
         if (digits) {
-            status = ebv_problem(ctx, EBV_ERR_SCHEMA, source, "uses bundle schema version %.40s, but this verifier "
+            status = ebv_problem(ctx, EBV_ERR_SCHEMA, source, "uses bundle schema version %.*s, but this verifier "
                                  "reads versions up to %d; upgrade the verifier or rebuild the bundle with a matching "
-                                 "SDK", d.js + t->start, EDGE_BUNDLE_VERIFY_SCHEMA_VERSION);
+                                 "SDK", t->end - t->start > 40 ? 40 : t->end - t->start, d.js + t->start,
+                                 EDGE_BUNDLE_VERIFY_SCHEMA_VERSION);
         } else {
             status = BAD("has no integer schema_version >= 1");
         }
