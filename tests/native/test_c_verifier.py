@@ -365,3 +365,69 @@ def test_the_make_build_without_libarchive_checks_folders_only(keys: Keys, tmp_p
     archive = pack_bundle(root, tmp_path / "bundle.tar.gz")
     status, errors = c_verify(build / "edge_bundle_verify", archive, keys.public)
     assert status == 2 and "without archive support" in errors
+
+
+# --- manifest edits: the two readers of manifest.json agree on what they accept -------------------------------
+
+def _set(key: str, value: object) -> Callable[[dict], None]:
+    return lambda data: data.__setitem__(key, value)
+
+
+def _entry(index: int, key: str, value: object) -> Callable[[dict], None]:
+    return lambda data: data["files"][index].__setitem__(key, value)
+
+
+def _drop(index: int, key: str) -> Callable[[dict], None]:
+    return lambda data: data["files"][index].pop(key)
+
+
+def _add_path(path: str, data: bytes = b"{}\n") -> Callable[[dict], None]:
+    return lambda manifest: manifest["files"].append(entry(path, data))
+
+
+# json.dumps writes non-ASCII as \u escapes, so these also exercise the C reader's string decoding.
+EDITS: dict[str, Callable[[dict], None]] = {
+    "schema-0": _set("schema_version", 0), "schema-1.0": _set("schema_version", 1.0),
+    "schema-true": _set("schema_version", True), "schema-string": _set("schema_version", "1"),
+    "schema-null": _set("schema_version", None), "schema-huge": _set("schema_version", 10**30),
+    "files-object": _set("files", {}), "files-null": _set("files", None), "files-empty": _set("files", []),
+    "entry-not-object": lambda data: data["files"].__setitem__(0, "portable/inference.onnx"),
+    "no-path": _drop(0, "path"), "no-sha256": _drop(0, "sha256"), "no-size": _drop(0, "size"),
+    "size-negative": _entry(0, "size", -1), "size-float": _entry(0, "size", 3.0), "size-bool": _entry(0, "size", True),
+    "size-string": _entry(0, "size", "3"), "size-wrong": _entry(0, "size", 4),
+    "sha-upper": lambda data: data["files"][0].__setitem__("sha256", data["files"][0]["sha256"].upper()),
+    "sha-short": _entry(0, "sha256", "abc"), "sha-number": _entry(0, "sha256", 5),
+    "path-number": _entry(0, "path", 7), "path-empty": _entry(0, "path", ""),
+    "path-absolute": _entry(0, "path", "/etc/passwd"), "path-drive": _entry(0, "path", "C:evil"),
+    "path-backslash": _entry(0, "path", "portable\\inference.onnx"), "path-nul": _entry(0, "path", "a\x00b"),
+    "path-dot": _entry(0, "path", "./portable/inference.onnx"), "path-trailing-slash": _entry(0, "path", "portable/"),
+    "path-double-slash": _entry(0, "path", "portable//inference.onnx"), "path-long": _entry(0, "path", "a" * 4097),
+    "path-manifest": _entry(0, "path", "manifest.json"), "path-signature": _entry(0, "path", "manifest.sig"),
+    "path-duplicate": lambda data: data["files"].append(dict(data["files"][0])),
+    "path-case-duplicate": lambda data: data["files"].append(dict(data["files"][0], path="PORTABLE/inference.onnx")),
+    "path-file-and-folder": _add_path("portable/inference.onnx/x"),
+    "path-non-ascii-missing": _add_path("tokenizer/vocab-\u00e9\u6f22\U0001f600.json"),
+    "path-escaped-slash-ok": lambda data: None,  # then written with "\/" (below): the same path to both
+    "unlisted-maybe": _set("unlisted_files", "maybe"), "unlisted-number": _set("unlisted_files", 1),
+    "unlisted-allow": _set("unlisted_files", "allow"),
+    "writable-string": _set("writable_paths", ".cache/"), "writable-no-slash": _set("writable_paths", [".cache"]),
+    "writable-up": _set("writable_paths", ["../"]), "writable-absolute": _set("writable_paths", ["/tmp/"]),
+    "writable-number": _set("writable_paths", [3]), "writable-empty": _set("writable_paths", []),
+    "not-an-object": lambda data: (data.clear(), data.__setitem__("_", None)),
+}
+
+
+@pytest.mark.parametrize("name", EDITS)
+def test_c_and_python_agree_on_manifest_edits(name: str, c_cli: Path, tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "bundle")
+    edit_manifest(root, EDITS[name])
+    text = (root / "manifest.json").read_text()
+    if name == "not-an-object":
+        text = "[]"
+    if name == "path-escaped-slash-ok":
+        text = text.replace('"portable/inference.onnx"', '"portable\\/inference.onnx"')
+    (root / "manifest.json").write_text(text)
+    c_status, c_errors = c_verify(c_cli, root, None)
+    python_error = python_verify(root, None)
+    assert (c_status == 0) == (python_error is None), (c_errors, python_error)
+    assert c_status in (0, 1), c_errors
