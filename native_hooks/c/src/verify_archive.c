@@ -145,11 +145,11 @@ int ebv_verify_archive(ebv_ctx *ctx, const char *path, const ebv_key *keys, size
     if ((result = ebv_manifest_parse(ctx, manifest, manifest_len, manifest_member, &parsed))) goto out;
     while (!done) {
         const char *member = entry_name(entry), *problem = ebv_path_problem(member, strlen(member)), *kind;
-        const char *relative = member + top_len;
+        const char *relative;
         ebv_file *file;
         la_int64_t size;
         crypto_hash_sha256_state state;
-        unsigned char buffer[1 << 16], digest[32];
+        unsigned char buffer[1 << 14], digest[32]; /* small: firmware threads have small stacks */
         uint64_t got = 0;
         if (problem) {
             result = REFUSE(member, "its name %s", problem);
@@ -159,6 +159,7 @@ int ebv_verify_archive(ebv_ctx *ctx, const char *path, const ebv_key *keys, size
             result = REFUSE(member, "is outside the archive's bundle folder '%.*s'", (int)(top_len - 1), top);
             goto out;
         }
+        relative = member + top_len;
         if ((kind = entry_kind(entry))) {
             result = REFUSE(member, "is %s; a bundle archive holds regular files only", kind);
             goto out;
