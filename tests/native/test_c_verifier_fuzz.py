@@ -4,18 +4,30 @@ build of the parse driver, always; and libFuzzer for a bounded time when clang w
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import random
+import re
 import shutil
 import subprocess
+import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
 from c_verifier_build import C_SOURCE, cmake_build, make_bundle, require_toolchain, run
 
+from edge_sdk.bundle.archive import check_archive, pack_bundle
+from edge_sdk.errors import EdgeSdkError
+
 CORPUS = C_SOURCE / "fuzz" / "corpus"
 SOURCES = ["src/json.c", "src/manifest.c", "src/signature.c", "src/verify.c", "src/verify_dir.c",
            "src/verify_archive.c"]
+# Where the C verifier is stricter than Python's tarfile and gzip, which stop reading once the tar's end is found
+# and tolerate what follows: the gzip trailer (CRC, length), the gzip header's reserved bits, damage after the last
+# member. Never the other way round: the C verifier must not accept an archive Python refuses.
+_STREAM_LEVEL = re.compile(r"gzip stream|Unrecognized archive format|is damaged|cut short")
 _SANITIZER_MARKS = ("AddressSanitizer", "runtime error:", "LeakSanitizer", "UndefinedBehaviorSanitizer")
 
 
@@ -28,7 +40,9 @@ def _seeds(tmp_path: Path) -> list[bytes]:
 
 def _hostile() -> list[bytes]:
     """Inputs aimed at the parser's edges: nesting, numbers, escapes, sizes, types, paths."""
-    files = '{"schema_version": 1, "files": [%s]}'
+    # A complete manifest (every field the parser checks before the file list) around each file list below.
+    base = json.loads((CORPUS / "policy.manifest.json").read_text())
+    files = json.dumps(base | {"files": "@@FILES@@"}).replace('"@@FILES@@"', "[%s]")
     good = '{"path": "a", "sha256": "' + "0" * 64 + '", "size": 1}'
     cases = [
         b"", b"{", b"}", b"[", b"\x00", b"null", b'"x"', b"{}", b"[]", b"\xef\xbb\xbf{}", b"{\"a\":1,}", b"[1,]",
@@ -52,9 +66,9 @@ def _hostile() -> list[bytes]:
         (files % good.replace('"size": 1', '"size": 1.0')).encode(),
         (files % good.replace("0" * 64, "0" * 63 + "G")).encode(),
         (files % ",".join([good.replace('"a"', f'"f{n}"') for n in range(3000)])).encode(),
-        (b'{"schema_version": 1, "files": [], "writable_paths": ["../", ".cache", "/x/", "a//", 5]}'),
-        (b'{"schema_version": 1, "files": [], "unlisted_files": "maybe"}'),
-        ('{"schema_version": 1, "files": [], "writable_paths": [' + ",".join(['"w/"'] * 100) + "]}").encode(),
+        (files % "").replace('"writable_paths": [', '"writable_paths": ["../", ".cache", "/x/", "a//", 5, ').encode(),
+        (files % "").replace('"refuse"', '"maybe"').encode(),
+        (files % "").replace('"writable_paths": [', '"writable_paths": [' + '"w/", ' * 100).encode(),
         b'{"format": 1, "algorithm": "ed25519", "signatures": []}',
         b'{"format": 2, "algorithm": "ed25519", "signatures": [{}]}',
         b'{"format": 1, "algorithm": "ed25519", "signatures": [{"key_id": "0123456789abcdef", "signature": "===="}]}',
@@ -102,8 +116,8 @@ def sanitized_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_toolchain()
     build = tmp_path_factory.mktemp("c-verifier-asan")
     compiler = shutil.which("gcc") or shutil.which("cc")
-    cmake_build(C_SOURCE, build, ["edge_bundle_verify_parse_driver"], "-DEDGE_BUNDLE_VERIFY_SANITIZE=ON",
-                f"-DCMAKE_C_COMPILER={compiler}")
+    cmake_build(C_SOURCE, build, ["edge_bundle_verify_parse_driver", "edge_bundle_verify"],
+                "-DEDGE_BUNDLE_VERIFY_SANITIZE=ON", f"-DCMAKE_C_COMPILER={compiler}")
     return build / "edge_bundle_verify_parse_driver"
 
 
@@ -124,6 +138,62 @@ def test_generated_corpus_runs_clean_under_sanitizers(sanitized_driver: Path, tm
         report = result.stdout + result.stderr
         assert result.returncode == 0 and not any(mark in report for mark in _SANITIZER_MARKS), report[-4000:]
         assert f"parsed {len(chunk)} inputs" in result.stdout
+
+
+def _damage_after_the_files(tar: bytes, archive: Path) -> bool:
+    """Whether ``archive``'s tar stream equals ``tar`` up to the end of the last member's data: damage only in the
+    end-of-archive blocks, the gzip header's reserved bits or the gzip trailer, which Python's tarfile and gzip
+    may not read and the C verifier refuses (it is stricter there, a documented difference)."""
+    with tarfile.open(fileobj=io.BytesIO(tar)) as original:
+        end = max(member.offset_data + member.size for member in original.getmembers())
+    stream, changed, data = zlib.decompressobj(wbits=31), b"", archive.read_bytes()
+    try:
+        for start in range(0, len(data), 512):
+            changed += stream.decompress(data[start: start + 512])
+    except zlib.error:
+        pass  # what came out before the damage is compared
+    return changed[:end] == tar[:end]
+
+
+def test_mutated_archives_are_refused_cleanly_and_like_python(sanitized_driver: Path, tmp_path: Path) -> None:
+    """Byte-level damage to a packed bundle, in the tar stream and in the gzip stream: the ASan/UBSan build of
+    the CLI never crashes, never accepts what the Python check (check_archive) refuses, and refuses what Python
+    accepts only for damage to the stream itself (see _STREAM_LEVEL)."""
+    cli_path = sanitized_driver.parent / "edge_bundle_verify"
+    if "EDGE_BUNDLE_WITH_ARCHIVE:BOOL=ON" not in (sanitized_driver.parent / "CMakeCache.txt").read_text():
+        pytest.skip("built without libarchive (install libarchive-dev)")
+    root = make_bundle(tmp_path / "bundle")
+    packed = pack_bundle(root, tmp_path / "bundle.tar.gz").read_bytes()
+    tar = gzip.decompress(packed)
+    rng = random.Random(7)
+    variants = []
+    for number in range(120):
+        data = bytearray(tar if number % 3 else packed)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data))
+            if rng.random() < 0.8:
+                data[at] = rng.randrange(256)
+            else:
+                del data[at:]
+                break
+        variants.append(gzip.compress(bytes(data), mtime=0) if number % 3 else bytes(data))
+    disagreements = []
+    for number, data in enumerate(variants):
+        archive = tmp_path / f"variant-{number:03d}.tar.gz"
+        archive.write_bytes(data)
+        result = subprocess.run([str(cli_path), str(archive)], capture_output=True, text=True, timeout=60,
+                                env={"ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "halt_on_error=1"})
+        assert not any(mark in result.stderr for mark in _SANITIZER_MARKS), result.stderr[-4000:]
+        assert result.returncode in (0, 1), (number, result.stderr)
+        try:
+            check_archive(archive, trust=False)
+            python_ok = True
+        except EdgeSdkError:
+            python_ok = False
+        stricter = python_ok and (_damage_after_the_files(tar, archive) or _STREAM_LEVEL.search(result.stderr))
+        if python_ok != (result.returncode == 0) and not stricter:
+            disagreements.append((number, python_ok, result.stderr.strip()))
+    assert disagreements == [], "\n".join(map(str, disagreements))
 
 
 def _libfuzzer_compiler() -> str | None:
