@@ -1,8 +1,8 @@
 """Where the native hooks (the CMake package, the Make fragment, the C verifier's sources) are on this machine.
 
-An installed wheel carries them as package data in ``edge_sdk/native_hooks/`` (pyproject.toml maps the
-repository's ``native_hooks/`` there, since a wheel has no repository root); a source checkout run from the
-repository (``PYTHONPATH=.`` or an editable install) has them in ``native_hooks/`` beside ``edge_sdk/``.
+An installed wheel carries them as package data in ``edge_sdk/native_hooks/`` (in the repository that is a
+symbolic link to ``native_hooks/``, which setuptools follows: a wheel has no repository root). A source checkout
+whose link did not survive (a Windows checkout without symlinks) still has ``native_hooks/`` beside ``edge_sdk/``.
 """
 
 from __future__ import annotations

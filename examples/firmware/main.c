@@ -1,0 +1,63 @@
+/* A firmware-style program using an edge-sdk bundle: what it knows about the bundle comes from the generated
+ * header (no JSON parsing on the device); at start-up it checks the bundle on "flash" with the C verifier and
+ * that the manifest there is the one the firmware was built against. */
+#include <stdio.h>
+#include <string.h>
+
+#include "edge_bundle_topics.h"
+#ifdef FIRMWARE_HAVE_VERIFIER
+#include "edge_bundle_verify.h"
+#endif
+
+#ifndef FIRMWARE_BUNDLE_DIR
+#define FIRMWARE_BUNDLE_DIR "bundle"
+#endif
+
+static void print_tensor(const edge_bundle_tensor *tensor) {
+    size_t d;
+    printf("  %s %s [", tensor->name, tensor->dtype);
+    for (d = 0; d < tensor->rank; ++d) {
+        if (tensor->shape[d].size == EDGE_BUNDLE_DIM_SYMBOLIC) {
+            printf("%s%s", d ? ", " : "", tensor->shape[d].name);
+        } else {
+            printf("%s%lld", d ? ", " : "", (long long)tensor->shape[d].size);
+        }
+    }
+    printf("]\n");
+}
+
+int main(int argc, char **argv) {
+    const char *bundle = argc > 1 ? argv[1] : FIRMWARE_BUNDLE_DIR;
+    int i;
+
+    printf("bundle id: %s version %d (%s, profile %s)\n", EDGE_BUNDLE_TOPICS_ID, EDGE_BUNDLE_TOPICS_VERSION,
+           EDGE_BUNDLE_TOPICS_TASK, EDGE_BUNDLE_TOPICS_PROFILE);
+    printf("files: %d\n", EDGE_BUNDLE_TOPICS_FILE_COUNT);
+    printf("inputs: %d\n", EDGE_BUNDLE_TOPICS_INPUT_COUNT);
+    for (i = 0; i < EDGE_BUNDLE_TOPICS_INPUT_COUNT; ++i) {
+        print_tensor(&edge_bundle_topics_inputs[i]);
+    }
+    printf("labels: %d:", EDGE_BUNDLE_TOPICS_LABEL_COUNT);
+    for (i = 0; i < EDGE_BUNDLE_TOPICS_LABEL_COUNT; ++i) {
+        printf(" %s", edge_bundle_topics_labels[i]);
+    }
+    printf("\nmanifest sha256: %s\n", EDGE_BUNDLE_TOPICS_MANIFEST_SHA256);
+    printf("signed: %s\n", EDGE_BUNDLE_TOPICS_SIGNED ? "yes" : "no");
+
+#ifdef FIRMWARE_HAVE_VERIFIER
+    {
+        edge_bundle_verify_report report;
+        int status = edge_bundle_verify(bundle, NULL, &report);
+        if (status != 0) {
+            printf("bundle %s: verification failed (%d)\n", bundle, status);
+            return 1;
+        }
+        printf("bundle %s: verified\n", bundle);
+        return 0;
+    }
+#else
+    (void)bundle;
+    printf("no C verifier linked: skipping the run-time check\n");
+    return 0;
+#endif
+}
