@@ -28,6 +28,8 @@
 
 # Where this fragment is, taken before any other include changes MAKEFILE_LIST.
 EDGE_SDK_HOOKS := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
+# The including Makefile's default goal stays its own (restored at the end), not this fragment's first rule.
+_EDGE_SDK_DEFAULT_GOAL := $(.DEFAULT_GOAL)
 
 EDGE_SDK ?= edge-sdk
 EDGE_SDK_BUILD_FLAGS ?=
@@ -60,6 +62,7 @@ _EDGE_SDK_INPUTS += $(filter %.toml,$(EDGE_SDK_PROFILE)) $(EDGE_SDK_SIGN_KEY)
 _EDGE_SDK_MANIFEST := $(abspath $(EDGE_SDK_BUNDLE))/manifest.json
 
 $(_EDGE_SDK_MANIFEST): $(_EDGE_SDK_INPUTS)
+	@mkdir -p $(dir $(EDGE_SDK_BUNDLE))
 	$(EDGE_SDK) build $(_EDGE_SDK_SOURCE) --out $(EDGE_SDK_BUNDLE) --overwrite --quiet --json \
 	    --depfile $(EDGE_SDK_BUNDLE).d $(_EDGE_SDK_OPTIONS) $(EDGE_SDK_BUILD_FLAGS) > $(EDGE_SDK_BUNDLE).build.json
 	$(EDGE_SDK) verify $(EDGE_SDK_BUNDLE)
@@ -90,3 +93,5 @@ $(EDGE_SDK_VERIFIER): $(wildcard $(EDGE_SDK_HOOKS)/c/*.c $(EDGE_SDK_HOOKS)/c/*/*
 
 edge-sdk-verify-c: $(_EDGE_SDK_MANIFEST) $(EDGE_SDK_VERIFIER)
 	$(EDGE_SDK_VERIFIER) $(EDGE_SDK_VERIFY_FLAGS) $(EDGE_SDK_BUNDLE)
+
+.DEFAULT_GOAL := $(_EDGE_SDK_DEFAULT_GOAL)
