@@ -51,4 +51,7 @@ def private_device_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     state = tmp_path_factory.mktemp("device-state")
     monkeypatch.setenv("EDGE_SDK_STATE_DIR", str(state))
     monkeypatch.delenv("EDGE_SDK_TRUSTED_KEYS", raising=False)
+    # Builds through the CLI use the build cache: each test its own, so no test is served another's bundle.
+    monkeypatch.setenv("EDGE_SDK_CACHE_DIR", str(tmp_path_factory.mktemp("build-cache")))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     return state

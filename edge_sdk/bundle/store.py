@@ -172,6 +172,11 @@ class BundleWriter:
         (self.staging / MANIFEST_NAME).write_bytes(manifest_bytes)
         if signer is not None:
             (self.staging / SIGNATURE).write_bytes(signer(manifest_bytes))
+        return self.publish()
+
+    def publish(self) -> Path:
+        """Move the staging folder into place as it is: its manifest is already there (``commit`` wrote it, or
+        the caller copied a finished bundle in, as the build cache does)."""
         # A tool that wrote into the staging folder through mkstemp/mkdtemp left its files private (0600/0700).
         for path in [self.staging, *self.staging.rglob("*")]:
             default_permissions(path)

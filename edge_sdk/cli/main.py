@@ -14,6 +14,7 @@ import click
 
 import edge_sdk
 from edge_sdk.cli.adapters import adapters
+from edge_sdk.cli.cache import cache
 from edge_sdk.cli.coverage import coverage
 from edge_sdk.cli.native import cmake_dir, header
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
@@ -90,14 +91,26 @@ def cli(verbose: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and the build's stages; build nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines; only errors (and the --json result).")
+@click.option("--depfile", type=click.Path(path_type=Path),
+              help="Write a Make/Ninja depfile: OUT/manifest.json and every file the build read.")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="The build cache (default $EDGE_SDK_CACHE_DIR, else ~/.cache/edge-sdk/builds).")
+@click.option("--no-cache", is_flag=True, help="Build from scratch; neither read nor fill the build cache.")
 def build(source: Path, out: Path, task: str | None, labels: str | None, adapter: str | None, base: str | None,
           method: str | None, rank: int | None, alpha: float | None, target_modules: str | None,
           max_length: int | None, profile: str | None, seed: int | None, calibration_data: Path | None,
           precision: str | None, adapter_from: Path | None, bundle_id: str | None, bundle_version: int | None,
-          sign_key: Path | None, overwrite: bool, dry_run: bool, as_json: bool) -> None:
-    """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml)."""
+          sign_key: Path | None, overwrite: bool, dry_run: bool, as_json: bool, quiet: bool, depfile: Path | None,
+          cache_dir: Path | None, no_cache: bool) -> None:
+    """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml).
+
+    Builds are reproducible (the same inputs give the same bytes), cached by their inputs, and never use the
+    network: the model must be local."""
+    _offline()
     try:
-        from edge_sdk.host.build import build_bundle, describe_build
+        from edge_sdk.host.build import build as build_with_cache
+        from edge_sdk.host.build import describe_build
         from edge_sdk.host.config import BuildConfig, load_recipe
         from edge_sdk.host.model_source import check_gguf_file, check_model_dir
     except ImportError as exc:
@@ -137,24 +150,41 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
             for number, stage in enumerate(plan["stages"], start=1):
                 click.echo(f"{number:2}. {stage['name']}: {stage['does']}")
         return
-    path = build_bundle(config, out, overwrite=overwrite, progress=None if as_json else note, sign=signing_key)
-    from edge_sdk.bundle import open_bundle
+    from edge_sdk.host.build_cache import BuildCache
+    from edge_sdk.host.build_inputs import config_inputs
+    from edge_sdk.host.depfile import write_depfile
 
-    # Checked, not trusted: the host's EDGE_SDK_TRUSTED_KEYS (if any) is for bundles it runs, not ones it builds.
-    manifest = open_bundle(path, trust=False).manifest
-    size = sum(entry.size for entry in manifest.files)
+    resolved, _profile = config.for_profile()
+    labels_file = Path(labels) if labels and Path(labels).is_file() else None
+    inputs = config_inputs(resolved, labels_file=labels_file, signing_key=sign_key)
+    result = build_with_cache(config, out, overwrite=overwrite, progress=None if as_json or quiet else note,
+                              sign=signing_key, cache=None if no_cache else BuildCache(cache_dir), inputs=inputs)
+    if depfile is not None:
+        write_depfile(depfile, result.bundle / "manifest.json", [item.path for item in inputs])
+    path, manifest = result.bundle, result.manifest
+    size = sum(result.sizes.values())
     signed_by = signing_key and signing_key.key_id
     target = _target_summary(path, manifest)
     if as_json:
-        emit_json({"bundle": str(path), "task": manifest.task, "labels": manifest.labels, "bytes": size,
-                   "seconds": manifest.build["seconds"], "validation": manifest.build["validation_max_abs_diff"],
-                   "bundle_id": manifest.bundle_id, "version": manifest.version, "signed_by": signed_by,
-                   "profile": manifest.profile["name"], "target": target and target["json"]})
-    else:
-        click.echo(f"built {path} ({size / 1e6:.1f} MB, {manifest.build['seconds']} s), {manifest.bundle_id} "
+        emit_json({"bundle": str(path), "manifest_sha256": result.manifest_sha256, "cached": result.cached,
+                   "task": manifest.task, "labels": manifest.labels, "bytes": size, "files": len(manifest.files),
+                   "sizes": result.sizes, "seconds": result.seconds,
+                   "validation": manifest.build["validation_max_abs_diff"], "bundle_id": manifest.bundle_id,
+                   "version": manifest.version, "signed_by": signed_by, "profile": manifest.profile["name"],
+                   "target": target and target["json"], "warnings": result.warnings})
+    elif not quiet:
+        how = "copied from the build cache" if result.cached else "built"
+        click.echo(f"{how}: {path} ({size / 1e6:.1f} MB, {result.seconds} s), {manifest.bundle_id} "
                    f"version {manifest.version}" + (f", signed by key {signed_by}" if signed_by else ""))
         if target:
             click.echo(target["text"])
+
+
+def _offline() -> None:
+    """A build never reaches the network: Hugging Face libraries read only local files (a model that is not
+    local fails, naming it) and send no telemetry. Set before they are imported."""
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ[variable] = "1"
 
 
 def _target_summary(path: Path, manifest) -> dict | None:
@@ -570,6 +600,7 @@ def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, 
 
 cli.add_command(adapters)
 cli.add_command(profiles)
+cli.add_command(cache)
 cli.add_command(coverage)
 cli.add_command(keys)
 cli.add_command(sign)

@@ -41,6 +41,16 @@ def _native_stderr_captured(sink: Path):
             os.close(saved)
 
 
+def _restart_onnxblock_names() -> None:
+    """Reproducible builds: onnxblock names the nodes it adds from a process-wide counter ("onnx::AdamWOptimizer::N"),
+    so a second build in one process would name them differently. Restart the counter (a private of onnxruntime
+    1.19's onnxblock; if it moves, the names merely depend on the builds before, which a test then shows)."""
+    from onnxruntime.training.onnxblock import _graph_utils
+
+    if isinstance(getattr(_graph_utils, "_GRAPH_TOKEN", None), int):
+        _graph_utils._GRAPH_TOKEN = 0
+
+
 def build_training_artifacts(graph: ExportedGraph, loss, directory: Path) -> dict[str, str]:
     """Write the four ORT training artifacts for ``graph`` with the onnxblock ``loss`` into ``directory``."""
     from onnxruntime.training import artifacts
@@ -48,6 +58,7 @@ def build_training_artifacts(graph: ExportedGraph, loss, directory: Path) -> dic
     directory.mkdir(parents=True, exist_ok=True)
     model = graph.model
     native_log = directory.parent / "artifacts.log"
+    _restart_onnxblock_names()
     try:
         with _native_stderr_captured(native_log):
             artifacts.generate_artifacts(

@@ -105,6 +105,7 @@ class BuildConfig:
     bundle_version: int = 1
     # Task data (JSONL/CSV) that calibrates the static int8 target graph of an int8-qdq profile (fpga-vitisai).
     calibration_data: Path | None = None
+    recipe: Path | None = None  # the recipe file this config came from: a build input (hashed, in the depfile)
 
     @property
     def resolved_bundle_id(self) -> str:
@@ -242,6 +243,7 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         bundle_id=data.get("bundle_id", default_bundle_id(path.name, str(data["task"]))),
         bundle_version=data.get("bundle_version", 1),
         calibration_data=(path.parent / str(data["calibration_data"])) if "calibration_data" in data else None,
+        recipe=path.resolve(),
     )
 
 

@@ -13,7 +13,9 @@ def check_model_dir(path: Path) -> Path:
     """Fail early, naming the folder, when it cannot hold a Hugging Face model."""
     if not path.exists():
         raise ModelSourceError(
-            f"model folder {str(path)!r} does not exist; pass a Hugging Face model folder or a recipe (.toml)"
+            f"model folder {str(path)!r} does not exist; pass a local Hugging Face model folder or a recipe (.toml). "
+            "edge-sdk never downloads models: fetch a hub model first (e.g. `huggingface-cli download ORG/NAME "
+            "--local-dir models/NAME`) and pass that folder"
         )
     if not path.is_dir():
         raise ModelSourceError(f"{str(path)!r} is a file, not a model folder or a recipe (.toml)")

@@ -20,6 +20,7 @@ import numpy as np
 
 from edge_sdk.bundle import BundleWriter, Manifest
 from edge_sdk.bundle.atomic import storage_errors
+from edge_sdk.host.build_inputs import InputFile, config_inputs, manifest_record, shaping_versions, source_date_epoch
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.graph_set import GraphSet
 from edge_sdk.profiles import Profile
@@ -115,13 +116,19 @@ def merge_fragment(manifest: Fragment, fragment: Fragment) -> None:
 
 
 def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: Progress | None = None,
-              signer: Callable[[bytes], bytes] | None = None) -> Path:
+              signer: Callable[[bytes], bytes] | None = None, inputs: list[InputFile] | None = None) -> Path:
     """Build a bundle for ``config`` at ``out`` (atomically: on failure nothing is left at ``out``); ``signer``
-    makes the signature file from the manifest's bytes (see ``BundleWriter.commit``)."""
+    makes the signature file from the manifest's bytes (see ``BundleWriter.commit``); ``inputs``: the files the
+    build reads, hashed (by default those ``config`` names), recorded in the manifest.
+
+    The bundle is a function of its inputs: no clock, host name or absolute path reaches it (``build.created``
+    only from ``$SOURCE_DATE_EPOCH``), so the same inputs give the same bytes."""
     report = progress or (lambda _message: None)
-    started = time.perf_counter()
     config.validate()
     config, profile = config.for_profile()
+    if inputs is None:
+        inputs = config_inputs(config)
+    epoch = source_date_epoch()
     stages = plan(config)
     # The writer checks the destination first, so a build that cannot be written fails before the work. A full
     # disk at any write (the exporter's, ONNX Runtime's, the staged files, the swap) is reported as such; the
@@ -130,9 +137,11 @@ def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, pro
             prefix=".edge-sdk-build.", dir=writer.staging.parent) as scratch:
         state = BuildState(config=config, spec=task_spec(config.task), profile=profile,
                            scratch=Path(scratch))
-        draft: Fragment = {"build": {"stages": [stage.name for stage in stages]}}
+        draft: Fragment = {"build": {"stages": [stage.name for stage in stages], "inputs": manifest_record(inputs),
+                                     "versions": shaping_versions()}}
+        if epoch is not None:
+            draft["build"]["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
         for stage in stages:
             report(stage.summary)
             merge_fragment(draft, stage.run(state, writer, draft))
-        draft["build"]["seconds"] = round(time.perf_counter() - started, 1)
         return writer.commit(Manifest(**draft), signer=signer)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import platform
-
 import edge_sdk
 from edge_sdk.bundle.layout import TOKENIZER_FILE
+from edge_sdk.host.build_inputs import portable_name
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
 
@@ -57,8 +56,6 @@ def model_dimensions(config) -> dict:
 
 
 def _run(state: BuildState, _writer, _draft) -> Fragment:
-    import onnxruntime
-    import torch
 
     from edge_sdk.host.model_loading import load_for_task
 
@@ -77,7 +74,7 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
         "labels": list(config.labels),
         "max_length": config.max_length,
         "model": {
-            "source": config.source_description or str(config.model_dir),
+            "source": portable_name(config.source_description or str(config.model_dir)),
             "model_type": loaded.model_type,
             "architecture": type(loaded.model.get_base_model()).__name__,
             "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
@@ -95,15 +92,11 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
             "modules_to_save": loaded.modules_to_save,
             "trainable_parameters": int(sum(v.size for v in state.initial.values())),
         },
-        "profile": state.profile.to_dict(),
+        "profile": state.profile.to_dict() | {"source": portable_name(state.profile.source)},
         "sdk_version": edge_sdk.__version__,
-        "build": {
-            "seed": config.seed,
-            "opset": config.opset,
-            "host": {"python": platform.python_version(), "torch": torch.__version__,
-                     "onnxruntime": onnxruntime.__version__},
-        },
+        "build": {"seed": config.seed, "opset": config.opset},
     }
+
 
 
 STAGE = Stage("load-model", "loading the model and applying the PEFT adapter", _run)
