@@ -236,11 +236,22 @@ def _kind(member: tarfile.TarInfo) -> str | None:
     return None
 
 
+class _Discard(io.RawIOBase):
+    """Where a check-only pass writes: nowhere."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        return len(data)
+
+
 class _Unpacker:
     """One pass over an archive's members into a staging folder (see the module docstring)."""
 
-    def __init__(self, archive: Path, staging: Path, check_signature: SignatureCheck | None, max_members: int,
+    def __init__(self, archive: Path, staging: Path | None, check_signature: SignatureCheck | None, max_members: int,
                  max_bytes: int) -> None:
+        # staging None: check only (check_archive), every member is hashed and nothing is written.
         self.archive = str(archive)
         self.staging = staging
         self.check_signature = check_signature
@@ -339,7 +350,7 @@ class _Unpacker:
         if self.total > self.max_bytes:
             raise self.refuse(name, f"the listed files exceed the cap of {self.max_bytes} bytes in all")
         try:  # the standard library's own rules for untrusted archives, as a second layer
-            tarfile.data_filter(member, str(self.staging))
+            tarfile.data_filter(member, str(self.staging or Path.cwd() / ".edge-sdk-check"))
         except tarfile.FilterError as exc:
             raise self.refuse(name, f"refused by tarfile's data filter ({exc})") from exc
         source = tar.extractfile(member)
@@ -359,6 +370,8 @@ class _Unpacker:
         written.add(relative)
 
     def _create(self, relative: str) -> IO[bytes]:
+        if self.staging is None:
+            return _Discard()
         target = self.staging / relative
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -392,6 +405,70 @@ def _check_destination(out: Path, overwrite: bool) -> None:
                            "choose another --out")
 
 
+def _signature_check(trust: Trust, check_signature: SignatureCheck | None) -> SignatureCheck | None:
+    if check_signature is not None:
+        return check_signature
+    policy = resolve_trust(trust)
+    if policy is None:
+        return None
+
+    def check(manifest_bytes: bytes, signature_bytes: bytes | None, source: str) -> None:
+        from edge_sdk.bundle.signing import check_manifest_signature  # cryptography: only when asked
+
+        check_manifest_signature(manifest_bytes, signature_bytes, source, policy)
+    return check
+
+
+def _check_archive_arguments(archive: Path, max_members: int, max_bytes: int) -> None:
+    if not archive.is_file():
+        raise ArchiveError(f"archive {str(archive)!r} does not exist or is not a file; pass the .tar.gz that "
+                           "`edge-sdk pack` wrote")
+    if max_members < 1 or max_bytes < 0:
+        raise ConfigError(f"the caps must be positive (max_members={max_members}, max_bytes={max_bytes})")
+
+
+def _read_archive(archive: Path, unpacker: _Unpacker) -> tuple[bytes, Manifest, bytes | None]:
+    """One pass of ``unpacker`` over the archive's stream, read errors turned into ArchiveErrors."""
+    # Headers, PAX records, padding, the manifest and signature: a little beyond the files themselves.
+    limit = unpacker.max_bytes + unpacker.max_members * _HEADER_ALLOWANCE + MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES
+    with open(archive, "rb") as raw, _decompressed(raw, str(archive)) as stream:
+        try:
+            with tarfile.open(fileobj=_CappedReader(stream, limit, str(archive)), mode="r|") as tar:
+                return unpacker.run(tar)
+        except _READ_ERRORS as exc:
+            raise ArchiveError(f"archive {str(archive)!r} is damaged or truncated at member "
+                               f"{unpacker.current!r} ({type(exc).__name__}: {exc}); get it again from its "
+                               "source") from exc
+        except OSError as exc:  # reading the archive (gzip's own checks raise BadGzipFile, an OSError)
+            raise ArchiveError(f"archive {str(archive)!r} cannot be read at member {unpacker.current!r} "
+                               f"({exc.strerror or exc}); get it again from its source") from exc
+
+
+@dataclass(frozen=True)
+class CheckedArchive:
+    """What :func:`check_archive` found: the bundle's manifest and its files' count and bytes."""
+
+    archive: Path
+    manifest: Manifest
+    manifest_bytes: bytes
+    signature: bytes | None
+    files: int
+    bytes: int
+
+
+def check_archive(archive: str | os.PathLike, *, trust: Trust = None, check_signature: SignatureCheck | None = None,
+                  max_members: int = DEFAULT_MAX_MEMBERS, max_bytes: int = DEFAULT_MAX_BYTES) -> CheckedArchive:
+    """Every check :func:`unpack_bundle` makes (signature, members, sizes, hashes, nothing missing), writing
+    nothing: what ``edge-sdk verify ARCHIVE`` does, so an archive can be checked before it is installed (and
+    compared with the C verifier, which checks archives the same way)."""
+    archive = Path(archive)
+    _check_archive_arguments(archive, max_members, max_bytes)
+    unpacker = _Unpacker(archive, None, _signature_check(trust, check_signature), max_members, max_bytes)
+    manifest_bytes, manifest, signature = _read_archive(archive, unpacker)
+    return CheckedArchive(archive=archive, manifest=manifest, manifest_bytes=manifest_bytes, signature=signature,
+                          files=len(manifest.files), bytes=unpacker.total)
+
+
 def unpack_bundle(archive: str | os.PathLike, out: str | os.PathLike, *, trust: Trust = None,
                   check_signature: SignatureCheck | None = None, max_members: int = DEFAULT_MAX_MEMBERS,
                   max_bytes: int = DEFAULT_MAX_BYTES, overwrite: bool = False) -> UnpackedBundle:
@@ -406,38 +483,16 @@ def unpack_bundle(archive: str | os.PathLike, out: str | os.PathLike, *, trust: 
     after unpacking does not hash them again (bar any written in the last seconds: see verification.py).
     """
     archive, out = Path(archive), Path(out)
-    if check_signature is None:
-        policy = resolve_trust(trust)
-        if policy is not None:
-            def check_signature(manifest_bytes: bytes, signature_bytes: bytes | None, source: str) -> None:
-                from edge_sdk.bundle.signing import check_manifest_signature  # cryptography: only when asked
-
-                check_manifest_signature(manifest_bytes, signature_bytes, source, policy)
-    if not archive.is_file():
-        raise ArchiveError(f"archive {str(archive)!r} does not exist or is not a file; pass the .tar.gz that "
-                           "`edge-sdk pack` wrote")
-    if max_members < 1 or max_bytes < 0:
-        raise ConfigError(f"the caps must be positive (max_members={max_members}, max_bytes={max_bytes})")
+    check_signature = _signature_check(trust, check_signature)
+    _check_archive_arguments(archive, max_members, max_bytes)
     _check_destination(out, overwrite)
     try:
         staging = staging_folder(out)
     except OSError as exc:
         raise _write_error(exc, f"the folder {str(out)!r}") from exc
     unpacker = _Unpacker(archive, staging, check_signature, max_members, max_bytes)
-    # Headers, PAX records, padding, the manifest and signature: a little beyond the files themselves.
-    limit = max_bytes + max_members * _HEADER_ALLOWANCE + MAX_MANIFEST_BYTES + MAX_SIGNATURE_BYTES
     try:
-        with open(archive, "rb") as raw, _decompressed(raw, str(archive)) as stream:
-            try:
-                with tarfile.open(fileobj=_CappedReader(stream, limit, str(archive)), mode="r|") as tar:
-                    manifest_bytes, manifest, signature = unpacker.run(tar)
-            except _READ_ERRORS as exc:
-                raise ArchiveError(f"archive {str(archive)!r} is damaged or truncated at member "
-                                   f"{unpacker.current!r} ({type(exc).__name__}: {exc}); get it again from its "
-                                   "source") from exc
-            except OSError as exc:  # reading the archive (gzip's own checks raise BadGzipFile, an OSError)
-                raise ArchiveError(f"archive {str(archive)!r} cannot be read at member {unpacker.current!r} "
-                                   f"({exc.strerror or exc}); get it again from its source") from exc
+        manifest_bytes, manifest, signature = _read_archive(archive, unpacker)
         _check_destination(out, overwrite)  # nothing appeared there meanwhile
         try:
             replace_folder(staging, out)

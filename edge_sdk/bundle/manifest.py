@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from edge_sdk.bundle.paths import check_listed_paths
+from edge_sdk.bundle.paths import check_listed_paths, check_relative_path
 from edge_sdk.errors import BundleError, BundleVersionError, EdgeSdkError
 
 SCHEMA_VERSION = 1
@@ -22,6 +22,8 @@ MANIFEST_NAME = "manifest.json"
 # A manifest without a ``version`` predates bundle versions: it ranks below every versioned build (>= 1), so
 # a device that accepted a versioned bundle refuses an old unversioned one of the same id.
 UNVERSIONED = 0
+# A manifest's file policy (``unlisted_files``): whether a full check tolerates files it does not list.
+UNLISTED_FILES = ("allow", "refuse")
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -124,6 +126,17 @@ def _tensor_specs(value: Any, source: str, where: str) -> list[TensorSpec]:
     return specs
 
 
+def _writable_paths(value: Any, source: str) -> list[str]:
+    """``writable_paths``: safe relative folder names, each ending in "/" (so ".cache/" never matches ".cachex")."""
+    paths = _strings(value, source, "writable_paths")
+    for number, path in enumerate(paths):
+        if not path.endswith("/") or len(path) < 2:
+            raise _malformed(source, f"writable_paths[{number}]", "a folder path ending in '/' (e.g. '.cache/')",
+                             path)
+        check_relative_path(path[:-1], f"{source}, writable_paths[{number}]")
+    return paths
+
+
 def _check_files(value: Any, source: str) -> None:
     """Types of the file list (FileEntry.from_dict checks the paths themselves)."""
     if not isinstance(value, list):
@@ -188,6 +201,11 @@ class Manifest:
     version: int = 1
     # The accelerator's target graph of an int8-qdq profile (``targets/<profile>/``); absent before such profiles.
     target: dict[str, Any] | None = None
+    # File policy: "refuse" makes a full check refuse any file the manifest does not list, except under
+    # ``writable_paths`` (folders ending in "/" the device writes into: compile caches, the adapter store) and
+    # the manifest and its signature. "allow", the default, is what bundles before this field meant.
+    unlisted_files: str = "allow"
+    writable_paths: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.bundle_id:
@@ -201,6 +219,8 @@ class Manifest:
         data = asdict(self)
         if data["target"] is None:  # bundles without a target graph keep the manifest they always had
             del data["target"]
+        if data["unlisted_files"] == "allow" and not data["writable_paths"]:  # likewise without a file policy
+            del data["unlisted_files"], data["writable_paths"]
         return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
     @classmethod
@@ -238,6 +258,10 @@ class Manifest:
             TargetSpec.from_dict(_object(target, source, "target"), source)
         files = _required(data, "files", source, "")
         _check_files(files, source)
+        unlisted_files = data.get("unlisted_files", "allow")
+        if unlisted_files not in UNLISTED_FILES:
+            raise _malformed(source, "unlisted_files", "'allow' or 'refuse'", unlisted_files)
+        writable_paths = _writable_paths(data.get("writable_paths", []), source)
         sdk_version = _required(data, "sdk_version", source, "")
         if not isinstance(sdk_version, (str, int, float)) or isinstance(sdk_version, bool):
             raise _malformed(source, "sdk_version", "a version string", sdk_version)
@@ -255,6 +279,8 @@ class Manifest:
                 bundle_id=bundle_id or "",
                 version=version,
                 target=dict(target) if target is not None else None,
+                unlisted_files=unlisted_files,
+                writable_paths=writable_paths,
                 **{name: dict(section) for name, section in sections.items()},
             )
         except BundleError as exc:

@@ -31,7 +31,7 @@ from typing import Literal
 
 from edge_sdk.bundle.atomic import atomic_write_text
 from edge_sdk.bundle.manifest import Manifest
-from edge_sdk.bundle.paths import outside_target
+from edge_sdk.bundle.paths import RESERVED, outside_target
 from edge_sdk.bundle.state_dir import state_dir
 from edge_sdk.errors import BundleIntegrityError, ConfigError
 
@@ -207,6 +207,9 @@ def verify_files(root: Path, manifest: Manifest, manifest_bytes: bytes, level: L
                 problems.append(f"{entry.path}: content changed since the build (sha256 mismatch)")
                 continue
         keys[entry.path] = key
+    if level == "full" and manifest.unlisted_files == "refuse":
+        problems.extend(f"{path}: not listed in the manifest (its unlisted_files is 'refuse')"
+                        for path in unlisted_files(root, manifest))
     if problems:
         raise BundleIntegrityError(
             f"bundle {str(root)!r} failed verification: " + "; ".join(problems)
@@ -215,6 +218,33 @@ def verify_files(root: Path, manifest: Manifest, manifest_bytes: bytes, level: L
     if hashed or previous is None or previous.files != keys:
         save_stamp(Stamp(bundle=str(root), manifest_sha256=manifest_sha256, checked_ns=started, files=keys))
     return VerificationReport(level=level, hashed=tuple(hashed), trusted=tuple(trusted))
+
+
+def unlisted_files(root: Path, manifest: Manifest) -> list[str]:
+    """Bundle paths of every entry under ``root`` that is not a folder and that the manifest neither lists nor
+    allows (under one of its ``writable_paths``; ``manifest.json``, ``manifest.sig``), sorted. Symlinks are
+    not followed (an unlisted one is itself reported); writable folders are not entered (a compile cache can
+    be large). A folder that cannot be listed is reported as a problem too: what it holds is unknown."""
+    listed = {entry.path for entry in manifest.files} | set(RESERVED)
+    writable = tuple(manifest.writable_paths)
+    found: list[str] = []
+    pending = [""]  # an explicit stack: no recursion depth that depends on the bundle
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(root / folder if folder else root) as entries:
+                children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+        except OSError as exc:
+            found.append(f"{folder or '.'} (cannot be listed: {exc.strerror or exc})")
+            continue
+        for name, is_folder in children:
+            relative = f"{folder}{name}"
+            if is_folder:
+                if not (writable and f"{relative}/".startswith(writable)):
+                    pending.append(f"{relative}/")
+            elif relative not in listed and not (writable and relative.startswith(writable)):
+                found.append(relative)
+    return sorted(found)
 
 
 def record_stamp(root: Path, manifest: Manifest, manifest_bytes: bytes) -> None:

@@ -302,11 +302,15 @@ _trusted_key_option = click.option(
 @click.option("--json", "as_json", is_flag=True)
 def verify(bundle: Path, trusted_keys: tuple[Path, ...], as_json: bool) -> None:
     """Check a bundle's signature (given trusted keys) and hash every file against its manifest (refreshing the
-    bundle's verification stamp)."""
+    bundle's verification stamp). BUNDLE may also be an archive (.tar.gz): it is checked as `unpack` would,
+    without installing anything."""
     from edge_sdk.bundle.signing import signature_status
     from edge_sdk.bundle.store import verify_bundle
 
     policy = _trust_policy(trusted_keys)
+    if bundle.is_file():
+        _verify_archive(bundle, policy, as_json)
+        return
     manifest = verify_bundle(bundle, trust=policy if policy is not None else False)
     status = signature_status(bundle, policy)
     if as_json:
@@ -321,6 +325,31 @@ def verify(bundle: Path, trusted_keys: tuple[Path, ...], as_json: bool) -> None:
     else:
         signed = "not signed"
     click.echo(f"ok: {len(manifest.files)} files match the manifest; {manifest.bundle_id} version "
+               f"{manifest.version}, {signed}")
+
+
+def _verify_archive(archive: Path, policy, as_json: bool) -> None:
+    from edge_sdk.bundle.archive import check_archive
+    from edge_sdk.bundle.signing import check_manifest_signature, parse_signatures
+
+    verified_by: list[str] = []
+
+    def check(manifest_bytes: bytes, signature_bytes: bytes | None, source: str) -> None:
+        verified_by.extend(check_manifest_signature(manifest_bytes, signature_bytes, source, policy))
+
+    checked = check_archive(archive, check_signature=check if policy is not None else None)
+    signed_by = ([s.key_id for s in parse_signatures(checked.signature, f"{archive}:manifest.sig")]
+                 if checked.signature is not None else [])
+    manifest = checked.manifest
+    if as_json:
+        emit_json({"bundle": str(archive), "archive": True, "ok": True, "files": checked.files,
+                   "bundle_id": manifest.bundle_id, "version": manifest.version, "signed": bool(signed_by),
+                   "signed_by": signed_by, "trust_checked": policy is not None, "verified_by": verified_by})
+        return
+    signed = (f"signed by trusted key {', '.join(verified_by)}" if verified_by else
+              f"signed by key {', '.join(signed_by)} (not checked: give --trusted-key PUB)" if signed_by else
+              "not signed")
+    click.echo(f"ok: archive holds {checked.files} files matching the manifest; {manifest.bundle_id} version "
                f"{manifest.version}, {signed}")
 
 

@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from edge_sdk.bundle.atomic import atomic_path, atomic_write_text
+from edge_sdk.bundle.layout import ADAPTERS_DIR  # the store's folder inside the bundle
 from edge_sdk.bundle.manifest import Manifest
 from edge_sdk.bundle.store import Bundle, sha256_file
 from edge_sdk.device.adapter_history import (
@@ -41,7 +42,6 @@ from edge_sdk.device.store_lock import StoreLock
 from edge_sdk.errors import AdapterError
 
 INITIAL = "initial"
-ADAPTERS_DIR = "adapters"   # the store's folder inside the bundle
 ACTIVE_FILE = "active.json"  # which adapter serves when none is named (`edge-sdk adapters activate`)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _METADATA_KEY = "edge_sdk"

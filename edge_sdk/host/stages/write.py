@@ -8,7 +8,7 @@ import os
 from safetensors.numpy import save_file
 
 from edge_sdk.bundle import BundleWriter
-from edge_sdk.bundle.layout import BASE_WEIGHTS, INITIAL_ADAPTER, ORT_TRAINING_DIR, TOKENIZER_DIR
+from edge_sdk.bundle.layout import ADAPTERS_DIR, BASE_WEIGHTS, INITIAL_ADAPTER, ORT_TRAINING_DIR, TOKENIZER_DIR
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
 
@@ -20,7 +20,9 @@ def _run(state: BuildState, writer: BundleWriter, _draft) -> Fragment:
         folder = writer.folder(ORT_TRAINING_DIR)
         for name in state.ort_artifacts.values():
             os.replace(state.ort_dir / name, folder / name)  # the scratch folder sits beside the staging one
-    return {}
+    # The bundle holds exactly these files: a full check refuses any other, except where the device writes
+    # (execution providers' compile caches under .cache/, the adapter store and its deployed graphs).
+    return {"unlisted_files": "refuse", "writable_paths": [".cache/", f"{ADAPTERS_DIR}/"]}
 
 
 STAGE = Stage("write", "writing the bundle", _run)
