@@ -6,6 +6,8 @@
 
 #include "edge_bundle_topics.h"
 #ifdef FIRMWARE_HAVE_VERIFIER
+#include <sodium.h>
+
 #include "edge_bundle_verify.h"
 #endif
 
@@ -25,6 +27,29 @@ static void print_tensor(const edge_bundle_tensor *tensor) {
     }
     printf("]\n");
 }
+
+#ifdef FIRMWARE_HAVE_VERIFIER
+/* sha256 of a file as 64 lowercase hex digits (libsodium: the verifier's own dependency). */
+static int manifest_sha256_hex(const char *path, char hex[2 * crypto_hash_sha256_BYTES + 1]) {
+    crypto_hash_sha256_state state;
+    unsigned char digest[crypto_hash_sha256_BYTES];
+    unsigned char buffer[4096];
+    size_t got;
+    FILE *file = fopen(path, "rb");
+    if (file == NULL || sodium_init() < 0) {
+        if (file != NULL) fclose(file);
+        return 0;
+    }
+    crypto_hash_sha256_init(&state);
+    while ((got = fread(buffer, 1, sizeof buffer, file)) > 0) {
+        crypto_hash_sha256_update(&state, buffer, got);
+    }
+    fclose(file);
+    crypto_hash_sha256_final(&state, digest);
+    sodium_bin2hex(hex, 2 * crypto_hash_sha256_BYTES + 1, digest, sizeof digest);
+    return 1;
+}
+#endif
 
 int main(int argc, char **argv) {
     const char *bundle = argc > 1 ? argv[1] : FIRMWARE_BUNDLE_DIR;
@@ -47,12 +72,27 @@ int main(int argc, char **argv) {
 #ifdef FIRMWARE_HAVE_VERIFIER
     {
         edge_bundle_verify_report report;
+        char path[4096];
+        char computed[2 * crypto_hash_sha256_BYTES + 1];
         int status = edge_bundle_verify(bundle, NULL, &report);
-        if (status != 0) {
-            printf("bundle %s: verification failed (%d)\n", bundle, status);
+        if (status != EBV_OK) {
+            printf("bundle %s: verification failed (%s): %s: %s\n", bundle, edge_bundle_verify_status_name(status),
+                   report.file, report.reason);
             return 1;
         }
-        printf("bundle %s: verified\n", bundle);
+        printf("bundle %s: verified (%lu files)\n", bundle, report.files_checked);
+        /* The files match the manifest there; is that manifest the one this firmware was built against? */
+        if (snprintf(path, sizeof path, "%s/manifest.json", bundle) >= (int)sizeof path ||
+            !manifest_sha256_hex(path, computed)) {
+            printf("bundle %s: cannot read manifest.json\n", bundle);
+            return 2;
+        }
+        if (strcmp(computed, EDGE_BUNDLE_TOPICS_MANIFEST_SHA256) != 0) {
+            printf("bundle %s: manifest sha256 %s differs from the firmware's %s\n", bundle, computed,
+                   EDGE_BUNDLE_TOPICS_MANIFEST_SHA256);
+            return 1;
+        }
+        printf("manifest sha256 matches the header\n");
         return 0;
     }
 #else

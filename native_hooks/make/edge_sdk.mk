@@ -57,9 +57,10 @@ _EDGE_SDK_OPTIONS := $(if $(EDGE_SDK_LABELS),--labels $(EDGE_SDK_LABELS)) \
     $(if $(EDGE_SDK_PROFILE),--profile $(EDGE_SDK_PROFILE)) $(if $(EDGE_SDK_SIGN_KEY),--sign $(EDGE_SDK_SIGN_KEY))
 _EDGE_SDK_INPUTS += $(filter %.toml,$(EDGE_SDK_PROFILE)) $(EDGE_SDK_SIGN_KEY)
 
-# The depfile names the manifest by its absolute path, so the rule does too (make would take a relative and an
-# absolute name for two different targets); the name the user wrote, if different, follows it.
-_EDGE_SDK_MANIFEST := $(abspath $(EDGE_SDK_BUNDLE))/manifest.json
+# The depfile names the manifest by its absolute path with symbolic links resolved, so the rule does too (make
+# would take a relative and an absolute name for two different targets); the name the user wrote, if different,
+# follows it. realpath needs an existing folder: before the first build there is no depfile to match either.
+_EDGE_SDK_MANIFEST := $(or $(realpath $(EDGE_SDK_BUNDLE)),$(abspath $(EDGE_SDK_BUNDLE)))/manifest.json
 
 $(_EDGE_SDK_MANIFEST): $(_EDGE_SDK_INPUTS)
 	@mkdir -p $(dir $(EDGE_SDK_BUNDLE))
@@ -86,10 +87,11 @@ edge-sdk-verify: $(_EDGE_SDK_MANIFEST)
 # The C verifier: the same check firmware runs on the device, built here with the host's C compiler.
 EDGE_SDK_VERIFY_BUILD ?= $(dir $(EDGE_SDK_BUNDLE))edge_sdk_verify
 EDGE_SDK_VERIFIER ?= $(EDGE_SDK_VERIFY_BUILD)/edge_bundle_verify
+# e.g. --public-key keys/edge-sdk.pub --require-signature
 EDGE_SDK_VERIFY_FLAGS ?=
 
 $(EDGE_SDK_VERIFIER): $(wildcard $(EDGE_SDK_HOOKS)/c/*.c $(EDGE_SDK_HOOKS)/c/*/*.c $(EDGE_SDK_HOOKS)/c/include/*.h)
-	$(MAKE) -C $(EDGE_SDK_HOOKS)/c BUILD_DIR=$(abspath $(EDGE_SDK_VERIFY_BUILD))
+	$(MAKE) -C $(EDGE_SDK_HOOKS)/c BUILD=$(abspath $(EDGE_SDK_VERIFY_BUILD))
 
 edge-sdk-verify-c: $(_EDGE_SDK_MANIFEST) $(EDGE_SDK_VERIFIER)
 	$(EDGE_SDK_VERIFIER) $(EDGE_SDK_VERIFY_FLAGS) $(EDGE_SDK_BUNDLE)

@@ -166,7 +166,7 @@ def write_edge_sdk_wrapper(folder: Path, log: Path | None = None) -> Path:
     arguments there first (how tests see whether a build ran edge-sdk at all)."""
     folder.mkdir(parents=True, exist_ok=True)
     wrapper = folder / "edge-sdk"
-    lines = ["#!" + sys.executable, "import os, sys", f"sys.path.insert(0, {str(REPO)!r})"]
+    lines = ["#!" + sys.executable, "import sys", f"sys.path.insert(0, {str(REPO)!r})"]
     if log is not None:
         lines += [f"with open({str(log)!r}, 'a', encoding='utf-8') as handle:",
                   "    handle.write(' '.join(sys.argv[1:]) + '\\n')"]
@@ -197,9 +197,10 @@ def copy_model(base: Path, destination: Path) -> Path:
     return Path(shutil.copytree(tiny_model(base), destination))
 
 
-def build_environment(cache: Path) -> dict[str, str]:
-    """The environment for builds a test runs: a private build cache, quiet progress, no trusted keys."""
+def build_environment(base: Path) -> dict[str, str]:
+    """The environment for builds a test runs: the session's private build cache under ``base`` (shared, so the
+    same tiny build in another test is a cache hit), no trusted keys."""
     environment = dict(os.environ)
-    environment["EDGE_SDK_CACHE_DIR"] = str(cache)
+    environment["EDGE_SDK_CACHE_DIR"] = str(base / "native-build-cache")
     environment.pop("EDGE_SDK_TRUSTED_KEYS", None)
     return environment
