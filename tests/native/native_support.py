@@ -204,3 +204,14 @@ def build_environment(base: Path) -> dict[str, str]:
     environment["EDGE_SDK_CACHE_DIR"] = str(base / "native-build-cache")
     environment.pop("EDGE_SDK_TRUSTED_KEYS", None)
     return environment
+
+
+def touch_newer(path: Path, than: Path) -> None:
+    """Give ``path`` the current time as its mtime, waiting first until that is over a second newer than
+    ``than``'s (file systems with coarse timestamps must see the difference); never a time in the future, which
+    would make every later build look out of date."""
+    import time
+
+    while time.time_ns() < than.stat().st_mtime_ns + 1_100_000_000:
+        time.sleep(0.2)
+    os.utime(path)

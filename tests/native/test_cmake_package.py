@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -30,6 +29,7 @@ from native_support import (  # noqa: E402
     check_header_matches,
     copy_model,
     header_as_json,
+    touch_newer,
     write_edge_sdk_wrapper,
 )
 
@@ -122,21 +122,17 @@ def test_bundle_is_rebuilt_when_and_only_when_an_input_changes(firmware: dict) -
     # folder's config.json.
     data["edge_sdk_test_note"] = "edited"
     tokenizer.write_text(json.dumps(data))
-    _bump_mtime(tokenizer)
+    touch_newer(tokenizer, manifest)
     _cmake("--build", build, env=env)
     assert len(_build_runs(log)) == runs + 1
 
     _cmake("--build", build, env=env)
     assert len(_build_runs(log)) == runs + 1
-    _bump_mtime(config)
+    touch_newer(config, manifest)
     _cmake("--build", build, env=env)
     assert len(_build_runs(log)) == runs + 2
 
 
-def _bump_mtime(path: Path) -> None:
-    # A few seconds ahead of now: file systems with coarse timestamps must still see it as newer than the bundle.
-    later = time.time_ns() + 5_000_000_000
-    os.utime(path, ns=(later, later))
 
 
 def test_cmake_dir_prints_the_package_folder() -> None:
@@ -157,7 +153,8 @@ def _probe(tmp_path: Path, body: str, *defines: str) -> subprocess.CompletedProc
     """Configure a one-file project (C enabled: the verify component builds C) that runs ``body``."""
     source = tmp_path / "probe"
     source.mkdir(exist_ok=True)
-    (source / "CMakeLists.txt").write_text(f"cmake_minimum_required(VERSION 3.20)\nproject(probe LANGUAGES C)\n{body}\n")
+    header = "cmake_minimum_required(VERSION 3.20)\nproject(probe LANGUAGES C)\n"
+    (source / "CMakeLists.txt").write_text(f"{header}{body}\n")
     shutil.rmtree(tmp_path / "probe-build", ignore_errors=True)
     return _cmake("-S", source, "-B", tmp_path / "probe-build", *defines, check=False)
 
