@@ -29,6 +29,7 @@ from native_support import (  # noqa: E402
     check_header_matches,
     copy_model,
     header_as_json,
+    tiny_model,
     touch_newer,
     write_edge_sdk_wrapper,
 )
@@ -227,3 +228,49 @@ def test_wheel_carries_the_native_hooks(tmp_path: Path) -> None:
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(installed)}).stdout.strip()
     assert printed == str(installed / "edge_sdk" / "native_hooks" / "cmake")
+
+
+_SIGNED_PROJECT = """\
+cmake_minimum_required(VERSION 3.20)
+project(signed_firmware LANGUAGES C)
+find_package(EdgeSdk 0.1 CONFIG REQUIRED COMPONENTS verify)
+edge_sdk_add_bundle(NAME signed MODEL "{model}" TASK seq-cls LABELS business sport tech PROFILE cpu
+                    OUTPUT bundles/signed SIGN_KEY "{key}" EXTRA_ARGS --max-length 32)
+add_executable(fw main.c)
+target_link_libraries(fw PRIVATE EdgeSdk::bundle_signed)
+edge_sdk_verify_bundle(TARGET fw BUNDLE signed PUBLIC_KEY "{public_key}")
+get_target_property(header edge_bundle_signed EDGE_SDK_BUNDLE_HEADER)
+message(STATUS "header=${{header}} dir=${{EDGE_SDK_BUNDLE_signed_DIR}}")
+"""
+
+
+@needs_cmake
+def test_signed_bundle_is_verified_with_its_public_key_after_the_build(
+        tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from edge_sdk.bundle.keys import SigningKey, generate_keys
+
+    keys, other = generate_keys(tmp_path / "keys"), generate_keys(tmp_path / "other")
+    source = tmp_path / "source"
+    source.mkdir()
+    model = tiny_model(tmp_path_factory.getbasetemp())  # not edited here: the shared copy, likely a cache hit
+    (source / "CMakeLists.txt").write_text(_SIGNED_PROJECT.format(model=model, key=keys.private_key,
+                                                                  public_key=keys.public_key))
+    (source / "main.c").write_text('#include "edge_bundle_signed.h"\n'
+                                   "int main(void) { return EDGE_BUNDLE_SIGNED_SIGNED == 1 ? 0 : 1; }\n")
+    env = build_environment(tmp_path_factory.getbasetemp())
+    wrapper = write_edge_sdk_wrapper(tmp_path / "bin")
+    build = tmp_path / "build"
+    configured = _cmake("-S", source, "-B", build, f"-DEdgeSdk_DIR={PACKAGE}", f"-DEDGE_SDK_EXECUTABLE={wrapper}",
+                        env=env)
+    assert f"header={build / 'edge_bundle_signed.h'} dir={build / 'bundles' / 'signed'}" in configured.stdout
+    built = _cmake("--build", build, env=env)
+    assert "edge-sdk: verifying bundle signed" in built.stdout
+    assert subprocess.run([str(build / "fw")]).returncode == 0
+    key_id = SigningKey.load(keys.private_key).key_id
+    assert f'#define EDGE_BUNDLE_SIGNED_SIGNING_KEY_ID "{key_id}"' in (build / "edge_bundle_signed.h").read_text()
+    # The POST_BUILD command is the C verifier with the key: another key fails it (exit 1, a failed check).
+    verifier = build / "edge_sdk_verify" / "edge_bundle_verify"
+    checked = subprocess.run([str(verifier), "--public-key", str(other.public_key), str(build / "bundles" / "signed")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
