@@ -25,7 +25,15 @@ get_filename_component(_edge_sdk_cmake_dir "${CMAKE_CURRENT_LIST_FILE}" DIRECTOR
 get_filename_component(EdgeSdk_HOOKS_DIR "${_edge_sdk_cmake_dir}/.." ABSOLUTE)
 set(EdgeSdk_VERIFY_SOURCE_DIR "${EdgeSdk_HOOKS_DIR}/c")
 
-find_program(EDGE_SDK_EXECUTABLE NAMES edge-sdk DOC "The edge-sdk program that builds bundles and headers")
+# Installed from a wheel, this file is <env>/lib/pythonX.Y/site-packages/edge_sdk/native_hooks/cmake/: that
+# environment's edge-sdk is the one that matches it, found even when the environment is not activated (PATHS come
+# after the PATH, so an edge-sdk the user put first still wins).
+set(_edge_sdk_env_bin "")
+if(EdgeSdk_HOOKS_DIR MATCHES "^(.*)/lib/python[^/]*/site-packages/edge_sdk/native_hooks$")
+  set(_edge_sdk_env_bin "${CMAKE_MATCH_1}/bin")
+endif()
+find_program(EDGE_SDK_EXECUTABLE NAMES edge-sdk PATHS ${_edge_sdk_env_bin}
+             DOC "The edge-sdk program that builds bundles and headers")
 
 # --- component verify: the C verifier ------------------------------------------------------------------------
 
@@ -235,3 +243,4 @@ endfunction()
 unset(_edge_sdk_want_verify)
 unset(_edge_sdk_component)
 unset(_edge_sdk_cmake_dir)
+unset(_edge_sdk_env_bin)
