@@ -124,11 +124,13 @@ def _dims(spec: TensorSpec) -> list[str]:
 
 def _index_macros(prefix: str, kind: str, names: list[str]) -> list[str]:
     """``#define <PREFIX>_<KIND>_<NAME> <index>`` for each name whose identifier form is non-empty and unique
-    (two labels "a b" and "a-b" would both be A_B: neither gets a macro rather than one silently winning)."""
+    (two labels "a b" and "a-b" would both be A_B: neither gets a macro rather than one silently winning), and
+    that is not COUNT (taken by the count macro)."""
     fragments = [c_identifier(name) for name in names]
     lines = []
     for index, fragment in enumerate(fragments):
-        if fragment and fragments.count(fragment) == 1:
+        # A label "count" would redefine <PREFIX>_LABEL_COUNT, the number of labels.
+        if fragment and fragment != "COUNT" and fragments.count(fragment) == 1:
             lines.append(f"#define {prefix}_{kind}_{fragment} {index}")
     return lines
 

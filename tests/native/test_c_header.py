@@ -29,7 +29,7 @@ needs_cc = pytest.mark.skipif(not compilers(), reason="no C compiler")
 # Strings a careless generator gets wrong: quotes, backslashes, trigraphs, control characters, non-ASCII
 # followed by what would extend a hex escape, a comment terminator.
 TRICKY = ['say "hi"', "back\\slash", "??=trigraph??/", "tab\there\nnewline", "café", "é9f", "ünï\u00e7ode ✓",
-          "*/ not a comment end", "%s%d"]
+          "*/ not a comment end", "%s%d", "count", "x y", "x-y"]
 
 
 def _weird_bundle(folder: Path) -> Path:
@@ -84,6 +84,9 @@ def test_header_round_trips_every_value_and_compiles_strictly(tmp_path: Path) ->
     assert "#define EDGE_BUNDLE_WEIRD_LABEL_SAY_HI 0" in text
     # Non-ASCII names get no index macro ("café" would become a misleading CAF).
     assert "EDGE_BUNDLE_WEIRD_LABEL_CAF" not in text and "_9F" not in text
+    # "count" must not redefine the label count; "x y" and "x-y" collide as X_Y: neither gets a macro.
+    assert f"#define EDGE_BUNDLE_WEIRD_LABEL_COUNT {len(TRICKY)}\n" in text and text.count("_LABEL_COUNT ") == 1
+    assert "_LABEL_X_Y" not in text
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
