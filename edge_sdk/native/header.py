@@ -35,6 +35,9 @@ from edge_sdk.errors import BundleError, ConfigError
 # unit then fail loudly (#error) instead of silently disagreeing about a layout.
 TYPES_VERSION = 1
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Names whose symbols would collide with others': EDGE_BUNDLE_TYPES_VERSION and EDGE_BUNDLE_DIM_SYMBOLIC (the shared
+# types here), edge_bundle_verify.h, EDGE_BUNDLE_VERIFY_VERSION and the edge_bundle_verify target (the C verifier).
+RESERVED_NAMES = frozenset({"types", "dim", "verify"})
 _MAX_NAME = 64
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 # manifest.sig is a few hundred bytes; anything far larger is not one (and is not read into memory).
@@ -46,12 +49,17 @@ _NAMED_ESCAPES = {"\\": "\\\\", '"': '\\"', "?": "\\?", "\n": "\\n", "\t": "\\t"
 
 
 def check_header_name(name: object) -> str:
-    """``name`` if it can name a header and its symbols (a C identifier of at most 64 characters), else a
-    ConfigError saying why and giving an example."""
+    """``name`` if it can name a header and its symbols (a C identifier of at most 64 characters, not a reserved
+    one), else a ConfigError saying why and giving an example."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > _MAX_NAME:
         raise ConfigError(
             f"header name {name!r} is not a C identifier; use 1-{_MAX_NAME} letters, digits and '_', not starting "
             "with a digit (e.g. 'topics': the header is edge_bundle_topics.h and its symbols edge_bundle_topics_*)"
+        )
+    if name.lower() in RESERVED_NAMES:
+        raise ConfigError(
+            f"header name {name!r} is reserved: edge_bundle_{name.lower()}* and EDGE_BUNDLE_{name.upper()}_* "
+            "name the shared types and the C verifier; choose another (e.g. 'topics')"
         )
     return name
 

@@ -59,6 +59,12 @@ def test_names_that_are_not_c_identifiers_are_refused(name) -> None:
         check_header_name(name)
 
 
+@pytest.mark.parametrize("name", ["verify", "Types", "DIM"])
+def test_names_of_shared_symbols_are_reserved(name: str) -> None:
+    with pytest.raises(ConfigError, match="reserved"):
+        check_header_name(name)
+
+
 def test_c_string_escapes_are_exact_and_never_merge() -> None:
     assert c_string('a"b\\c') == '"a\\"b\\\\c"'
     assert c_string("??=") == '"\\?\\?="'  # no trigraph survives

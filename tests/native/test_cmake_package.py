@@ -188,6 +188,7 @@ def test_verify_component_and_both_ways_of_finding_the_package(tmp_path: Path) -
 @needs_cmake
 @pytest.mark.parametrize(("call", "message"), [
     ("edge_sdk_add_bundle(NAME my-bundle RECIPE r.toml OUTPUT b)", "not a C identifier"),
+    ("edge_sdk_add_bundle(NAME verify RECIPE r.toml OUTPUT b)", "NAME 'verify' is reserved"),
     ("edge_sdk_add_bundle(NAME b MODEL m OUTPUT b)", "MODEL needs TASK"),
     ("edge_sdk_add_bundle(NAME b RECIPE r.toml MODEL m TASK seq-cls OUTPUT b)", "RECIPE or MODEL, not both"),
     ("edge_sdk_add_bundle(NAME b RECIPE r.toml)", "OUTPUT <bundle dir> is required"),
