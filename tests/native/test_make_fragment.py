@@ -4,6 +4,7 @@ verifier; and the old include path still works."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -26,13 +27,16 @@ from native_support import (  # noqa: E402
 MAKE = shutil.which("make")
 needs_make = pytest.mark.skipif(MAKE is None or shutil.which("cc") is None, reason="no make or C compiler")
 
+_RECIPE = """\
+model = "{model}"
+task = "seq-cls"
+labels = ["business", "sport", "tech"]
+max_length = 32
+"""
 _MAKEFILE = """\
-EDGE_SDK_MODEL := {model}
-EDGE_SDK_TASK := seq-cls
-EDGE_SDK_LABELS := business,sport,tech
+EDGE_SDK_RECIPE := topics.toml
 EDGE_SDK_BUNDLE := out/topics
 EDGE_SDK_NAME := topics
-EDGE_SDK_BUILD_FLAGS := --max-length 32
 include {fragment}
 
 all: firmware
@@ -74,7 +78,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     wrapper = write_edge_sdk_wrapper(root / "bin", log)
     folder = root / "project"
     folder.mkdir()
-    (folder / "Makefile").write_text(_MAKEFILE.format(model=model, fragment=REPO / "native_hooks/make/edge_sdk.mk"))
+    (folder / "topics.toml").write_text(_RECIPE.format(model=model))
+    (folder / "Makefile").write_text(_MAKEFILE.format(fragment=REPO / "native_hooks/make/edge_sdk.mk"))
     (folder / "main.c").write_text(_MAIN)
     env = build_environment(tmp_path_factory.getbasetemp()) | {"EDGE_SDK": str(wrapper)}
     first = _make(folder, env=env)
@@ -109,6 +114,14 @@ def test_make_reruns_edge_sdk_when_and_only_when_an_input_changes(project: dict)
     _make(folder, env=env)
     assert _build_runs(log) == runs + 1
     assert "Nothing to be done" in _make(folder, env=env).stdout
+
+    recipe = folder / "topics.toml"  # a new release in the recipe: rebuilt, and the header follows
+    recipe.write_text(recipe.read_text() + "bundle_version = 2\n")
+    touch_newer(recipe, manifest)
+    _make(folder, env=env)
+    assert _build_runs(log) == runs + 2
+    assert json.loads(manifest.read_text())["version"] == 2
+    assert "#define EDGE_BUNDLE_TOPICS_VERSION 2\n" in project["header"].read_text()
 
 
 @needs_make
