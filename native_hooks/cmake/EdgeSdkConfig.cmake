@@ -21,6 +21,11 @@ if(CMAKE_VERSION VERSION_LESS 3.20)
   return()
 endif()
 
+# find_package gives this file its own policy scope, and functions keep the policies of where they were defined:
+# the depfile is read the 3.20 way (paths relative to the binary folder, transformed for Ninja) even in projects
+# whose cmake_minimum_required is older.
+cmake_policy(SET CMP0116 NEW)
+
 get_filename_component(_edge_sdk_cmake_dir "${CMAKE_CURRENT_LIST_FILE}" DIRECTORY)
 get_filename_component(EdgeSdk_HOOKS_DIR "${_edge_sdk_cmake_dir}/.." ABSOLUTE)
 set(EdgeSdk_VERIFY_SOURCE_DIR "${EdgeSdk_HOOKS_DIR}/c")
