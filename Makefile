@@ -10,9 +10,22 @@ FIXTURES := build/test-fixtures
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup setup-openvino quickstart test test-host test-device test-stock test-openvino test-slow lint bench clean
+.PHONY: setup setup-native setup-openvino quickstart test test-host test-device test-stock test-openvino test-slow lint bench clean
 
-setup: $(HOST)/.installed $(DEVICE)/.installed $(STOCK)/.installed $(OPENVINO)/.installed
+setup: setup-native $(HOST)/.installed $(DEVICE)/.installed $(STOCK)/.installed $(OPENVINO)/.installed
+
+# Firmware pipelines (native_hooks/): CMake, the C verifier's libraries (libsodium for SHA-256 and Ed25519, jsmn
+# for JSON, libarchive for bundle archives) and clang's libFuzzer, from Debian's packages. Installed when missing
+# and run as root (CI); otherwise the command to run is printed.
+NATIVE_PACKAGES := cmake make gcc pkg-config libsodium-dev libjsmn-dev libarchive-dev clang-14 libclang-rt-14-dev
+setup-native:
+	@missing=$$(for package in $(NATIVE_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+			|| { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
+		else echo "firmware pipelines need Debian packages: sudo apt-get install $$missing" >&2; exit 1; fi; \
+	fi
 
 $(HOST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(HOST)

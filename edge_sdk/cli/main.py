@@ -142,23 +142,33 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
     from edge_sdk.bundle.keys import SigningKey
 
     signing_key = SigningKey.load(sign_key) if sign_key is not None else None  # a bad key fails before the build
+    from edge_sdk.host.build_cache import BuildCache, cache_key
+    from edge_sdk.host.build_inputs import config_inputs
+    from edge_sdk.host.depfile import write_depfile
+
+    config.validate()
+    resolved, _profile = config.for_profile()
+    labels_file = Path(labels) if labels and Path(labels).is_file() else None
+    inputs = config_inputs(resolved, labels_file=labels_file, signing_key=sign_key)
+    build_cache = None if no_cache else BuildCache(cache_dir)
     if dry_run:
-        plan = describe_build(config) | {"out": str(out), "signed_by": signing_key and signing_key.key_id}
+        key = cache_key(resolved, inputs, signing_key and signing_key.key_id)
+        hit = build_cache is not None and build_cache.lookup(key) is not None
+        plan = describe_build(config) | {
+            "out": str(out), "signed_by": signing_key and signing_key.key_id,
+            "inputs": [{"role": item.role, "path": str(item.path), "sha256": item.sha256, "bytes": item.size}
+                       for item in inputs],
+            "cache": {"dir": None if build_cache is None else str(build_cache.root), "key": key, "hit": hit}}
         if as_json:
             emit_json(plan)
         else:
             for number, stage in enumerate(plan["stages"], start=1):
                 click.echo(f"{number:2}. {stage['name']}: {stage['does']}")
+            click.echo(f"inputs: {len(inputs)} files, {sum(item.size for item in inputs) / 1e6:.1f} MB; "
+                       + ("the build cache holds this bundle" if hit else "not in the build cache"))
         return
-    from edge_sdk.host.build_cache import BuildCache
-    from edge_sdk.host.build_inputs import config_inputs
-    from edge_sdk.host.depfile import write_depfile
-
-    resolved, _profile = config.for_profile()
-    labels_file = Path(labels) if labels and Path(labels).is_file() else None
-    inputs = config_inputs(resolved, labels_file=labels_file, signing_key=sign_key)
     result = build_with_cache(config, out, overwrite=overwrite, progress=None if as_json or quiet else note,
-                              sign=signing_key, cache=None if no_cache else BuildCache(cache_dir), inputs=inputs)
+                              sign=signing_key, cache=build_cache, inputs=inputs)
     if depfile is not None:
         write_depfile(depfile, result.bundle / "manifest.json", [item.path for item in inputs])
     path, manifest = result.bundle, result.manifest

@@ -143,6 +143,8 @@ class BuildCache:
             staging = None
             self.prune(max_cache_bytes(), keep=key)
         except OSError as exc:
+            if (self.root / key / _ENTRY).is_file():
+                return  # a concurrent build of the same inputs stored it first: the same bytes
             _log.warning("could not store the bundle in the build cache %s (%s); the next build of the same inputs "
                          "builds again", self.root, exc.strerror or exc)
         finally:

@@ -62,10 +62,11 @@ class Calibration:
         return [{name: value[row:row + 1] for name, value in self.inputs.items()} for row in range(self.examples)]
 
     def save(self, path: Path) -> None:
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
-        save_file({name: np.ascontiguousarray(value) for name, value in self.inputs.items()}, str(path),
-                  metadata={"format": "edge-sdk-calibration", "source": self.source})
+        data = save({name: np.ascontiguousarray(value) for name, value in self.inputs.items()},
+                    metadata={"format": "edge-sdk-calibration", "source": self.source})
+        path.write_bytes(_sorted_header(data))
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
@@ -77,6 +78,14 @@ class Calibration:
                            source=(handle.metadata() or {}).get("source", path.name))
         except Exception as exc:  # safetensors' own errors
             raise ConfigError(f"calibration file {str(path)!r} cannot be read: {exc}") from exc
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """safetensors writes its metadata from a hash map, in an order that changes from run to run; the same file
+    with its JSON header's keys sorted (same length, same offsets) keeps builds byte-identical."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + length]), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return data[:8] + header.ljust(length) + data[8 + length:]
 
 
 def device_tools(bundle: Bundle):

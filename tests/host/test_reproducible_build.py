@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from make_fixtures import write_topic_data
 from tiny_models import make_tiny_bert, make_tiny_chat_llama
 
 from edge_sdk.bundle.archive import pack_bundle
@@ -49,7 +50,7 @@ def file_hashes(bundle: Path) -> dict[str, str]:
             for path in sorted(bundle.rglob("*")) if path.is_file()}
 
 
-@pytest.mark.parametrize("kind", ["seq-cls-float32", "seq-cls-int8-compute", "causal-lm"])
+@pytest.mark.parametrize("kind", ["seq-cls-float32", "seq-cls-int8-compute", "causal-lm", "seq-cls-fpga-vitisai"])
 def test_the_same_inputs_give_a_byte_identical_bundle_from_any_folder(kind: str, bert: Path, llama: Path,
                                                                        tmp_path: Path) -> None:
     model = llama if kind == "causal-lm" else bert
@@ -58,6 +59,9 @@ def test_the_same_inputs_give_a_byte_identical_bundle_from_any_folder(kind: str,
     def config(folder: Path) -> BuildConfig:
         if kind == "causal-lm":
             return BuildConfig(model_dir=folder, task="causal-lm", labels=(), max_length=32)
+        if kind.endswith("fpga-vitisai"):  # the static int8 target graph, calibrated by ONNX Runtime
+            return BuildConfig(model_dir=folder, task="seq-cls", labels=LABELS, max_length=32, profile="fpga-vitisai",
+                               calibration_data=write_topic_data(tmp_path / "calibration.jsonl", 24, seed=1))
         return BuildConfig(model_dir=folder, task="seq-cls", labels=LABELS, max_length=32,
                            base="int8-compute" if kind.endswith("int8-compute") else None)
 
@@ -107,6 +111,8 @@ def test_an_unchanged_rebuild_comes_from_the_cache_and_any_change_misses(bert: P
     fresh = built(model, *common)
     again = built(model, *common)
     assert (fresh["cached"], again["cached"]) == (False, True)
+    plan = json.loads(run("build", model, *common, "--dry-run", "--json").stdout)
+    assert plan["cache"]["hit"] is True and {item["role"] for item in plan["inputs"]} == {"model"}
     assert again["manifest_sha256"] == fresh["manifest_sha256"]
     assert set(again) >= {"bundle", "manifest_sha256", "cached", "bytes", "files", "sizes", "warnings"}
     assert again["sizes"] == fresh["sizes"] and sum(again["sizes"].values()) == again["bytes"]

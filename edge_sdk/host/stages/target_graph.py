@@ -43,7 +43,8 @@ def _run(state: BuildState, writer: BundleWriter, draft: Fragment) -> Fragment:
         "static_shapes": target.static_shapes,
         "opset": target.opset,
         "quantization": target.quantization,
-        "validation": target.validation,
+        # Without the CPU timings: a measurement of the build machine's moment would make every build's bytes differ.
+        "validation": {key: value for key, value in target.validation.items() if key != "cpu_ms_per_example"},
         "coverage": f"{folder_name}/{COVERAGE_FILE}",
         "calibration": f"{folder_name}/{CALIBRATION_FILE}",
         "provider_config": f"{folder_name}/{config}" if config else None,
