@@ -1,6 +1,6 @@
 /* libFuzzer harness for the parsers that read untrusted bytes: manifest.json, manifest.sig and a PEM public
  * key. Every input goes through all three (a seed manifest mutates into signature-file shapes and back).
- *   clang -fsanitize=fuzzer,address,undefined -Iinclude -Isrc src/*.c fuzz/fuzz_manifest.c -lsodium
+ *   clang -fsanitize=fuzzer,address,undefined -Iinclude -Isrc (every src .c file) fuzz/fuzz_manifest.c -lsodium
  * parse_driver.c runs the same function over files, for compilers without libFuzzer. */
 #include <stdint.h>
 #include <stdlib.h>

@@ -357,6 +357,86 @@ static int parse_writable(ebv_ctx *ctx, const doc *d, int at, const char *source
     return EBV_OK;
 }
 
+/* The rest of the manifest, to the depth edge_sdk/bundle/manifest.py's Manifest.from_json checks it: a manifest
+ * the Python runtime refuses is refused here too, even though this verifier reads only the file list. (Python
+ * keeps the last of two equal keys; so does this walk, for these fields.) Deeper checks of the sections'
+ * contents (tokenizer, peft, target, ...) stay with the runtime that uses them. */
+enum { F_TASK, F_LABELS, F_MAX_LENGTH, F_INPUTS, F_OUTPUTS, F_TRAINABLE, F_SDK_VERSION, F_BUNDLE_ID, F_VERSION,
+       F_TARGET, F_MODEL, F_TOKENIZER, F_PEFT, F_TRAINING, F_INFERENCE, F_PROFILE, F_BUILD, F_COUNT };
+static const char *const FIELDS[F_COUNT] = {"task", "labels", "max_length", "inputs", "outputs", "trainable",
+                                            "sdk_version", "bundle_id", "version", "target", "model", "tokenizer",
+                                            "peft", "training", "inference", "profile", "build"};
+
+static int is_null(const doc *d, const jsmntok_t *t) { return t->type == JSMN_PRIMITIVE && d->js[t->start] == 'n'; }
+
+static int is_number(const doc *d, const jsmntok_t *t) {
+    char c = d->js[t->start];
+    return t->type == JSMN_PRIMITIVE && (c == '-' || (c >= '0' && c <= '9'));
+}
+
+static int tensor_specs(const doc *d, int at) {
+    int i = at + 1;
+    if (d->tok[at].type != JSMN_ARRAY) return 0;
+    for (int n = 0; n < d->tok[at].size; n++, i = skip(d, i)) {
+        int name = -1, dtype = -1, shape = -1, j = i + 1;
+        if (d->tok[i].type != JSMN_OBJECT) return 0;
+        for (int k = 0; k < d->tok[i].size; k++, j = skip(d, j + 1)) {
+            if (key_is(d, &d->tok[j], "name")) name = j + 1;
+            else if (key_is(d, &d->tok[j], "dtype")) dtype = j + 1;
+            else if (key_is(d, &d->tok[j], "shape")) shape = j + 1;
+        }
+        if (name < 0 || dtype < 0 || shape < 0 || d->tok[name].type != JSMN_STRING ||
+            d->tok[dtype].type != JSMN_STRING || d->tok[shape].type != JSMN_ARRAY)
+            return 0;
+        for (int e = 0, x = shape + 1; e < d->tok[shape].size; e++, x = skip(d, x)) {
+            long long dim;
+            if (d->tok[x].type != JSMN_STRING && !integer(d, &d->tok[x], &dim)) return 0;
+        }
+    }
+    return 1;
+}
+
+static int check_fields(ebv_ctx *ctx, const doc *d, const char *source) {
+    int at[F_COUNT], i = 1;
+    long long value;
+    for (int f = 0; f < F_COUNT; f++) at[f] = -1;
+    for (int k = 0; k < d->tok[0].size; k++, i = skip(d, i + 1))
+        for (int f = 0; f < F_COUNT; f++)
+            if (key_is(d, &d->tok[i], FIELDS[f])) at[f] = i + 1;
+    for (int f = 0; f < F_COUNT; f++)
+        if (at[f] < 0 && f != F_BUNDLE_ID && f != F_VERSION && f != F_TARGET)
+            return BAD("field %s is missing", FIELDS[f]);
+    for (int f = F_MODEL; f < F_COUNT; f++)
+        if (d->tok[at[f]].type != JSMN_OBJECT) return BAD("field %s must be a JSON object", FIELDS[f]);
+    if (at[F_TARGET] >= 0 && !is_null(d, &d->tok[at[F_TARGET]]) && d->tok[at[F_TARGET]].type != JSMN_OBJECT)
+        return BAD("field target must be a JSON object");
+    if (d->tok[at[F_TASK]].type != JSMN_STRING) return BAD("field task must be a string");
+    if (d->tok[at[F_LABELS]].type != JSMN_ARRAY) return BAD("field labels must be an array of strings");
+    for (int e = 0, x = at[F_LABELS] + 1; e < d->tok[at[F_LABELS]].size; e++, x = skip(d, x))
+        if (d->tok[x].type != JSMN_STRING) return BAD("field labels must be an array of strings");
+    if (!integer(d, &d->tok[at[F_MAX_LENGTH]], &value) || value < 1)
+        return BAD("field max_length must be an integer >= 1");
+    for (int f = F_INPUTS; f <= F_TRAINABLE; f++)
+        if (!tensor_specs(d, at[f])) return BAD("field %s must be an array of {name, dtype, shape} objects", FIELDS[f]);
+    if (d->tok[at[F_SDK_VERSION]].type != JSMN_STRING && !is_number(d, &d->tok[at[F_SDK_VERSION]]))
+        return BAD("field sdk_version must be a version string");
+    if (at[F_VERSION] >= 0 && (!integer(d, &d->tok[at[F_VERSION]], &value) || value < 1))
+        return BAD("key 'version': bundle version is not valid; use an integer >= 1");
+    if (at[F_BUNDLE_ID] >= 0 && !is_null(d, &d->tok[at[F_BUNDLE_ID]])) {
+        const jsmntok_t *t = &d->tok[at[F_BUNDLE_ID]];
+        const char *id = d->js + t->start;
+        int n = t->end - t->start, ok = t->type == JSMN_STRING && n >= 1 && n <= 128;
+        /* [A-Za-z0-9][A-Za-z0-9._-]{0,127}; an escape is none of these characters */
+        for (int c = 0; ok && c < n; c++) {
+            char x = id[c];
+            ok = (x >= 'A' && x <= 'Z') || (x >= 'a' && x <= 'z') || (x >= '0' && x <= '9') ||
+                 (c > 0 && (x == '.' || x == '_' || x == '-'));
+        }
+        if (!ok) return BAD("key 'bundle_id': bundle id is not valid");
+    }
+    return EBV_OK;
+}
+
 int ebv_manifest_parse(ebv_ctx *ctx, const char *data, size_t len, const char *source, ebv_manifest *m) {
     doc d;
     int status, schema = -1, files = -1, unlisted = -1, writable = -1, i;
@@ -387,9 +467,10 @@ int ebv_manifest_parse(ebv_ctx *ctx, const char *data, size_t len, const char *s
         int digits = t && t->type == JSMN_PRIMITIVE && d.js[t->start] >= '1' && d.js[t->start] <= '9';
         for (int c = t ? t->start : 0; digits && c < t->end; c++) digits = d.js[c] >= '0' && d.js[c] <= '9';
         if (digits) {
-            status = ebv_problem(ctx, EBV_ERR_SCHEMA, source, "uses bundle schema version %.40s, but this verifier "
+            status = ebv_problem(ctx, EBV_ERR_SCHEMA, source, "uses bundle schema version %.*s, but this verifier "
                                  "reads versions up to %d; upgrade the verifier or rebuild the bundle with a matching "
-                                 "SDK", d.js + t->start, EDGE_BUNDLE_VERIFY_SCHEMA_VERSION);
+                                 "SDK", t->end - t->start > 40 ? 40 : t->end - t->start, d.js + t->start,
+                                 EDGE_BUNDLE_VERIFY_SCHEMA_VERSION);
         } else {
             status = BAD("has no integer schema_version >= 1");
         }
@@ -402,6 +483,7 @@ int ebv_manifest_parse(ebv_ctx *ctx, const char *data, size_t len, const char *s
         goto done;
     }
     m->schema_version = (long)schema_version;
+    if ((status = check_fields(ctx, &d, source))) goto done;
     if (unlisted >= 0) {
         if (key_is(&d, &d.tok[unlisted], "refuse")) {
             m->refuse_unlisted = 1;

@@ -3,6 +3,7 @@
  * then no signature by a trusted key, then no trusted signature that verifies. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
@@ -78,22 +79,33 @@ int ebv_load_keys(ebv_ctx *ctx, ebv_key *keys, size_t *count) {
                            (unsigned long)n);
     for (size_t i = 0; i < n; i++) {
         const char *file = options->public_key_files[i], *why = "";
-        char pem[EBV_MAX_KEY_FILE_BYTES + 1];
+        char *pem;
         size_t len;
+        int parsed;
         FILE *handle = file ? fopen(file, "rb") : NULL;
         if (!handle)
             return ebv_problem(ctx, EBV_ERR_USAGE, file ? file : "(null)", "cannot read the public key: %s",
                                file ? strerror(errno) : "NULL path");
-        len = fread(pem, 1, sizeof pem, handle);
-        if (ferror(handle)) {
+        pem = malloc(EBV_MAX_KEY_FILE_BYTES + 1);
+        if (!pem) {
             fclose(handle);
-            return ebv_problem(ctx, EBV_ERR_USAGE, file, "cannot read the public key: %s", strerror(errno));
+            return ebv_problem(ctx, EBV_ERR_NOMEM, file, "out of memory");
+        }
+        len = fread(pem, 1, EBV_MAX_KEY_FILE_BYTES + 1, handle);
+        if (ferror(handle)) {
+            int saved = errno;
+            fclose(handle);
+            free(pem);
+            return ebv_problem(ctx, EBV_ERR_USAGE, file, "cannot read the public key: %s", strerror(saved));
         }
         fclose(handle);
-        if (len > EBV_MAX_KEY_FILE_BYTES)
+        if (len > EBV_MAX_KEY_FILE_BYTES) {
+            free(pem);
             return ebv_problem(ctx, EBV_ERR_USAGE, file, "is far too large for a key; is it the right file?");
-        if (!ebv_parse_public_key_pem(pem, len, keys[*count].raw, &why))
-            return ebv_problem(ctx, EBV_ERR_USAGE, file, "%s", why);
+        }
+        parsed = ebv_parse_public_key_pem(pem, len, keys[*count].raw, &why);
+        free(pem);
+        if (!parsed) return ebv_problem(ctx, EBV_ERR_USAGE, file, "%s", why);
         ebv_key_id(keys[*count].raw, keys[*count].key_id);
         keys[*count].file = file;
         (*count)++;
@@ -138,6 +150,15 @@ int ebv_check_signature(ebv_ctx *ctx, const ebv_key *keys, size_t key_count, con
                 memcpy(ctx->report->verified_by, keys[k].key_id, 17);
                 return EBV_OK;
             }
-    return ebv_problem(ctx, EBV_ERR_SIGNATURE, source, "the signature by the trusted key does not match %s, so the "
-                       "manifest was changed after it was signed; do not use this copy", EBV_MANIFEST);
+    {
+        char tried[EBV_MAX_SIGNATURES * 18 + 1] = "";
+        for (size_t s = 0; s < parsed.count; s++)
+            for (size_t k = 0; k < key_count; k++)
+                if (!strcmp(parsed.items[s].key_id, keys[k].key_id) && !strstr(tried, keys[k].key_id)) {
+                    if (*tried) strcat(tried, ", ");
+                    strcat(tried, keys[k].key_id);
+                }
+        return ebv_problem(ctx, EBV_ERR_SIGNATURE, source, "the signature by trusted key %s does not match %s, so the "
+                           "manifest was changed after it was signed; do not use this copy", tried, EBV_MANIFEST);
+    }
 }

@@ -6,6 +6,8 @@
 #ifdef EDGE_BUNDLE_WITH_ARCHIVE
 #define _POSIX_C_SOURCE 200809L
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,8 +82,67 @@ static int next(ebv_ctx *ctx, struct archive *a, struct archive_entry **entry, c
     if (++*members > EBV_MAX_MEMBERS)
         return REFUSE(entry_name(*entry) ? entry_name(*entry) : archive_path, "the archive has more than %d members",
                       EBV_MAX_MEMBERS);
-    if (!entry_name(*entry)) return REFUSE(archive_path, "a member has no readable name");
+    if (!entry_name(*entry))
+        return REFUSE(archive_path, "the archive is damaged after member '%.1000s' (a member header without a name)",
+                      current);
     return EBV_OK;
+}
+
+/* libarchive reads a gzip stream only as far as the tar needs, and does not check the gzip trailer (CRC-32 and
+ * length) even when it reaches it. Python's gzip does; a second, raw pass here makes the C check as strict:
+ * decompress everything, CRC it, and compare with the trailer at the end of the file. `edge-sdk pack` writes
+ * one gzip member; a multi-member gzip file is refused here (its last trailer covers only its last member). */
+static int check_gzip_trailer(ebv_ctx *ctx, const char *path) {
+    unsigned char head[2], trailer[8], buffer[1 << 14];
+    uint32_t table[256], crc = 0xFFFFFFFFu, expected_crc, expected_size, size = 0;
+    struct archive *a;
+    struct archive_entry *entry;
+    int result = EBV_OK;
+    FILE *handle = fopen(path, "rb");
+    if (!handle) return ebv_problem(ctx, EBV_ERR_IO, path, "cannot be read again: %s", strerror(errno));
+    if (fread(head, 1, 2, handle) != 2 || head[0] != 0x1f || head[1] != 0x8b) {
+        fclose(handle); /* xz and bzip2 check their own CRCs in their libraries; a plain tar has none */
+        return EBV_OK;
+    }
+    if (fseek(handle, -8, SEEK_END) != 0 || fread(trailer, 1, 8, handle) != 8) {
+        fclose(handle);
+        return REFUSE(path, "the gzip stream is cut short (truncated archive)");
+    }
+    fclose(handle);
+    expected_crc = (uint32_t)trailer[0] | (uint32_t)trailer[1] << 8 | (uint32_t)trailer[2] << 16 |
+                   (uint32_t)trailer[3] << 24;
+    expected_size = (uint32_t)trailer[4] | (uint32_t)trailer[5] << 8 | (uint32_t)trailer[6] << 16 |
+                    (uint32_t)trailer[7] << 24;
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        table[n] = c;
+    }
+    a = archive_read_new();
+    if (!a) return ebv_problem(ctx, EBV_ERR_NOMEM, path, "out of memory");
+    archive_read_support_filter_gzip(a);
+    archive_read_support_format_raw(a);
+    if (archive_read_open_filename(a, path, 1 << 16) != ARCHIVE_OK || archive_read_next_header(a, &entry) != ARCHIVE_OK) {
+        result = REFUSE(path, "the gzip stream cannot be read (%s)", archive_error_string(a) ? archive_error_string(a)
+                                                                                               : "read error");
+        goto out;
+    }
+    for (;;) {
+        la_ssize_t n = archive_read_data(a, buffer, sizeof buffer);
+        if (n < 0) {
+            result = REFUSE(path, "the gzip stream is damaged or truncated (%s)", archive_error_string(a));
+            goto out;
+        }
+        if (n == 0) break;
+        for (la_ssize_t i = 0; i < n; i++) crc = table[(crc ^ buffer[i]) & 0xFF] ^ (crc >> 8);
+        size += (uint32_t)n; /* the trailer holds the length modulo 2^32 */
+    }
+    if ((crc ^ 0xFFFFFFFFu) != expected_crc || size != expected_size)
+        result = REFUSE(path, "the gzip stream's CRC or length does not match its trailer (a damaged archive); get it "
+                        "again from its source");
+out:
+    archive_read_free(a);
+    return result;
 }
 
 int ebv_verify_archive(ebv_ctx *ctx, const char *path, const ebv_key *keys, size_t key_count) {
@@ -145,11 +206,11 @@ int ebv_verify_archive(ebv_ctx *ctx, const char *path, const ebv_key *keys, size
     if ((result = ebv_manifest_parse(ctx, manifest, manifest_len, manifest_member, &parsed))) goto out;
     while (!done) {
         const char *member = entry_name(entry), *problem = ebv_path_problem(member, strlen(member)), *kind;
-        const char *relative = member + top_len;
+        const char *relative;
         ebv_file *file;
         la_int64_t size;
         crypto_hash_sha256_state state;
-        unsigned char buffer[1 << 16], digest[32];
+        unsigned char buffer[1 << 14], digest[32]; /* small: firmware threads have small stacks */
         uint64_t got = 0;
         if (problem) {
             result = REFUSE(member, "its name %s", problem);
@@ -159,6 +220,7 @@ int ebv_verify_archive(ebv_ctx *ctx, const char *path, const ebv_key *keys, size
             result = REFUSE(member, "is outside the archive's bundle folder '%.*s'", (int)(top_len - 1), top);
             goto out;
         }
+        relative = member + top_len;
         if ((kind = entry_kind(entry))) {
             result = REFUSE(member, "is %s; a bundle archive holds regular files only", kind);
             goto out;
@@ -218,6 +280,7 @@ int ebv_verify_archive(ebv_ctx *ctx, const char *path, const ebv_key *keys, size
                             "archive)");
         }
     }
+    if (!result) result = check_gzip_trailer(ctx, path);
 out:
     ebv_manifest_free(&parsed);
     free(manifest);

@@ -64,7 +64,7 @@ io:
 
 static int hash_fd(int fd, unsigned char digest[32], uint64_t *bytes) {
     crypto_hash_sha256_state state;
-    unsigned char buffer[1 << 16];
+    unsigned char buffer[1 << 14]; /* small: firmware threads have small stacks */
     crypto_hash_sha256_init(&state);
     *bytes = 0;
     for (;;) {
