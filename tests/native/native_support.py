@@ -107,15 +107,26 @@ int main(void) {
 """
 
 
+def _first(*names: str) -> str | None:
+    return next((name for name in names if shutil.which(name)), None)
+
+
+# Distributions install clang versioned (clang-14) without a plain `clang`.
+_CLANGS = ("clang", *(f"clang-{version}" for version in range(22, 10, -1)))
+
+
 def compilers() -> list[tuple[str, list[str]]]:
-    """The C compilers here (gcc, clang, cc), each with the strict flags."""
-    found = []
-    for name in ("gcc", "clang"):
-        if shutil.which(name):
-            found.append((name, STRICT_C))
+    """The C compilers here (gcc and clang when both are there; else cc), each with the strict flags."""
+    found = [(name, STRICT_C) for name in (_first("gcc"), _first(*_CLANGS)) if name]
     if not found and shutil.which("cc"):
         found.append(("cc", STRICT_C))
     return found
+
+
+def cxx_compilers() -> list[tuple[str, list[str]]]:
+    """The C++ compilers here (g++, clang++), each with the strict flags."""
+    clangs = ("clang++", *(f"clang++-{version}" for version in range(22, 10, -1)))
+    return [(name, STRICT_CXX) for name in (_first("g++"), _first(*clangs)) if name]
 
 
 def header_as_json(header: Path, name: str, workdir: Path, compiler: str = "gcc", flags: list[str] | None = None,

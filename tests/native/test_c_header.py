@@ -5,7 +5,6 @@ deterministic. Synthetic bundles only (no model): these run in every environment
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle_factory import make_bundle, rewrite_manifest  # noqa: E402
-from native_support import STRICT_C, STRICT_CXX, check_header_matches, compilers, header_as_json  # noqa: E402
+from native_support import STRICT_C, check_header_matches, compilers, cxx_compilers, header_as_json  # noqa: E402
 
 needs_cc = pytest.mark.skipif(not compilers(), reason="no C compiler")
 # Strings a careless generator gets wrong: quotes, backslashes, trigraphs, control characters, non-ASCII
@@ -95,12 +94,13 @@ def test_header_round_trips_every_value_and_compiles_strictly(tmp_path: Path) ->
     assert "_LABEL_X_Y" not in text
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+@pytest.mark.skipif(not cxx_compilers(), reason="no C++ compiler")
 def test_header_is_valid_cplusplus(tmp_path: Path) -> None:
     bundle = _weird_bundle(tmp_path / "bundle")
     header = write_header(bundle, "weird", tmp_path / "edge_bundle_weird.h")
-    values = header_as_json(header, "weird", tmp_path / "cxx", "g++", STRICT_CXX, suffix=".cpp")
-    check_header_matches(values, bundle)
+    for compiler, flags in cxx_compilers():
+        values = header_as_json(header, "weird", tmp_path / compiler, compiler, flags, suffix=".cpp")
+        check_header_matches(values, bundle)
 
 
 @needs_cc
