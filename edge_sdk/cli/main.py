@@ -16,6 +16,7 @@ import edge_sdk
 from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.cache import cache
 from edge_sdk.cli.coverage import coverage
+from edge_sdk.cli.native import cmake_dir, header
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
 from edge_sdk.cli.signing import keys, sign
@@ -642,6 +643,8 @@ cli.add_command(cache)
 cli.add_command(coverage)
 cli.add_command(keys)
 cli.add_command(sign)
+cli.add_command(header)
+cli.add_command(cmake_dir)
 
 
 def main() -> None:

@@ -1,0 +1,47 @@
+# EdgeSdkConfigVersion.cmake: the version find_package(EdgeSdk <version>) compares with.
+#
+# Kept equal to edge_sdk.__version__ and pyproject.toml's version (tests/native/test_cmake_package.py checks).
+# Before 1.0 a minor release may change the CMake functions, so 0.x versions are compatible only within the
+# same minor version; from 1.0 on, within the same major version. No architecture check: the package is
+# scripts and C sources, built for whatever the project targets.
+set(PACKAGE_VERSION "0.1.0")
+
+if(PACKAGE_FIND_VERSION_RANGE)
+  # find_package(EdgeSdk 0.1...0.3): inside the range is enough.
+  if((PACKAGE_FIND_VERSION_RANGE_MIN STREQUAL "INCLUDE" AND PACKAGE_VERSION VERSION_LESS PACKAGE_FIND_VERSION_MIN)
+     OR (PACKAGE_FIND_VERSION_RANGE_MIN STREQUAL "EXCLUDE" AND PACKAGE_VERSION VERSION_LESS_EQUAL PACKAGE_FIND_VERSION_MIN)
+     OR (PACKAGE_FIND_VERSION_RANGE_MAX STREQUAL "INCLUDE" AND PACKAGE_VERSION VERSION_GREATER PACKAGE_FIND_VERSION_MAX)
+     OR (PACKAGE_FIND_VERSION_RANGE_MAX STREQUAL "EXCLUDE" AND PACKAGE_VERSION VERSION_GREATER_EQUAL PACKAGE_FIND_VERSION_MAX))
+    set(PACKAGE_VERSION_COMPATIBLE FALSE)
+  else()
+    set(PACKAGE_VERSION_COMPATIBLE TRUE)
+  endif()
+elseif(PACKAGE_VERSION VERSION_LESS PACKAGE_FIND_VERSION)
+  set(PACKAGE_VERSION_COMPATIBLE FALSE)
+else()
+  string(REGEX MATCH "^[0-9]+" _edge_sdk_major "${PACKAGE_VERSION}")
+  string(REGEX MATCH "^[0-9]+\\.[0-9]+" _edge_sdk_minor "${PACKAGE_VERSION}")
+  if(_edge_sdk_major STREQUAL "0")
+    set(_edge_sdk_wanted "${PACKAGE_FIND_VERSION_MAJOR}.${PACKAGE_FIND_VERSION_MINOR}")
+    if(NOT PACKAGE_FIND_VERSION_COUNT GREATER 1)
+      set(_edge_sdk_wanted "${PACKAGE_FIND_VERSION_MAJOR}.0")
+    endif()
+    if(PACKAGE_FIND_VERSION_COUNT GREATER 1 AND NOT _edge_sdk_minor VERSION_EQUAL _edge_sdk_wanted)
+      set(PACKAGE_VERSION_COMPATIBLE FALSE)
+    elseif(NOT PACKAGE_FIND_VERSION_MAJOR STREQUAL "0")
+      set(PACKAGE_VERSION_COMPATIBLE FALSE)
+    else()
+      set(PACKAGE_VERSION_COMPATIBLE TRUE)
+    endif()
+  elseif(PACKAGE_FIND_VERSION_MAJOR STREQUAL _edge_sdk_major)
+    set(PACKAGE_VERSION_COMPATIBLE TRUE)
+  else()
+    set(PACKAGE_VERSION_COMPATIBLE FALSE)
+  endif()
+  if(PACKAGE_FIND_VERSION STREQUAL PACKAGE_VERSION)
+    set(PACKAGE_VERSION_EXACT TRUE)
+  endif()
+  unset(_edge_sdk_major)
+  unset(_edge_sdk_minor)
+  unset(_edge_sdk_wanted)
+endif()
