@@ -44,6 +44,7 @@ from edge_sdk.bundle.atomic import atomic_path, replace_folder, staging_folder
 from edge_sdk.bundle.layout import SIGNATURE
 from edge_sdk.bundle.manifest import MANIFEST_NAME, FileEntry, Manifest
 from edge_sdk.bundle.paths import path_problem, resolve_inside
+from edge_sdk.bundle.source_date import source_date_epoch
 from edge_sdk.bundle.store import read_manifest_bytes
 from edge_sdk.bundle.trust import Trust, resolve_trust
 from edge_sdk.bundle.verification import record_stamp
@@ -62,20 +63,6 @@ SignatureCheck = Callable[[bytes, "bytes | None", str], None]
 
 
 # --- pack -------------------------------------------------------------------------------------------------
-
-def _source_date_epoch() -> int:
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    if not value:
-        return 0
-    try:
-        epoch = int(value)
-    except ValueError:
-        epoch = -1
-    if epoch < 0:
-        raise ConfigError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds since 1970; "
-                          "unset it or set it to e.g. the last commit's time")
-    return epoch
-
 
 def _member(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
@@ -124,7 +111,7 @@ def pack_bundle(root: str | os.PathLike, archive: str | os.PathLike) -> Path:
     archive = Path(archive)
     if archive.is_dir():
         raise BundleError(f"--out {str(archive)!r} is a folder; give the archive's file name, e.g. bundle.tar.gz")
-    mtime = _source_date_epoch()
+    mtime = source_date_epoch() or 0
     with ExitStack() as stack:
         try:
             archive.parent.mkdir(parents=True, exist_ok=True)

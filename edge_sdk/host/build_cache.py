@@ -27,9 +27,10 @@ from typing import Any
 from edge_sdk.bundle.atomic import fsync_tree, remove_folder
 from edge_sdk.bundle.layout import MANIFEST, SIGNATURE
 from edge_sdk.bundle.manifest import Manifest
+from edge_sdk.bundle.source_date import source_date_epoch
 from edge_sdk.bundle.store import BundleWriter
 from edge_sdk.errors import ConfigError
-from edge_sdk.host.build_inputs import InputFile, portable_name, shaping_versions, source_date_epoch
+from edge_sdk.host.build_inputs import InputFile, portable_name, shaping_versions
 from edge_sdk.host.config import BuildConfig
 
 CACHE_FORMAT = 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -159,14 +158,3 @@ def portable_name(source: str) -> str:
     """A model or profile source as the manifest records it: an absolute path only by its last part, so the same
     inputs in another folder (another checkout, another build machine) give the same manifest."""
     return Path(source).name if Path(source).is_absolute() else source
-
-
-def source_date_epoch() -> int | None:
-    """``$SOURCE_DATE_EPOCH`` (reproducible-builds.org): the build's one notion of "now", or None when unset."""
-    value = os.environ.get("SOURCE_DATE_EPOCH")
-    if not value:
-        return None
-    if not value.isdigit():
-        raise ConfigError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds since 1970; unset it or "
-                          "set it to e.g. the last commit's time (git log -1 --format=%ct)")
-    return int(value)

@@ -20,7 +20,8 @@ import numpy as np
 
 from edge_sdk.bundle import BundleWriter, Manifest
 from edge_sdk.bundle.atomic import storage_errors
-from edge_sdk.host.build_inputs import InputFile, config_inputs, manifest_record, shaping_versions, source_date_epoch
+from edge_sdk.bundle.source_date import source_date_epoch
+from edge_sdk.host.build_inputs import InputFile, config_inputs, manifest_record, shaping_versions
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.graph_set import GraphSet
 from edge_sdk.profiles import Profile
