@@ -22,7 +22,7 @@ setup-native:
 	@missing=$$(for package in $(NATIVE_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get install -y -q --no-install-recommends $$missing >/dev/null \
+			export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q --no-install-recommends $$missing >/dev/null \
 			|| { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $$missing >/dev/null; }; \
 		else echo "firmware pipelines need Debian packages: sudo apt-get install $$missing" >&2; exit 1; fi; \
 	fi
