@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import edge_sdk
+from edge_sdk.bundle.verification import sha256_file
 from edge_sdk.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -58,18 +59,10 @@ class InputFile:
     size: int
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file(role: str, path: Path, name: str | None = None) -> InputFile:
     try:
         size = path.stat().st_size
-        digest = sha256_of(path)
+        digest = sha256_file(path)
     except OSError as exc:
         raise ConfigError(f"cannot read the build input {str(path)!r} ({role}): {exc.strerror or exc}") from exc
     return InputFile(role=role, path=path.resolve(), name=name or path.name, sha256=digest, size=size)

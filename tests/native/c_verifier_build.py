@@ -5,7 +5,6 @@ with it. The toolchain (cmake, a C compiler, pkg-config, libsodium, jsmn; libarc
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -78,18 +77,6 @@ def make_bundle(destination: Path, refuse_unlisted: bool = True, files: dict[str
         for relative, data in (FILES if files is None else files).items():
             writer.add_bytes(data, relative)
         return writer.commit(manifest)
-
-
-def edit_manifest(root: Path, change) -> None:
-    """Rewrite manifest.json as a dict, no checks (how a bad manifest reaches a device); the signature stays."""
-    path = root / "manifest.json"
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data, indent=2))
-
-
-def entry(path: str, data: bytes) -> dict:
-    return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
 
 
 def write_archive(path: Path, members: list[tuple[str, bytes | None, str]]) -> Path:

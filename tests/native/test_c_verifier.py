@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bundle_factory import entry_for, rewrite_manifest
 from c_verifier_build import (
     C_SOURCE,
     archive_members,
     cmake_build,
-    edit_manifest,
-    entry,
     make_bundle,
     require_toolchain,
     run,
@@ -172,7 +171,7 @@ def _bad_signature(folder: Path, keys: Keys) -> Path:
 
 def _edited_after_signing(folder: Path, keys: Keys) -> Path:
     root = _signed(folder, keys)
-    edit_manifest(root, lambda data: data.update(version=99))
+    rewrite_manifest(root, lambda data: data.update(version=99))
     return root
 
 
@@ -189,14 +188,14 @@ def _truncated_manifest(folder: Path, keys: Keys) -> Path:
 
 def _newer_schema(folder: Path, keys: Keys) -> Path:
     root = make_bundle(folder / "bundle")
-    edit_manifest(root, lambda data: data.update(schema_version=2))
+    rewrite_manifest(root, lambda data: data.update(schema_version=2))
     return root
 
 
 def _traversal(folder: Path, keys: Keys) -> Path:
     root = make_bundle(folder / "bundle")
     (folder / "outside.bin").write_bytes(b"secret")
-    edit_manifest(root, lambda data: data["files"].append(entry("../outside.bin", b"secret")))
+    rewrite_manifest(root, lambda data: data["files"].append(entry_for("../outside.bin", b"secret")))
     return root
 
 
@@ -382,7 +381,7 @@ def _drop(index: int, key: str) -> Callable[[dict], None]:
 
 
 def _add_path(path: str, data: bytes = b"{}\n") -> Callable[[dict], None]:
-    return lambda manifest: manifest["files"].append(entry(path, data))
+    return lambda manifest: manifest["files"].append(entry_for(path, data))
 
 
 # json.dumps writes non-ASCII as \u escapes, so these also exercise the C reader's string decoding.
@@ -420,7 +419,7 @@ EDITS: dict[str, Callable[[dict], None]] = {
 @pytest.mark.parametrize("name", EDITS)
 def test_c_and_python_agree_on_manifest_edits(name: str, c_cli: Path, tmp_path: Path) -> None:
     root = make_bundle(tmp_path / "bundle")
-    edit_manifest(root, EDITS[name])
+    rewrite_manifest(root, EDITS[name])
     text = (root / "manifest.json").read_text()
     if name == "not-an-object":
         text = "[]"
