@@ -1,6 +1,6 @@
 """What a build reads and which software shaped it: the inputs a reproducible build is a function of.
 
-The same inputs give a byte-identical bundle (see docs/firmware.md). They are:
+The same inputs give a byte-identical bundle (see docs/pipeline-builds.md). They are:
 
 * the files the build reads, each hashed: the model's files (the ones transformers loads, not its README or
   another framework's weights), the recipe, a label file, a starting PEFT adapter, calibration data, a
@@ -54,18 +54,18 @@ class InputFile:
 
     role: str       # model | recipe | labels | adapter | calibration | profile | signing-key
     path: Path      # absolute
-    name: str       # relative to the role's folder (a model's file name), or the file's own name
+    name: str       # the file's name (what the manifest records: no folder, so no machine's path)
     sha256: str
     size: int
 
 
-def _file(role: str, path: Path, name: str | None = None) -> InputFile:
+def _file(role: str, path: Path) -> InputFile:
     try:
         size = path.stat().st_size
         digest = sha256_file(path)
     except OSError as exc:
         raise ConfigError(f"cannot read the build input {str(path)!r} ({role}): {exc.strerror or exc}") from exc
-    return InputFile(role=role, path=path.resolve(), name=name or path.name, sha256=digest, size=size)
+    return InputFile(role=role, path=path.resolve(), name=path.name, sha256=digest, size=size)
 
 
 def model_files(folder: Path, gguf_file: str | None = None) -> list[Path]:

@@ -21,7 +21,7 @@ import numpy as np
 from edge_sdk.bundle import BundleWriter, Manifest
 from edge_sdk.bundle.atomic import storage_errors
 from edge_sdk.bundle.source_date import source_date_epoch
-from edge_sdk.host.build_inputs import InputFile, config_inputs, manifest_record, shaping_versions
+from edge_sdk.host.build_inputs import InputFile, manifest_record, shaping_versions
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.host.graph_set import GraphSet
 from edge_sdk.profiles import Profile
@@ -117,18 +117,16 @@ def merge_fragment(manifest: Fragment, fragment: Fragment) -> None:
 
 
 def run_build(config: BuildConfig, out: str | Path, overwrite: bool = False, progress: Progress | None = None,
-              signer: Callable[[bytes], bytes] | None = None, inputs: list[InputFile] | None = None) -> Path:
+              signer: Callable[[bytes], bytes] | None = None, *, inputs: list[InputFile]) -> Path:
     """Build a bundle for ``config`` at ``out`` (atomically: on failure nothing is left at ``out``); ``signer``
     makes the signature file from the manifest's bytes (see ``BundleWriter.commit``); ``inputs``: the files the
-    build reads, hashed (by default those ``config`` names), recorded in the manifest.
+    build reads, hashed (``build_inputs.config_inputs``), recorded in the manifest.
 
     The bundle is a function of its inputs: no clock, host name or absolute path reaches it (``build.created``
     only from ``$SOURCE_DATE_EPOCH``), so the same inputs give the same bytes."""
     report = progress or (lambda _message: None)
     config.validate()
     config, profile = config.for_profile()
-    if inputs is None:
-        inputs = config_inputs(config)
     epoch = source_date_epoch()
     stages = plan(config)
     # The writer checks the destination first, so a build that cannot be written fails before the work. A full
