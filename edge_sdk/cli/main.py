@@ -16,10 +16,12 @@ import edge_sdk
 from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.cache import cache
 from edge_sdk.cli.coverage import coverage
+from edge_sdk.cli.finetune import finetune
 from edge_sdk.cli.native import cmake_dir, header
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
 from edge_sdk.cli.signing import keys, sign
+from edge_sdk.cli.sources import load_build_config, target_module_list
 from edge_sdk.device.adapter_history import DEFAULT_KEEP
 from edge_sdk.errors import DependencyError, EdgeSdkError
 from edge_sdk.host.config import ADAPTERS, BASES, LEGACY_METHODS, LEGACY_PRECISIONS  # torch-free
@@ -111,29 +113,15 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
     try:
         from edge_sdk.host.build import build as build_with_cache
         from edge_sdk.host.build import describe_build
-        from edge_sdk.host.config import BuildConfig, load_recipe
-        from edge_sdk.host.model_source import check_gguf_file, check_model_dir
     except ImportError as exc:
         raise DependencyError(
             f"`edge-sdk build` runs on the host and needs torch, transformers and peft ({exc.name} is missing); "
             "install them with `pip install edge-sdk[host]`"
         ) from exc
-    from edge_sdk.tasks.seq_cls import parse_label_list
-
-    label_list = tuple(parse_label_list(labels)) if labels else None
-    targets = tuple(t.strip() for t in target_modules.split(",") if t.strip()) if target_modules else None
-    if source.suffix == ".toml":
-        config = load_recipe(source)
-    else:
-        if task is None:
-            raise click.UsageError("building from a model needs --task (e.g. --task seq-cls)")
-        folder, gguf_file = check_gguf_file(source) if source.suffix == ".gguf" else (check_model_dir(source), None)
-        config = BuildConfig(model_dir=folder, task=task, labels=label_list or (), source_description=str(source),
-                             gguf_file=gguf_file)
-    config = config.with_overrides(task=task, labels=label_list, adapter=adapter, base=base, method=method,
-                                   rank=rank, alpha=alpha, target_modules=targets, max_length=max_length,
-                                   profile=profile, seed=seed, precision=precision, bundle_id=bundle_id,
-                                   bundle_version=bundle_version, calibration_data=calibration_data)
+    config = load_build_config(source, task, labels, adapter=adapter, base=base, method=method, rank=rank,
+                               alpha=alpha, target_modules=target_module_list(target_modules), max_length=max_length,
+                               profile=profile, seed=seed, precision=precision, bundle_id=bundle_id,
+                               bundle_version=bundle_version, calibration_data=calibration_data)
     if adapter_from is not None:
         from edge_sdk.host.adapter_import import lora_overrides
 
@@ -637,6 +625,7 @@ def _generate(device_bundle, prompts: list[str], settings, adapter: str | None, 
                  f"stop: {info['stop_reason']}]")
 
 
+cli.add_command(finetune)
 cli.add_command(adapters)
 cli.add_command(profiles)
 cli.add_command(cache)

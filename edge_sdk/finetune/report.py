@@ -1,0 +1,82 @@
+"""What a run costs: peak memory per rank, step time, tokens per second, trainable vs total parameters.
+
+Peak memory is the process's peak resident set (Linux ``VmHWM``), reset when training starts so the load of
+the float model (which every rank does before an engine shards it) does not hide what training holds; on a
+GPU it is PyTorch's peak allocation. Both are read per rank and gathered on the main rank.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_memory() -> bool:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM); False where it cannot."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        _CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib() -> float:
+    """The peak resident memory of this process since the last reset (or since it started), in MiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024   # bytes on macOS, KiB on Linux
+
+
+def parameter_counts(module: torch.nn.Module) -> tuple[int, int, int]:
+    """(trainable, total, bytes of all parameters as stored): quantized weights count as their packed size."""
+    trainable = total = stored = 0
+    for parameter in module.parameters():
+        count = parameter.numel()
+        # bitsandbytes' 4-bit parameters hold two values per byte in a flat uint8 tensor of half the count.
+        values = getattr(parameter, "quant_state", None)
+        logical = int(values.shape.numel()) if values is not None and hasattr(values, "shape") else count
+        total += logical
+        stored += count * parameter.element_size()
+        if parameter.requires_grad:
+            trainable += count
+    for buffer in module.buffers():
+        stored += buffer.numel() * buffer.element_size()
+    return trainable, total, stored
+
+
+@dataclass
+class CostMeter:
+    """Step times and tokens of this rank."""
+
+    step_seconds: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+
+    def add(self, seconds: float, tokens: int) -> None:
+        self.step_seconds.append(seconds)
+        self.tokens.append(tokens)
+
+    def summary(self) -> dict[str, float | None]:
+        # The first step pays for lazy initialisation (kernels, DeepSpeed's buffers): leave it out when there
+        # are others.
+        times = self.step_seconds[1:] or self.step_seconds
+        tokens = self.tokens[1:] or self.tokens
+        if not times:
+            return {"step_seconds": None, "tokens_per_second": None}
+        seconds = sum(times)
+        return {"step_seconds": seconds / len(times), "tokens_per_second": sum(tokens) / seconds if seconds else None}
