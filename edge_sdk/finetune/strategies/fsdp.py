@@ -11,9 +11,13 @@ from pathlib import Path
 
 import torch
 
-from edge_sdk.finetune.strategies.base import OptimizerSettings, StrategyOptions, cpu_autocast
-from edge_sdk.finetune.strategies.local import DistributedMixin, SingleStrategy, init_process_group, \
-    torchrun_environment
+from edge_sdk.finetune.strategies.base import OptimizerSettings, cpu_autocast
+from edge_sdk.finetune.strategies.local import (
+    DistributedMixin,
+    SingleStrategy,
+    init_process_group,
+    torchrun_environment,
+)
 from edge_sdk.finetune.strategies.sharded import check_world_size, transformer_blocks, write_world_size
 
 _SHARDS = "fsdp"   # the DCP folder inside a checkpoint folder
