@@ -174,6 +174,7 @@ def test_world_size_record_names_what_to_do(tmp_path: Path) -> None:
 
 def test_missing_deepspeed_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "deepspeed", None)   # `import deepspeed` raises ImportError
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")           # undone after the test, unlike import_deepspeed's default
     from edge_sdk.finetune.strategies.zero import import_deepspeed
 
     with pytest.raises(DependencyError, match=r'pip install .*"edge-sdk\[distributed\]"'):
