@@ -10,6 +10,7 @@ import contextlib
 from pathlib import Path
 
 import torch
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from edge_sdk.finetune.strategies.base import OptimizerSettings, cpu_autocast
 from edge_sdk.finetune.strategies.local import (
@@ -32,9 +33,7 @@ class FsdpStrategy(DistributedMixin, SingleStrategy):
         self.rank, self.world_size = torchrun_environment()
         init_process_group()
 
-    def _mixed_precision(self, root: bool):
-        from torch.distributed.fsdp import MixedPrecisionPolicy
-
+    def _mixed_precision(self, root: bool) -> MixedPrecisionPolicy:
         if self.options.precision != "bf16":
             return MixedPrecisionPolicy()
         # bf16 compute, fp32 gradient reduction (bf16 sums lose the small updates of many ranks); the root
@@ -43,8 +42,6 @@ class FsdpStrategy(DistributedMixin, SingleStrategy):
                                     output_dtype=torch.float32 if root else None)
 
     def wrap(self, module: torch.nn.Module, optimizer: OptimizerSettings, trainable: list[str]) -> torch.nn.Module:
-        from torch.distributed.fsdp import fully_shard
-
         self._parameters(module, trainable)   # names checked before sharding replaces the parameters
         if torch.cuda.is_available():
             module = module.to(torch.device("cuda", torch.cuda.current_device()))
