@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
-from edge_sdk.cli.sources import load_build_config, target_module_list
+from edge_sdk.cli.sources import load_build_config, prepare_host_environment, target_module_list
 from edge_sdk.errors import DependencyError
 from edge_sdk.tasks.registry import TASKS
 
@@ -72,8 +72,7 @@ def finetune(source: Path, data: Path, eval_data: Path | None, out: Path, task: 
 
     The same task plugins and data formats as the device; the adapter folder it writes becomes a bundle with
     `edge-sdk build SOURCE --adapter-from OUT`, which devices then personalize further."""
-    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
-        os.environ[variable] = "1"
+    prepare_host_environment()
     try:
         from edge_sdk.finetune.settings import FinetuneSettings
         from edge_sdk.finetune.trainer import run_finetune

@@ -21,7 +21,7 @@ from edge_sdk.cli.native import cmake_dir, header
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
 from edge_sdk.cli.signing import keys, sign
-from edge_sdk.cli.sources import load_build_config, target_module_list
+from edge_sdk.cli.sources import load_build_config, prepare_host_environment, target_module_list
 from edge_sdk.device.adapter_history import DEFAULT_KEEP
 from edge_sdk.errors import DependencyError, EdgeSdkError
 from edge_sdk.host.config import ADAPTERS, BASES, LEGACY_METHODS, LEGACY_PRECISIONS  # torch-free
@@ -109,7 +109,7 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
 
     Builds are reproducible (the same inputs give the same bytes), cached by their inputs, and never use the
     network: the model must be local."""
-    _offline()
+    prepare_host_environment()
     try:
         from edge_sdk.host.build import build as build_with_cache
         from edge_sdk.host.build import describe_build
@@ -176,13 +176,6 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
                    f"version {manifest.version}" + (f", signed by key {signed_by}" if signed_by else ""))
         if target:
             click.echo(target["text"])
-
-
-def _offline() -> None:
-    """A build never reaches the network: Hugging Face libraries read only local files (a model that is not
-    local fails, naming it) and send no telemetry. Set before they are imported."""
-    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
-        os.environ[variable] = "1"
 
 
 def _target_summary(path: Path, manifest) -> dict | None:

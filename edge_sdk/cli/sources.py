@@ -4,12 +4,24 @@ both."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
 from edge_sdk.tasks.seq_cls import parse_label_list
+
+
+def prepare_host_environment() -> None:
+    """Set before the Hugging Face libraries are imported. A host command never reaches the network: they read
+    only local files (a model that is not local fails, naming it) and send no telemetry. transformers imports
+    DeepSpeed whenever it is installed (the `distributed` extra), and DeepSpeed then warns on every command of a
+    machine without a GPU that it chose its CPU accelerator: choose it up front where no NVIDIA device exists."""
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ[variable] = "1"
+    if not Path("/dev/nvidiactl").exists():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 def load_build_config(source: Path, task: str | None, labels: str | None, **overrides: Any):

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import edge_sdk
 from edge_sdk.bundle.verification import sha256_file
+from edge_sdk.device.peft_format import CONFIG_FILE, WEIGHTS_FILE
 from edge_sdk.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -92,8 +93,9 @@ def collect_inputs(model_dir: Path, gguf_file: str | None = None, recipe: Path |
     """Every file a build of these sources reads, hashed, in a stable order."""
     inputs = [_file("model", path) for path in model_files(model_dir, gguf_file)]
     if adapter_from is not None:
-        inputs += [_file("adapter", path) for path in sorted(Path(adapter_from).iterdir())
-                   if path.is_file() and not path.name.startswith(".") and path.suffix != ".md"]
+        # The two files the build reads; a fine-tuning run's record beside them (run.json, its plot) is no input.
+        inputs += [_file("adapter", Path(adapter_from) / name) for name in (CONFIG_FILE, WEIGHTS_FILE)
+                   if (Path(adapter_from) / name).is_file()]
     for role, path in (("recipe", recipe), ("labels", labels_file), ("calibration", calibration_data),
                        ("profile", profile_file), ("signing-key", signing_key)):
         if path is not None:
