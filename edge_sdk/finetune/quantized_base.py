@@ -96,13 +96,17 @@ def _quantized_linear(bnb, linear: torch.nn.Linear, mode: str) -> torch.nn.Linea
     return layer.to("cpu")
 
 
-def _quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
+def quantization_tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The tensors a bitsandbytes layer keeps outside its parameters: int8 row scales (on the weight until the
+    first forward pass, then on ``module.state``), NF4 absmax values and lookup tables (nested when
+    double-quantized)."""
     tensors = []
-    scb = getattr(param, "SCB", None)
-    if isinstance(scb, torch.Tensor):
-        tensors.append(scb)
-    state = getattr(param, "quant_state", None)
-    while state is not None:  # NF4 with double quantization nests a second state for the absmax values
+    weight = getattr(module, "weight", None)
+    for holder in (weight, getattr(module, "state", None)):
+        pair = (getattr(holder, "CB", None), getattr(holder, "SCB", None))
+        tensors += [t for t in pair if isinstance(t, torch.Tensor)]
+    state = getattr(weight, "quant_state", None)
+    while state is not None:
         tensors += [t for t in (getattr(state, "absmax", None), getattr(state, "code", None))
                     if isinstance(t, torch.Tensor)]
         state = getattr(state, "state2", None)
@@ -110,14 +114,17 @@ def _quant_state_tensors(param: torch.Tensor) -> list[torch.Tensor]:
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers, bitsandbytes' scales and absmax values included."""
+    """Bytes of a module's parameters and buffers, bitsandbytes' scales and absmax values included; tensors
+    that share storage (tied weights, the int8 weight and its ``CB`` alias) count once."""
     seen: set[int] = set()
     total = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
-        for t in [tensor, *_quant_state_tensors(tensor)]:
-            if id(t) not in seen:
-                seen.add(id(t))
-                total += t.numel() * t.element_size()
+    tensors = [*module.parameters(), *module.buffers()]
+    for sub in module.modules():
+        tensors += quantization_tensors(sub)
+    for t in tensors:
+        if t.numel() and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
     return total
 
 
