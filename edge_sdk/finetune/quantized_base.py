@@ -76,6 +76,27 @@ def _import_bnb():
     return bnb
 
 
+@functools.cache
+def _int8_linear_class(bnb) -> type:
+    """``bnb.nn.Linear8bitLt`` that keeps its row scales when its weight is re-wrapped.
+
+    PEFT's DoRA dequantizes the base weight on every forward pass and, on CPU, re-assigns ``weight.to("cpu")``: a
+    new ``Int8Params`` without ``SCB`` (the first forward moved the scales to ``layer.state``). The next forward's
+    ``init_8bit_state`` then copies that ``None`` over the scales and the matmul fails ("'NoneType' object has no
+    attribute 'unsqueeze'", bitsandbytes 0.50.2 + peft 0.21.2). Keeping the known scales fixes that; it stays a
+    Linear8bitLt subclass, so PEFT still wraps it with its bitsandbytes LoRA layer.
+    """
+
+    class Int8Linear(bnb.nn.Linear8bitLt):
+        def init_8bit_state(self) -> None:
+            scales = self.state.SCB
+            super().init_8bit_state()
+            if self.state.SCB is None:
+                self.state.SCB = scales
+
+    return Int8Linear
+
+
 def _quantized_linear(bnb, linear: torch.nn.Linear, mode: str) -> torch.nn.Linear:
     """A bitsandbytes layer holding ``linear``'s weight quantized on the CPU; the bias stays float and frozen."""
     weight = linear.weight.detach().to(torch.float32).clone()
@@ -83,8 +104,8 @@ def _quantized_linear(bnb, linear: torch.nn.Linear, mode: str) -> torch.nn.Linea
     if mode == "int8":
         # has_fp16_weights=False keeps only the int8 weight (and its row scales); threshold=0 turns off the
         # mixed-precision outlier path, which would keep float columns next to the int8 ones.
-        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias,
-                                    has_fp16_weights=False, threshold=0.0)
+        layer = _int8_linear_class(bnb)(linear.in_features, linear.out_features, bias=has_bias,
+                                        has_fp16_weights=False, threshold=0.0)
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     else:
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,

@@ -56,20 +56,26 @@ def _batch(kind: str) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels}
 
 
-def _lora(kind: str) -> LoraConfig:
+def _lora(kind: str, dora: bool = False) -> LoraConfig:
     if kind == "bert":
-        return LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"])
-    return LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+        return LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"], use_dora=dora)
+    return LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], use_dora=dora)
 
 
 def _frozen_state(bnb, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every quantized weight, its scales / absmax values and the biases, copied."""
+    """Every quantized weight, its scales (int8) or absmax values and tables (NF4) and the biases, copied."""
     state = {}
     for name, module in model.named_modules():
-        if not isinstance(module, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)):
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            # The row scales sit on the weight until the first forward pass moves them to module.state.
+            scales = module.state.SCB if module.state.SCB is not None else module.weight.SCB
+            extra = [scales]
+        elif isinstance(module, bnb.nn.Linear4bit):
+            extra = quantized_base.quantization_tensors(module)
+        else:
             continue
         state[f"{name}.weight"] = module.weight.detach().clone()
-        for i, t in enumerate(quantized_base.quantization_tensors(module)):
+        for i, t in enumerate(extra):
             state[f"{name}.{i}"] = t.detach().clone()
         if module.bias is not None:
             state[f"{name}.bias"] = module.bias.detach().clone()
@@ -95,21 +101,23 @@ def test_quantized_model_is_close_to_float_and_smaller(bnb, kind: str, mode: str
     head = "classifier" if kind == "bert" else "lm_head"
     assert report.skipped == (head,) and type(linears[head]) is torch.nn.Linear
     assert set(report.layers) == set(linears) - {head}
-    assert all(type(linears[name]) is expected for name in report.layers)
+    assert all(isinstance(linears[name], expected) for name in report.layers)
     storage = torch.int8 if mode == "int8" else torch.uint8
     assert all(linears[name].weight.dtype == storage for name in report.layers)
     assert report.layer_bytes_before / report.layer_bytes_after > MIN_SHRINK[mode]
     assert report.base_bytes_after == quantized_base.tensor_bytes(model) < report.base_bytes_before
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("kind", "adapter"), [("bert", "lora"), ("llama", "lora"), ("bert", "dora")])
 @pytest.mark.parametrize("mode", MODES)
-def test_lora_trains_over_the_quantized_base_and_saves_a_float_compatible_adapter(bnb, kind: str, mode: str) -> None:
+def test_lora_trains_over_the_quantized_base_and_saves_a_float_compatible_adapter(bnb, kind: str, adapter: str,
+                                                                                   mode: str) -> None:
     from peft.tuners.lora import bnb as lora_bnb
 
+    dora = adapter == "dora"
     model = _model(kind)
     quantize_frozen_base(model, mode, DEFAULT_SKIP)
-    peft_model = get_peft_model(model, _lora(kind))
+    peft_model = get_peft_model(model, _lora(kind, dora))
     lora_type = lora_bnb.Linear8bitLt if mode == "int8" else lora_bnb.Linear4bit
     adapted = [m for name, m in peft_model.named_modules() if name.endswith(("query", "value", "q_proj", "v_proj"))]
     assert adapted and all(type(m) is lora_type for m in adapted)  # PEFT dispatched to its bitsandbytes layers
@@ -127,8 +135,9 @@ def test_lora_trains_over_the_quantized_base_and_saves_a_float_compatible_adapte
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
-    print(f"{kind} {mode}: LoRA losses {[round(x, 4) for x in losses]}")
+    print(f"{kind} {mode} {adapter}: losses {[round(x, 4) for x in losses]}")
     assert losses[-1] < losses[0] - 0.05
+    # lora_magnitude_vector: DoRA's per-row magnitudes, part of the adapter.
     assert with_grad and all("lora_" in name or "modules_to_save" in name for name in with_grad)
     assert any("lora_B" in name for name in with_grad)
     after = _frozen_state(bnb, peft_model)
@@ -136,7 +145,7 @@ def test_lora_trains_over_the_quantized_base_and_saves_a_float_compatible_adapte
     assert all(torch.equal(after[k], frozen[k]) for k in frozen), "a quantized base weight changed"
 
     adapter = get_peft_model_state_dict(peft_model)
-    float_model = get_peft_model(_model(kind), _lora(kind))
+    float_model = get_peft_model(_model(kind), _lora(kind, dora))
     assert adapter.keys() == get_peft_model_state_dict(float_model).keys()
     assert all(t.dtype == torch.float32 for t in adapter.values())
     result = set_peft_model_state_dict(float_model, adapter)
