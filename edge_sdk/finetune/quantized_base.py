@@ -111,6 +111,11 @@ def _quantized_linear(bnb, linear: torch.nn.Linear, mode: str) -> torch.nn.Linea
         layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=has_bias,
                                   compute_dtype=torch.float32, quant_type="nf4")
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
+        # On CPUs with AVX-512 BF16, an eval-mode forward without grad would repack the weight in place into a
+        # bf16-kernel layout; a later training forward then fails ("a view of a leaf Variable that requires grad
+        # is being used in an in-place operation") and the frozen weight is no longer the one quantized. Off,
+        # every machine takes the same dequantize + float matmul path.
+        layer.support_avx512bf16_for_cpu = False
     if has_bias:
         layer.bias = torch.nn.Parameter(linear.bias.detach().to(torch.float32).clone(), requires_grad=False)
     # Quantization happens when the parameter is moved to a device; the CPU backend does it on "cpu".
