@@ -20,10 +20,8 @@ quantizing one side would untie them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,23 +52,9 @@ def _check_mode(mode: str) -> None:
         raise ConfigError(f"unknown quantized base mode {mode!r}; choose one of: {', '.join(MODES)}")
 
 
-@contextlib.contextmanager
-def _quiet_bnb_import() -> Iterator[None]:
-    # On CPUs with AVX-512 BF16, bitsandbytes' CPU backend logs a warning at import when the optional `kernels`
-    # package (a fused bf16 gemv for inference) is missing; training here is float32 and never uses it.
-    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _import_bnb():
     try:
-        with _quiet_bnb_import():
-            import bitsandbytes as bnb
+        import bitsandbytes as bnb  # its CPU backend's start-up warning is silenced in edge_sdk/__init__.py
     except ImportError as exc:
         raise DependencyError(f"a quantized base (--base int8|4bit) needs bitsandbytes: {_INSTALL} ({exc})") from exc
     return bnb
