@@ -83,6 +83,13 @@ def _int8_linear_class(bnb) -> type:
 
 def _quantized_linear(bnb, linear: torch.nn.Linear, mode: str) -> torch.nn.Linear:
     """A bitsandbytes layer holding ``linear``'s weight quantized on the CPU; the bias stays float and frozen."""
+    # The new layer's constructor draws a random initial weight (nn.Linear's); a private RNG stream keeps the
+    # caller's seeded stream where it was, so LoRA's initial weights are the same as over a float base.
+    with torch.random.fork_rng(devices=[]):
+        return _build_quantized_linear(bnb, linear, mode)
+
+
+def _build_quantized_linear(bnb, linear: torch.nn.Linear, mode: str) -> torch.nn.Linear:
     weight = linear.weight.detach().to(torch.float32).clone()
     has_bias = linear.bias is not None
     if mode == "int8":
@@ -160,10 +167,11 @@ def check_quantized_base_supported(mode: str) -> str:
     try:
         import peft.tuners.lora.bnb  # noqa: F401 - PEFT's LoRA layers for bitsandbytes must import too
 
-        torch.manual_seed(0)
-        linear = torch.nn.Linear(64, 64)
+        with torch.random.fork_rng(devices=[]):  # the caller's seeded stream must not move
+            torch.manual_seed(0)
+            linear = torch.nn.Linear(64, 64)
+            x = torch.randn(3, 64, requires_grad=True)
         layer = _quantized_linear(bnb, linear, mode)
-        x = torch.randn(3, 64, requires_grad=True)
         out = layer(x)
         out.sum().backward()
         error = (out - linear(x)).abs().max().item()

@@ -196,3 +196,28 @@ def test_missing_bitsandbytes_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
             quantize_frozen_base(_model("bert"), "4bit")
     finally:
         check_quantized_base_supported.cache_clear()
+
+
+def test_a_mode_bitsandbytes_cannot_run_here_is_a_config_error(bnb, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_kernel(*_args) -> None:
+        raise NotImplementedError("no CPU kernel for quantize_4bit")
+
+    monkeypatch.setattr(quantized_base, "_quantized_linear", no_kernel)
+    check_quantized_base_supported.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match=r"cannot run a 4bit base on this machine .*no CPU kernel.*float base"):
+            check_quantized_base_supported("4bit")
+    finally:
+        check_quantized_base_supported.cache_clear()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_quantizing_leaves_the_callers_random_stream_alone(bnb, mode: str) -> None:
+    """So LoRA's initial weights after a quantized base are those after a float base with the same seed."""
+    check_quantized_base_supported.cache_clear()
+    model = _model("bert")
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    quantize_frozen_base(model, mode)  # the support check runs too (its cache was cleared)
+    assert torch.equal(torch.rand(4), expected)
