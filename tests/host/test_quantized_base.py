@@ -37,6 +37,16 @@ def bnb():
     return pytest.importorskip("bitsandbytes")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny models gain nothing from threads, and on a busy 2-core machine two OpenMP threads made this file
+    # take 30 s instead of 7.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "bert":
