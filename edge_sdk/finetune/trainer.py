@@ -86,6 +86,10 @@ def run_finetune(config: BuildConfig, settings: FinetuneSettings, data: Path, ou
     """Fine-tune ``config``'s model on ``data`` and write the adapter folder ``out`` (on the main rank)."""
     settings.validate()
     config.validate()
+    if settings.quantized_base is not None:
+        from edge_sdk.finetune.quantized_base import check_quantized_base_supported
+
+        check_quantized_base_supported(settings.quantized_base)   # before any model is loaded
     spec = task_spec(config.task)
     check_loss(spec.host.loss(max(len(config.labels), 1)))
     out = Path(out)
@@ -106,16 +110,18 @@ def run_finetune(config: BuildConfig, settings: FinetuneSettings, data: Path, ou
 
 
 def _load_model(config: BuildConfig, settings: FinetuneSettings):
+    """The PEFT model, its base quantized first with ``--base int8|4bit`` (PEFT then wraps the quantized layers)."""
     from edge_sdk.host.model_loading import load_for_task
 
     if settings.quantized_base is None:
         return load_for_task(config), None
-    from edge_sdk.finetune.quantized_base import quantize_frozen_base
+    from edge_sdk.finetune.quantized_base import DEFAULT_SKIP, quantize_frozen_base
 
     reports = []
-    loaded = load_for_task(config, before_peft=lambda model: reports.append(
-        quantize_frozen_base(model, settings.quantized_base)))
-    return loaded, reports[0] if reports else None
+    # Modules PEFT trains whole (a new head) stay float, as the task heads do.
+    loaded = load_for_task(config, before_peft=lambda model, train_whole: reports.append(
+        quantize_frozen_base(model, settings.quantized_base, skip=(*DEFAULT_SKIP, *train_whole))))
+    return loaded, reports[0]
 
 
 def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strategy, on_step, on_epoch, say):
@@ -228,7 +234,10 @@ def _report(strategy, meter: CostMeter, trainable: int, total: int, stored: int,
     tokens_per_step = sum(rank["tokens"] for rank in ranks) / steps
     return {
         "strategy": settings.strategy, "processes": strategy.world_size, "precision": settings.precision,
-        "quantized_base": None if quantized is None else quantized.to_dict(),
+        "quantized_base": None if quantized is None else {
+            "library": quantized.library, "version": quantized.version, "mode": quantized.mode,
+            "layers": len(quantized.layers), "layer_bytes_before": quantized.layer_bytes_before,
+            "layer_bytes_after": quantized.layer_bytes_after},
         "peak_memory_mib_per_rank": [round(rank["peak_memory_mib"], 1) for rank in ranks],
         "step_seconds": step_seconds,
         "tokens_per_second": tokens_per_step / step_seconds if step_seconds else None,
