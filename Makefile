@@ -30,7 +30,7 @@ setup-native:
 $(HOST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(HOST)
 	$(HOST)/bin/pip install --quiet --upgrade pip
-	$(HOST)/bin/pip install --quiet -e ".[host,models,dev]"
+	$(HOST)/bin/pip install --quiet -e ".[host,models,quantized,dev]"
 	# The `distributed` extra (DeepSpeed, strategies zero2/zero3): its source archive's setup imports torch, so it
 	# is built without isolation once torch is in, compiling no kernel (DS_BUILD_OPS=0); setuptools for that build
 	# (venvs of Python >= 3.12 have none) and ninja for the op DeepSpeed compiles at first use.

@@ -5,6 +5,8 @@ The device-side API is importable without torch; host-side building lives in ``e
 
 from __future__ import annotations
 
+import logging
+
 from edge_sdk.errors import (
     AdapterError,
     BundleError,
@@ -20,6 +22,11 @@ from edge_sdk.errors import (
 )
 
 __version__ = "0.1.0"
+
+# With the `quantized` extra installed, `import peft` imports bitsandbytes, whose CPU backend warns on every start
+# on CPUs with AVX-512 BF16 that the optional `kernels` package (a bf16 inference kernel) is missing. That is the
+# only message of that logger, and the SDK never uses the kernel (edge_sdk.finetune.quantized_base turns it off).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # Lazy re-exports: `import edge_sdk` must not load ONNX Runtime, and the host names must not load torch
 # on a device that only ever touches the device runtime.

@@ -91,11 +91,12 @@ class HostTask:
     def load(self, path: str | Path) -> TaskData:
         return self.task.load(path)
 
-    def batch(self, data: TaskData, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Graph inputs and loss targets of ``rows``, padded as the device pads them."""
+    def batch(self, data: TaskData, rows: Sequence[int], device: torch.device | None = None) -> dict[str, torch.Tensor]:
+        """Graph inputs and loss targets of ``rows``, padded as the device pads them, on ``device``."""
         inputs = self.tokenizer.pad([data.encoded[i] for i in rows])
         feeds = inputs | self.task.targets(data, rows, inputs["input_ids"].shape[1])
-        return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
+        return {name: torch.from_numpy(np.ascontiguousarray(value)).to(device or "cpu")
+                for name, value in feeds.items()}
 
     def graph_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's inputs of a batch: the tokenizer's, plus the target inputs the model reads itself

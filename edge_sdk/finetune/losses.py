@@ -59,7 +59,7 @@ def task_loss(loss: LossGraph, values: dict[str, torch.Tensor]) -> torch.Tensor:
     """The scalar loss of ``loss`` over ``values`` (the task's outputs and targets by name)."""
     env = dict(values)
     for name, constant in loss.constants.items():
-        env[name] = torch.from_numpy(constant.copy())
+        env[name] = torch.from_numpy(constant.copy()).to(next(iter(values.values())).device)
     for node in loss.nodes:
         operands = [env[name] for name in node.inputs]
         result = _OPS[node.op_type](node, *operands)

@@ -44,20 +44,18 @@ def peak_memory_mib() -> float:
 
 
 def parameter_counts(module: torch.nn.Module) -> tuple[int, int, int]:
-    """(trainable, total, bytes of all parameters as stored): quantized weights count as their packed size."""
-    trainable = total = stored = 0
+    """(trainable, total, bytes the parameters, buffers and quantization scales take): a quantized base counts
+    its values once each (bitsandbytes packs two 4-bit values per stored byte) and its packed size in bytes."""
+    from edge_sdk.finetune.quantized_base import tensor_bytes
+
+    trainable = total = 0
     for parameter in module.parameters():
         count = parameter.numel()
-        # bitsandbytes' 4-bit parameters hold two values per byte in a flat uint8 tensor of half the count.
-        values = getattr(parameter, "quant_state", None)
-        logical = int(values.shape.numel()) if values is not None and hasattr(values, "shape") else count
-        total += logical
-        stored += count * parameter.element_size()
+        state = getattr(parameter, "quant_state", None)
+        total += int(state.shape.numel()) if state is not None and hasattr(state, "shape") else count
         if parameter.requires_grad:
             trainable += count
-    for buffer in module.buffers():
-        stored += buffer.numel() * buffer.element_size()
-    return trainable, total, stored
+    return trainable, total, tensor_bytes(module)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from edge_sdk.finetune.losses import check_loss, task_loss
 from edge_sdk.finetune.report import CostMeter, parameter_counts, peak_memory_mib, reset_peak_memory
 from edge_sdk.finetune.settings import FinetuneSettings
 from edge_sdk.finetune.strategies import OptimizerSettings, StrategyOptions, make_strategy
+from edge_sdk.finetune.strategies.base import compute_device
 from edge_sdk.host.config import BuildConfig
 from edge_sdk.tasks.base import TaskData
 from edge_sdk.tasks.registry import task_spec
@@ -85,6 +86,10 @@ def run_finetune(config: BuildConfig, settings: FinetuneSettings, data: Path, ou
     """Fine-tune ``config``'s model on ``data`` and write the adapter folder ``out`` (on the main rank)."""
     settings.validate()
     config.validate()
+    if settings.quantized_base is not None:
+        from edge_sdk.finetune.quantized_base import check_quantized_base_supported
+
+        check_quantized_base_supported(settings.quantized_base)   # before any model is loaded
     spec = task_spec(config.task)
     check_loss(spec.host.loss(max(len(config.labels), 1)))
     out = Path(out)
@@ -105,16 +110,18 @@ def run_finetune(config: BuildConfig, settings: FinetuneSettings, data: Path, ou
 
 
 def _load_model(config: BuildConfig, settings: FinetuneSettings):
+    """The PEFT model, its base quantized first with ``--base int8|4bit`` (PEFT then wraps the quantized layers)."""
     from edge_sdk.host.model_loading import load_for_task
 
     if settings.quantized_base is None:
         return load_for_task(config), None
-    from edge_sdk.finetune.quantized_base import quantize_frozen_base
+    from edge_sdk.finetune.quantized_base import DEFAULT_SKIP, quantize_frozen_base
 
     reports = []
-    loaded = load_for_task(config, before_peft=lambda model: reports.append(
-        quantize_frozen_base(model, settings.quantized_base)))
-    return loaded, reports[0] if reports else None
+    # Modules PEFT trains whole (a new head) stay float, as the task heads do.
+    loaded = load_for_task(config, before_peft=lambda model, train_whole: reports.append(
+        quantize_frozen_base(model, settings.quantized_base, skip=(*DEFAULT_SKIP, *train_whole))))
+    return loaded, reports[0]
 
 
 def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strategy, on_step, on_epoch, say):
@@ -140,6 +147,7 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
         # The outputs' class axis: the user's labels, or a language model's vocabulary (as the build's loss).
         classes = len(config.labels) if spec.uses_labels else int(head.weight.shape[0]) if head is not None else 0
         loss_graph = spec.host.loss(classes)
+        device = compute_device()
         checkpoints = CheckpointFolder(out)
         identity = _identity(config, settings, data, eval_data, strategy.world_size)
         total_steps = steps_per_epoch * settings.epochs
@@ -168,7 +176,7 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
             epoch, within = divmod(step, steps_per_epoch)
             order = np.random.default_rng([settings.seed, epoch]).permutation(len(train))
             rows = order[within * settings.batch_size:(within + 1) * settings.batch_size][first:first + rows_per_rank]
-            batch = host.batch(train, rows)
+            batch = host.batch(train, rows, device)
             rate = learning_rate_at(step, total_steps, settings.learning_rate, settings.warmup_fraction)
             strategy.set_learning_rate(rate)
             started = time.perf_counter()
@@ -177,7 +185,7 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
             values = dict(zip(spec.host.outputs, outputs, strict=True)) | batch
             loss = task_loss(loss_graph, values)
             strategy.backward_step(loss)
-            meter.add(time.perf_counter() - started, int(batch["attention_mask"].sum()))
+            meter.add(time.perf_counter() - started, int(batch["attention_mask"].sum()))  # syncs a GPU: honest time
             mean_loss = strategy.all_reduce_sum([float(loss.detach())])[0] / strategy.world_size
             if not math.isfinite(mean_loss):
                 raise ConfigError(f"the loss became {mean_loss} at step {step + 1}; lower --learning-rate "
@@ -226,7 +234,10 @@ def _report(strategy, meter: CostMeter, trainable: int, total: int, stored: int,
     tokens_per_step = sum(rank["tokens"] for rank in ranks) / steps
     return {
         "strategy": settings.strategy, "processes": strategy.world_size, "precision": settings.precision,
-        "quantized_base": None if quantized is None else quantized.to_dict(),
+        "quantized_base": None if quantized is None else {
+            "library": quantized.library, "version": quantized.version, "mode": quantized.mode,
+            "layers": len(quantized.layers), "layer_bytes_before": quantized.layer_bytes_before,
+            "layer_bytes_after": quantized.layer_bytes_after},
         "peak_memory_mib_per_rank": [round(rank["peak_memory_mib"], 1) for rank in ranks],
         "step_seconds": step_seconds,
         "tokens_per_second": tokens_per_step / step_seconds if step_seconds else None,
@@ -253,12 +264,12 @@ def _evaluate(forward, host: HostTask, data: TaskData, settings: FinetuneSetting
         for turn in range(rounds):
             index = turn * strategy.world_size + strategy.rank
             rows = chunks[index] if index < len(chunks) else chunks[0]
-            batch = host.batch(data, rows)
+            batch = host.batch(data, rows, compute_device())
             with strategy.autocast():
                 outputs = forward(**host.graph_inputs(batch))
             if index >= len(chunks):
                 continue
-            arrays = {name: value.float().numpy() for name, value in zip(spec.host.outputs, outputs, strict=True)}
+            arrays = {name: value.float().cpu().numpy() for name, value in zip(spec.host.outputs, outputs, strict=True)}
             width = batch["input_ids"].shape[1]
             for position, row in enumerate(rows):
                 length = len(data.encoded[row][0])

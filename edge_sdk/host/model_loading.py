@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,15 @@ def _new_modules(missing_keys: list[str], model: torch.nn.Module) -> list[str]:
     return sorted(found)
 
 
-def load_for_task(config: BuildConfig) -> LoadedModel:
-    """Load tokenizer and model from ``config.model_dir`` and apply LoRA per ``config.lora``."""
+def load_for_task(config: BuildConfig,
+                  before_peft: Callable[[torch.nn.Module, list[str]], None] | None = None) -> LoadedModel:
+    """Load tokenizer and model from ``config.model_dir`` and apply LoRA per ``config.lora``.
+
+    ``before_peft(model, modules_to_save)``, when given, runs on the loaded model (dropout already zeroed) just
+    before PEFT wraps it, e.g. to quantize the frozen base (edge_sdk.finetune.quantized_base) so that PEFT picks
+    its LoRA layers for the quantized ones; ``modules_to_save`` are the newly initialised modules that will train
+    whole and so must stay float.
+    """
     # transformers reports new heads and loading progress on stdout/stderr; the build reports what
     # matters (which modules train) itself.
     hf_logging.set_verbosity_error()
@@ -168,6 +176,8 @@ def load_for_task(config: BuildConfig) -> LoadedModel:
     new_modules = _new_modules(list(info.get("missing_keys", [])) + [k for k, *_ in info.get("mismatched_keys", [])],
                                model)
     log.info("LoRA targets %s; newly initialised modules that train too: %s", targets, new_modules)
+    if before_peft is not None:
+        before_peft(model, new_modules)
     lora_config = LoraConfig(
         task_type=TaskType[spec.peft_task_type], r=config.lora.rank, lora_alpha=config.lora.alpha, lora_dropout=0.0,
         target_modules=targets, modules_to_save=new_modules or None, use_dora=config.lora.adapter == "dora",

@@ -89,6 +89,14 @@ class Strategy(Protocol):
         """Leave the process group (idempotent)."""
 
 
+def compute_device() -> torch.device:
+    """Where this rank computes: its GPU (torchrun's LOCAL_RANK, set as the current device by the strategy's
+    setup) when there is one, else the CPU. Strategies put the model there; the trainer puts the batches."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 @contextlib.contextmanager
 def cpu_autocast(precision: str) -> Iterator[None]:
     """bf16 autocast on the device the tensors live on (CPU here, CUDA on GPUs); nothing at fp32."""

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from edge_sdk.errors import ConfigError
-from edge_sdk.finetune.strategies.base import OptimizerSettings, StrategyOptions, cpu_autocast
+from edge_sdk.finetune.strategies.base import OptimizerSettings, StrategyOptions, compute_device, cpu_autocast
 
 _STATE_FILE = "trainer-state.pt"
 
@@ -44,7 +44,7 @@ class SingleStrategy:
         return {name: named[name] for name in trainable}
 
     def wrap(self, module: torch.nn.Module, optimizer: OptimizerSettings, trainable: list[str]) -> torch.nn.Module:
-        self._module = module
+        self._module = module.to(compute_device())
         self._trainable = self._parameters(module, trainable)
         self._clip = optimizer.max_grad_norm
         self._optimizer = torch.optim.AdamW(list(self._trainable.values()), lr=optimizer.learning_rate,
