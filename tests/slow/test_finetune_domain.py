@@ -68,7 +68,7 @@ def test_smollm2_host_finetune_lowers_domain_perplexity(tmp_path: Path) -> None:
     prepare_notes(data, "business", {"train": 48, "dev": 1, "test": 16}, seed=0)
     run, seconds = _cli(sys.executable, "finetune", "models/smollm2-chat.toml", "--data", str(data / "train.jsonl"),
                         "--eval-data", str(data / "test.jsonl"), "--out", str(tmp_path / "adapter"), "--epochs",
-                        "1", "--batch-size", "4", "--lr", "1e-3")
+                        "2", "--batch-size", "4", "--lr", "1e-3")
     before, after = run["history"][0]["perplexity"], run["history"][-1]["perplexity"]
     _save("finetune-domain-smollm2.json", {"perplexity_before": before, "perplexity_after": after,
                                            "finetune_seconds": seconds, "steps": len(run["losses"]),
