@@ -87,7 +87,8 @@ def run_row(model: str, data: Path, out: Path, strategy: str, processes: int, ex
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        # torchrun ends with a banner of '=' lines: the rank's own exception is the last line naming an error.
+        lines = [line for line in done.stderr.splitlines() if "Error" in line or "error:" in line]
         return {"error": (lines[-1] if lines else f"exit {done.returncode}")[:500], "wall_seconds": seconds}
     result = json.loads(done.stdout[done.stdout.index("{"):])
     return {**result["report"], "steps": len(result["losses"]), "wall_seconds": seconds}

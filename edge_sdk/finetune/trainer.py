@@ -145,7 +145,9 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
                                                           max_grad_norm=settings.max_grad_norm), trainable)
         head = loaded.model.get_output_embeddings()
         # The outputs' class axis: the user's labels, or a language model's vocabulary (as the build's loss).
-        classes = len(config.labels) if spec.uses_labels else int(head.weight.shape[0]) if head is not None else 0
+        # (ZeRO-3 has partitioned the head by now: its weight's .shape is [0], the full shape is ds_shape.)
+        classes = len(config.labels) if spec.uses_labels else int(
+            getattr(head.weight, "ds_shape", head.weight.shape)[0]) if head is not None else 0
         loss_graph = spec.host.loss(classes)
         device = compute_device()
         checkpoints = CheckpointFolder(out)
