@@ -3,8 +3,10 @@ the host lifts MiniLM-L6's BBC topic accuracy far above the untrained adapter, t
 device, and personalization in the torch-free stock-onnxruntime environment runs on that bundle without
 undoing the host's work. SmolLM2-135M: a host fine-tune lowers perplexity on held-out passages of its domain.
 
-Thresholds come from measured runs on 2 cores (see build/slow-results/finetune-domain.json and the numbers in
-the comments), with a margin for seeds-equal-but-noisy summation order and another machine's CPU kernels."""
+Thresholds come from runs on 2 cores (AVX-512 with VNNI/BF16/FP16, 2026-12-02; results in build/slow-results/),
+with margins for other CPUs' kernels and summation order. Measured, twice, identical: MiniLM untrained 0.25,
+host 0.91 (torch and bundle), personalized 0.90 (100 test articles); SmolLM2 domain perplexity 50.5 -> 41.2
+(0.82x). Run time 105 s for both (MiniLM 46 s, SmolLM2 58 s) on an otherwise busy machine."""
 
 from __future__ import annotations
 
