@@ -99,7 +99,7 @@ def run_finetune(config: BuildConfig, settings: FinetuneSettings, data: Path, ou
                                                                 seed=settings.seed))
     strategy.setup()
     try:
-        if strategy.is_main and out.exists() and not overwrite and not resume:
+        if out.exists() and not overwrite and not resume:   # on every rank: none may go on alone
             raise ConfigError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
         if settings.batch_size % strategy.world_size:
             raise ConfigError(f"--batch-size {settings.batch_size} is the global batch; it must divide evenly among "
