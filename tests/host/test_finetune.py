@@ -247,3 +247,14 @@ def test_a_quantized_base_trains_the_adapter_that_builds_on_the_float_base(work:
     built = run("build", work / "bert", "--task", "seq-cls", "--labels", ",".join(LABELS), "--max-length", "32",
                 "--adapter-from", adapter, "--out", tmp_path / "bundle", "--quiet")
     assert built.exit_code == 0, built.stderr
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
+def test_a_language_model_trains_sharded_as_in_one_process(work: Path, tmp_path: Path, strategy: str) -> None:
+    if strategy == "zero3":
+        pytest.importorskip("deepspeed")
+    args = [*_task_args(work, *TASK_CASES[4]), "--epochs", "1", *COMMON]
+    single = ok_json("finetune", *args, "--out", tmp_path / "single")
+    sharded = _torchrun([*args, "--out", tmp_path / "sharded", "--strategy", strategy])
+    assert sharded["losses"] == pytest.approx(single["losses"], abs=1e-4)
+    assert sharded["losses"][-1] < sharded["losses"][0]
