@@ -21,7 +21,12 @@ from edge_sdk.cli.native import cmake_dir, header
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
 from edge_sdk.cli.signing import keys, sign
-from edge_sdk.cli.sources import load_build_config, prepare_host_environment, target_module_list
+from edge_sdk.cli.sources import (
+    choose_deepspeed_accelerator,
+    load_build_config,
+    prepare_host_environment,
+    target_module_list,
+)
 from edge_sdk.device.adapter_history import DEFAULT_KEEP
 from edge_sdk.errors import DependencyError, EdgeSdkError
 from edge_sdk.host.config import ADAPTERS, BASES, LEGACY_METHODS, LEGACY_PRECISIONS  # torch-free
@@ -50,6 +55,7 @@ class _Group(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log details to stderr.")
 def cli(verbose: bool) -> None:
     """Build adaptable ONNX bundles from Hugging Face models; personalize and run them on devices."""
+    choose_deepspeed_accelerator()
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 

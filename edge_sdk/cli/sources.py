@@ -15,11 +15,15 @@ from edge_sdk.tasks.seq_cls import parse_label_list
 
 def prepare_host_environment() -> None:
     """Set before the Hugging Face libraries are imported. A host command never reaches the network: they read
-    only local files (a model that is not local fails, naming it) and send no telemetry. transformers imports
-    DeepSpeed whenever it is installed (the `distributed` extra), and DeepSpeed then warns on every command of a
-    machine without a GPU that it chose its CPU accelerator: choose it up front where no NVIDIA device exists."""
+    only local files (a model that is not local fails, naming it) and send no telemetry."""
     for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
         os.environ[variable] = "1"
+
+
+def choose_deepspeed_accelerator() -> None:
+    """Where DeepSpeed is installed (the `distributed` extra), transformers and ONNX Runtime's training build import
+    it, and it then warns on every command of a machine without a GPU that it chose its CPU accelerator: choose
+    that up front where no NVIDIA device exists (before any of them is imported; a set value is kept)."""
     if not Path("/dev/nvidiactl").exists():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

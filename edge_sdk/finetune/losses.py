@@ -55,13 +55,22 @@ def check_loss(loss: LossGraph) -> None:
                           f"supported: {', '.join(sorted(_OPS))}")
 
 
-def task_loss(loss: LossGraph, values: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The scalar loss of ``loss`` over ``values`` (the task's outputs and targets by name)."""
+def task_loss(loss: LossGraph, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The scalar loss of ``loss`` over ``values`` (the task's outputs and targets by name), and how many terms
+    its mean is over: the targets the first cross-entropy counts (those not ignored: a language model's real
+    tokens), or the elements the first mean reduces. Ranks that split a batch weigh their losses by it, so the
+    mean over the whole batch is the one process's mean even when ranks hold different numbers of tokens."""
     env = dict(values)
+    device = next(iter(values.values())).device
     for name, constant in loss.constants.items():
-        env[name] = torch.from_numpy(constant.copy()).to(next(iter(values.values())).device)
+        env[name] = torch.from_numpy(constant.copy()).to(device)
+    terms = None
     for node in loss.nodes:
         operands = [env[name] for name in node.inputs]
-        result = _OPS[node.op_type](node, *operands)
-        env[node.outputs[0]] = result
-    return env[loss.output].reshape(())
+        env[node.outputs[0]] = _OPS[node.op_type](node, *operands)
+        if terms is None and node.op_type == "SoftmaxCrossEntropyLoss":
+            ignore = node.attributes.get("ignore_index")
+            terms = int((operands[1] != ignore).sum()) if ignore is not None else int(operands[1].numel())
+        elif terms is None and node.op_type == "ReduceMean":
+            terms = int(operands[0].numel() // env[node.outputs[0]].numel())
+    return env[loss.output].reshape(()), terms if terms is not None else 1

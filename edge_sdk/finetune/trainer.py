@@ -99,7 +99,7 @@ def run_finetune(config: BuildConfig, settings: FinetuneSettings, data: Path, ou
                                                                 seed=settings.seed))
     strategy.setup()
     try:
-        if strategy.is_main and out.exists() and not overwrite and not resume:
+        if out.exists() and not overwrite and not resume:   # on every rank: none may go on alone
             raise ConfigError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
         if settings.batch_size % strategy.world_size:
             raise ConfigError(f"--batch-size {settings.batch_size} is the global batch; it must divide evenly among "
@@ -140,15 +140,14 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
         module = TaskModule(loaded.model, spec.host.outputs)
         trainable = [name for name, p in module.named_parameters() if p.requires_grad]
         trainable_count, total_count, stored_bytes = parameter_counts(loaded.model)
+        head = loaded.model.get_output_embeddings()
+        # The outputs' class axis: the user's labels, or a language model's vocabulary (as the build's loss). Read
+        # before the engine wraps the model: ZeRO-3 leaves each rank an empty placeholder of a partitioned weight.
+        classes = len(config.labels) if spec.uses_labels else int(head.weight.shape[0]) if head is not None else 0
+        loss_graph = spec.host.loss(classes)
         forward = strategy.wrap(module, OptimizerSettings(learning_rate=settings.learning_rate,
                                                           weight_decay=settings.weight_decay,
                                                           max_grad_norm=settings.max_grad_norm), trainable)
-        head = loaded.model.get_output_embeddings()
-        # The outputs' class axis: the user's labels, or a language model's vocabulary (as the build's loss).
-        # (ZeRO-3 has partitioned the head by now: its weight's .shape is [0], the full shape is ds_shape.)
-        classes = len(config.labels) if spec.uses_labels else int(
-            getattr(head.weight, "ds_shape", head.weight.shape)[0]) if head is not None else 0
-        loss_graph = spec.host.loss(classes)
         device = compute_device()
         checkpoints = CheckpointFolder(out)
         identity = _identity(config, settings, data, eval_data, strategy.world_size)
@@ -185,10 +184,16 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
             with strategy.autocast():
                 outputs = forward(**host.graph_inputs(batch))
             values = dict(zip(spec.host.outputs, outputs, strict=True)) | batch
-            loss = task_loss(loss_graph, values)
-            strategy.backward_step(loss)
+            loss, terms = task_loss(loss_graph, values)
+            # Engines average gradients over ranks; weighing each rank's mean by its share of the batch's loss
+            # terms makes that average the gradient of the whole batch's mean (ranks' token counts differ).
+            # A rank whose rows carry no loss term (every target ignored) has a 0/0 mean: it adds zero instead.
+            own = float(loss.detach()) if terms else 0.0
+            all_terms, weighted = strategy.all_reduce_sum([terms, terms * own])
+            scaled = loss * (terms * strategy.world_size / max(all_terms, 1)) if terms else outputs[0].sum() * 0.0
+            strategy.backward_step(scaled)
             meter.add(time.perf_counter() - started, int(batch["attention_mask"].sum()))  # syncs a GPU: honest time
-            mean_loss = strategy.all_reduce_sum([float(loss.detach())])[0] / strategy.world_size
+            mean_loss = weighted / max(all_terms, 1)
             if not math.isfinite(mean_loss):
                 raise ConfigError(f"the loss became {mean_loss} at step {step + 1}; lower --learning-rate "
                                   f"(now {settings.learning_rate}) or use --precision fp32")

@@ -227,3 +227,34 @@ def test_two_processes_under_torchrun_give_the_single_process_adapter(
                            work / "topics-dev.jsonl", "--epochs", "1", "--batch-size", "8")
     assert personalized["before"]["accuracy"] == pytest.approx(single_run["history"][-1]["accuracy"])
     assert np.isfinite(personalized["losses"]).all()
+
+
+@pytest.mark.parametrize("base", ["int8", "4bit"])
+def test_a_quantized_base_trains_the_adapter_that_builds_on_the_float_base(work: Path, tmp_path: Path,
+                                                                          base: str) -> None:
+    pytest.importorskip("bitsandbytes")
+    adapter = tmp_path / "adapter"
+    args = [*_task_args(work, *TASK_CASES[0]), "--out", adapter, "--epochs", "2", "--base", base, *COMMON]
+    result = ok_json("finetune", *args)
+    assert result["losses"][-1] < result["losses"][0]
+    quantized = result["report"]["quantized_base"]
+    assert quantized["library"] == "bitsandbytes" and quantized["mode"] == base and quantized["layers"] > 0
+    assert quantized["layer_bytes_after"] < quantized["layer_bytes_before"] / 2.5
+    # Under DDP the quantized run is the single-process run (same global batch, same seed).
+    shared = _torchrun([*args[:args.index("--out")], "--out", tmp_path / "ddp", *args[args.index("--out") + 2:],
+                        "--strategy", "ddp"])
+    assert shared["losses"] == pytest.approx(result["losses"], abs=1e-5)
+    built = run("build", work / "bert", "--task", "seq-cls", "--labels", ",".join(LABELS), "--max-length", "32",
+                "--adapter-from", adapter, "--out", tmp_path / "bundle", "--quiet")
+    assert built.exit_code == 0, built.stderr
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
+def test_a_language_model_trains_sharded_as_in_one_process(work: Path, tmp_path: Path, strategy: str) -> None:
+    if strategy == "zero3":
+        pytest.importorskip("deepspeed")
+    args = [*_task_args(work, *TASK_CASES[4]), "--epochs", "1", *COMMON]
+    single = ok_json("finetune", *args, "--out", tmp_path / "single")
+    sharded = _torchrun([*args, "--out", tmp_path / "sharded", "--strategy", strategy])
+    assert sharded["losses"] == pytest.approx(single["losses"], abs=1e-4)
+    assert sharded["losses"][-1] < sharded["losses"][0]

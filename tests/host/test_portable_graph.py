@@ -94,3 +94,21 @@ def test_portable_step_builds_for_other_architectures(kind: str, tmp_path: Path)
     manifest = open_bundle(build_bundle(config, tmp_path / "b")).manifest
     assert manifest.training["backends"] == ["ort-training", "portable"]
     assert manifest.build["portable_max_relative_loss_difference"] < 1e-4
+
+
+def test_the_weight_check_takes_adam_noise_in_a_few_values_and_refuses_real_disagreement() -> None:
+    from edge_sdk.errors import ExportError
+    from edge_sdk.host.portable.validate import ADAM_BOUND, check_trained_weights
+
+    rng = np.random.default_rng(0)
+    reference = {"lora_A": rng.normal(0, 0.05, (8, 576)).astype(np.float32)}
+    noisy = reference["lora_A"].copy()
+    noisy.flat[rng.choice(noisy.size, 4, replace=False)] += 0.015 * ADAM_BOUND   # as a trained SmolLM2 adapter showed
+    check_trained_weights(reference, {"lora_A": noisy})
+    far = reference["lora_A"].copy()
+    far.flat[7] += 0.5 * ADAM_BOUND   # one value moved by half of what four Adam steps can move it
+    with pytest.raises(ExportError, match="lora_A differs"):
+        check_trained_weights(reference, {"lora_A": far})
+    spread = reference["lora_A"] + 0.02 * ADAM_BOUND   # every value off by 2%: a wrong gradient
+    with pytest.raises(ExportError, match="4608 of 4608"):
+        check_trained_weights(reference, {"lora_A": spread})
