@@ -16,9 +16,9 @@ stage 1 the host adapter scored by the built bundle on the device, stage 2 after
 
 SmolLM2-135M-Instruct (causal LM, perplexity). The host fine-tunes on one BBC topic's passages (the domain,
 business by default); the device then personalizes on a "writer's" passages from another topic (tech), a real
-shift. If `build --adapter-from` refuses the host adapter (it has: the build's portable-step self-check, see
-the report's ``build_adapter_from_error``), the adapter reaches the device another documented way: a plain
-bundle, ``adapters import`` and ``personalize --start-from``. Perplexities: domain held-out before/after the
+shift. If `build --adapter-from` refuses the host adapter (its portable-step self-check did, before commit
+4635ca2; the report's ``build_adapter_from_error`` says), the adapter reaches the device another documented way:
+a plain bundle, ``adapters import`` and ``personalize --start-from``. Perplexities: domain held-out before/after the
 host stage, the writer's held-out before/after personalization, and the domain again after personalization
 (how much the device stage forgets).
 
