@@ -97,17 +97,19 @@ def run_row(model: str, data: Path, out: Path, strategy: str, processes: int, ex
 def markdown(title: str, rows: list[dict]) -> str:
     lines = [f"**{title}**", "",
              "| strategy | processes | peak MiB per rank | step s | tokens/s | trainable / total params | "
-             "param bytes | wall s |", "|---|---|---|---|---|---|---|---|"]
+             "parameters held per rank | wall s |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "error" in row:
             lines.append(f"| {row['name']} | {row['processes']} | failed: {row['error']} | | | | | "
                          f"{row['wall_seconds']:.0f} |")
             continue
         memory = " / ".join(f"{value:.0f}" for value in row["peak_memory_mib_per_rank"])
+        # What the engine left each rank of the parameters (fsdp and zero3 shard the frozen base too).
+        held = " / ".join(f"{value / 2**20:.1f}" for value in row["parameter_bytes_per_rank"]) + " MiB"
         lines.append(f"| {row['name']} | {row['processes']} | {memory} | {row['step_seconds']:.2f} | "
                      f"{row['tokens_per_second']:.0f} | {row['trainable_parameters']:,} / "
                      f"{row['total_parameters']:,} ({100 * row['trainable_fraction']:.2f}%) | "
-                     f"{row['parameter_bytes'] / 2**20:.1f} MiB | {row['wall_seconds']:.0f} |")
+                     f"{held} | {row['wall_seconds']:.0f} |")
     return "\n".join(lines)
 
 

@@ -7,6 +7,9 @@ GPU it is PyTorch's peak allocation. Both are read per rank and gathered on the 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import resource
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +30,35 @@ def reset_peak_memory() -> bool:
         return True
     except OSError:
         return False
+
+
+def release_freed_memory() -> None:
+    """Hand the heap that loading left free back to the system (glibc keeps freed small blocks, and the float
+    model every rank loads before an engine shards it leaves plenty): resident memory while training is then
+    what training holds, for this process's neighbours and for the report."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):   # glibc only
+            libc.malloc_trim(0)
+    except OSError:
+        pass
+
+
+def local_parameter_bytes(module: torch.nn.Module) -> int:
+    """Bytes of the parameters this rank holds after an engine sharded them: FSDP2's DTensor shards, ZeRO-3's
+    partitions (``ds_tensor``), whole tensors otherwise."""
+    total = 0
+    for parameter in module.parameters():
+        if hasattr(parameter, "to_local"):
+            local = parameter.to_local()
+        elif getattr(parameter, "ds_tensor", None) is not None:
+            local = parameter.ds_tensor
+        else:
+            local = parameter
+        total += local.numel() * local.element_size()
+    return total
 
 
 def peak_memory_mib() -> float:

@@ -25,7 +25,14 @@ from edge_sdk.errors import ConfigError, DataError
 from edge_sdk.finetune.checkpoints import CheckpointFolder
 from edge_sdk.finetune.host_task import HostTask, TaskModule
 from edge_sdk.finetune.losses import check_loss, task_loss
-from edge_sdk.finetune.report import CostMeter, parameter_counts, peak_memory_mib, reset_peak_memory
+from edge_sdk.finetune.report import (
+    CostMeter,
+    local_parameter_bytes,
+    parameter_counts,
+    peak_memory_mib,
+    release_freed_memory,
+    reset_peak_memory,
+)
 from edge_sdk.finetune.settings import FinetuneSettings
 from edge_sdk.finetune.strategies import OptimizerSettings, StrategyOptions, make_strategy
 from edge_sdk.finetune.strategies.base import compute_device
@@ -168,6 +175,8 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
             checkpoints.save(strategy, step, {"step": step, "history": history, "losses": losses,
                                               "identity": identity})
 
+        local_bytes = local_parameter_bytes(module)
+        release_freed_memory()
         reset_peak_memory()
         meter = CostMeter()
         rows_per_rank = settings.batch_size // strategy.world_size
@@ -213,6 +222,7 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
             if epoch_done or (settings.checkpoint_every and (step + 1) % settings.checkpoint_every == 0):
                 save_checkpoint(step + 1)
         report = _report(strategy, meter, trainable_count, total_count, stored_bytes, quantized, settings)
+        report["parameter_bytes_per_rank"] = [int(value) for value in strategy.gather_object(local_bytes)]
         state = strategy.trainable_state()
         adapter = None
         if strategy.is_main:
