@@ -182,9 +182,11 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
         rows_per_rank = settings.batch_size // strategy.world_size
         first = strategy.rank * rows_per_rank
         epoch_losses: list[float] = []
+        order_epoch, order = None, None
         for step in range(start_step, total_steps):
             epoch, within = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([settings.seed, epoch]).permutation(len(train))
+            if epoch != order_epoch:   # one shuffle per epoch (a resumed run redraws its epoch's)
+                order_epoch, order = epoch, np.random.default_rng([settings.seed, epoch]).permutation(len(train))
             rows = order[within * settings.batch_size:(within + 1) * settings.batch_size][first:first + rows_per_rank]
             batch = host.batch(train, rows, device)
             rate = learning_rate_at(step, total_steps, settings.learning_rate, settings.warmup_fraction)
@@ -224,19 +226,15 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
         report = _report(strategy, meter, trainable_count, total_count, stored_bytes, quantized, settings)
         report["parameter_bytes_per_rank"] = [int(value) for value in strategy.gather_object(local_bytes)]
         state = strategy.trainable_state()
-        adapter = None
+        result = FinetuneResult(None, history, losses, report, settings.to_dict(), resumed_from_step=start_step or None)
         if strategy.is_main:
             from edge_sdk.finetune.output import write_adapter
 
-            result = FinetuneResult(None, history, losses, report, settings.to_dict(),
-                                    resumed_from_step=start_step or None)
-            adapter = write_adapter(out, loaded.model, state, result, metric=host.task.metric, overwrite=overwrite
-                                    or resume)
-            result.adapter = adapter
-            say(f"wrote {adapter}")
+            result.adapter = write_adapter(out, loaded.model, state, result, metric=host.task.metric,
+                                           overwrite=overwrite or resume)
+            say(f"wrote {result.adapter}")
         strategy.barrier()
-        return result if strategy.is_main else FinetuneResult(None, history, losses, report, settings.to_dict(),
-                                                              resumed_from_step=start_step or None)
+        return result
     finally:
         host.close()
 
