@@ -141,4 +141,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from edge_sdk.finetune.rank_exit import exit_rank, started_by_torchrun
+
     main(sys.argv[1:])
+    if started_by_torchrun():
+        exit_rank(0)   # as `python -m edge_sdk` ends under torchrun (see rank_exit.py)
