@@ -1,0 +1,1 @@
+"""``edge-sdk serve``: an OpenAI-compatible fine-tuning service."""
