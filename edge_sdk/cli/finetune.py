@@ -10,6 +10,7 @@ import click
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.sources import load_build_config, prepare_host_environment, target_module_list
 from edge_sdk.errors import DependencyError
+from edge_sdk.finetune.events import EventWriter
 from edge_sdk.tasks.registry import TASKS
 
 STRATEGY_HELP = ("single: this process; ddp: a replica per process; fsdp: PyTorch FSDP2 (parameters, gradients and "
@@ -61,13 +62,16 @@ def _is_main_rank() -> bool:
                                              "data and number of processes).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing adapter folder at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the result.")
+@click.option("--events", "events_path", type=click.Path(path_type=Path),
+              help="Append progress as JSON Lines to this file (steps, epochs with metrics, checkpoints, messages), "
+                   "for programs that follow the run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress; only errors (and the --json result).")
 def finetune(source: Path, data: Path, eval_data: Path | None, out: Path, task: str | None, labels: str | None,
              method: str | None, base: str | None, rank: int | None, alpha: float | None, target_modules: str | None,
              max_length: int | None, epochs: int, batch_size: int, learning_rate: float, warmup: float,
              weight_decay: float, max_grad_norm: float, seed: int | None, strategy: str, precision: str,
              offload_optimizer: bool, checkpoint_every: int, resume: bool, overwrite: bool, as_json: bool,
-             quiet: bool) -> None:
+             events_path: Path | None, quiet: bool) -> None:
     """Fine-tune a PEFT adapter on the host from a model folder, a .gguf file or a recipe (models/*.toml).
 
     The same task plugins and data formats as the device; the adapter folder it writes becomes a bundle with
@@ -91,17 +95,41 @@ def finetune(source: Path, data: Path, eval_data: Path | None, out: Path, task: 
                                 checkpoint_every=checkpoint_every)
     talk = _is_main_rank() and not quiet and not as_json
     bar = _ProgressBar() if talk and stderr_is_terminal() else None
+    events = EventWriter(events_path) if events_path is not None and _is_main_rank() else None
+
+    def on_step(step) -> None:
+        if bar:
+            bar.update(step)
+        if events:
+            events.write("step", step=step.step, total_steps=step.total_steps, epoch=step.epoch, loss=step.loss,
+                         learning_rate=step.learning_rate)
+
+    def on_checkpoint(step: int) -> None:
+        if events:
+            events.write("checkpoint", step=step)
+
+    def say(message: str) -> None:
+        if talk:
+            note(message)
+        if events:
+            events.write("message", message=message)
 
     def on_epoch(record: dict) -> None:
+        if events:
+            events.write("epoch", **record)
         if talk:
             scores = ", ".join(f"{key} {value:.4g}" for key, value in record.items()
                                if key != "epoch" and isinstance(value, float))
             note(f"epoch {record['epoch']}" + (f": {scores}" if scores else " (before training)"))
 
-    result = run_finetune(config, settings, data, out, eval_data=eval_data, resume=resume, overwrite=overwrite,
-                          on_step=bar.update if bar else None, on_epoch=on_epoch, progress=note if talk else None)
-    if bar:
-        bar.close()
+    try:
+        result = run_finetune(config, settings, data, out, eval_data=eval_data, resume=resume, overwrite=overwrite,
+                              on_step=on_step, on_epoch=on_epoch, progress=say, on_checkpoint=on_checkpoint)
+    finally:
+        if bar:
+            bar.close()
+        if events:
+            events.close()
     if not _is_main_rank():
         return
     if as_json:

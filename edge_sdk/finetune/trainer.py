@@ -89,7 +89,8 @@ def run_finetune(config: BuildConfig, settings: FinetuneSettings, data: Path, ou
                  eval_data: Path | None = None, resume: bool = False, overwrite: bool = False,
                  on_step: Callable[[StepUpdate], None] | None = None,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                 progress: Callable[[str], None] | None = None) -> FinetuneResult:
+                 progress: Callable[[str], None] | None = None,
+                 on_checkpoint: Callable[[int], None] | None = None) -> FinetuneResult:
     """Fine-tune ``config``'s model on ``data`` and write the adapter folder ``out`` (on the main rank)."""
     settings.validate()
     config.validate()
@@ -111,7 +112,8 @@ def run_finetune(config: BuildConfig, settings: FinetuneSettings, data: Path, ou
         if settings.batch_size % strategy.world_size:
             raise ConfigError(f"--batch-size {settings.batch_size} is the global batch; it must divide evenly among "
                               f"{strategy.world_size} processes")
-        return _run(config, settings, spec, data, out, eval_data, resume, overwrite, strategy, on_step, on_epoch, say)
+        return _run(config, settings, spec, data, out, eval_data, resume, overwrite, strategy, on_step, on_epoch, say,
+                    on_checkpoint)
     finally:
         strategy.close()
 
@@ -131,7 +133,8 @@ def _load_model(config: BuildConfig, settings: FinetuneSettings):
     return loaded, reports[0]
 
 
-def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strategy, on_step, on_epoch, say):
+def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strategy, on_step, on_epoch, say,
+         on_checkpoint):
     torch.manual_seed(settings.seed)
     say(f"loading {config.model_dir} for {config.task} ({settings.strategy}, {strategy.world_size} "
         f"process{'es' if strategy.world_size > 1 else ''})")
@@ -174,6 +177,8 @@ def _run(config, settings, spec, data, out, eval_data, resume, overwrite, strate
         def save_checkpoint(step: int) -> None:
             checkpoints.save(strategy, step, {"step": step, "history": history, "losses": losses,
                                               "identity": identity})
+            if on_checkpoint:
+                on_checkpoint(step)
 
         local_bytes = local_parameter_bytes(module)
         release_freed_memory()

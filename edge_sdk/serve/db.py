@@ -1,0 +1,152 @@
+"""The service's store: tenants, API keys, files, jobs, their events and checkpoints, through SQLAlchemy (SQLite by
+default, PostgreSQL by URL). Times are Unix seconds, as the OpenAI objects carry them."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+# Job statuses, as OpenAI names them.
+VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+ACTIVE_STATUSES = (VALIDATING, QUEUED, RUNNING)
+FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style object id: prefix, dash, 24 random base62-ish characters."""
+    return f"{prefix}-{secrets.token_urlsafe(18).replace('-', 'x').replace('_', 'z')}"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)   # sha256 hex of the whole key
+    prefix: Mapped[str] = mapped_column(String(16))                   # the key's first characters, to name it
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class StoredFile(Base):
+    __tablename__ = "files"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)   # list order and cursor
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    path: Mapped[str] = mapped_column(Text)                 # relative to the service home
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)   # task, examples, labels
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)         # results: the job they came from
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)    # as asked ("auto" kept) and as resolved
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)           # the SDK's: task, labels, method, profile, ...
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(Integer)
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    result_files: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The engine's bookkeeping: who runs it, since when it was last seen alive, how often it was started.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    events_offset: Mapped[int] = mapped_column(BigInteger, default=0)   # bytes of the run's events file consumed
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (UniqueConstraint("job_id", "key"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    type: Mapped[str] = mapped_column(String(16), default="message")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Events of a training step or epoch carry a key: a run resumed from a checkpoint repeats a few steps, and
+    # their events replace the first ones instead of appearing twice.
+    key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "job_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step_number"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(256))
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``, with the tables created. SQLite runs in WAL mode with a busy timeout, so the API
+    and several worker processes share the file."""
+    sqlite = url.startswith("sqlite")
+    engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {}, pool_pre_ping=not sqlite)
+    if sqlite:
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection, _record) -> None:   # noqa: ANN001 - DBAPI objects
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def make_sessions(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
