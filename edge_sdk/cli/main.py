@@ -20,6 +20,7 @@ from edge_sdk.cli.finetune import finetune
 from edge_sdk.cli.native import cmake_dir, header
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
+from edge_sdk.cli.serve import serve
 from edge_sdk.cli.signing import keys, sign
 from edge_sdk.cli.sources import (
     choose_deepspeed_accelerator,
@@ -633,6 +634,7 @@ cli.add_command(keys)
 cli.add_command(sign)
 cli.add_command(header)
 cli.add_command(cmake_dir)
+cli.add_command(serve)
 
 
 def main() -> None:

@@ -261,6 +261,7 @@ def _report(strategy, meter: CostMeter, trainable: int, total: int, stored: int,
         "peak_memory_mib_per_rank": [round(rank["peak_memory_mib"], 1) for rank in ranks],
         "step_seconds": step_seconds,
         "tokens_per_second": tokens_per_step / step_seconds if step_seconds else None,
+        "trained_tokens": int(sum(rank["tokens"] for rank in ranks)),   # this process's steps (not a resumed run's)
         "trainable_parameters": trainable, "total_parameters": total,
         "trainable_fraction": trainable / total if total else None, "parameter_bytes": stored,
     }
