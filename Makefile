@@ -15,9 +15,11 @@ export TRANSFORMERS_OFFLINE := 1
 setup: setup-native $(HOST)/.installed $(DEVICE)/.installed $(STOCK)/.installed $(OPENVINO)/.installed
 
 # Firmware pipelines (native_hooks/): CMake, the C verifier's libraries (libsodium for SHA-256 and Ed25519, jsmn
-# for JSON, libarchive for bundle archives) and clang's libFuzzer, from Debian's packages. Installed when missing
-# and run as root (CI); otherwise the command to run is printed.
-NATIVE_PACKAGES := cmake make gcc pkg-config libsodium-dev libjsmn-dev libarchive-dev clang-14 libclang-rt-14-dev
+# for JSON, libarchive for bundle archives) and clang's libFuzzer; for the fine-tuning service's tests, redis-server
+# (the shared job queue) and chromium with its driver (the dashboard's check in a real browser). All from Debian's
+# packages, installed when missing and run as root (CI); otherwise the command to run is printed.
+NATIVE_PACKAGES := cmake make gcc pkg-config libsodium-dev libjsmn-dev libarchive-dev clang-14 libclang-rt-14-dev \
+	redis-server chromium chromium-driver
 setup-native:
 	@missing=$$(for package in $(NATIVE_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
 	if [ -n "$$missing" ]; then \
@@ -30,7 +32,7 @@ setup-native:
 $(HOST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(HOST)
 	$(HOST)/bin/pip install --quiet --upgrade pip
-	$(HOST)/bin/pip install --quiet -e ".[host,models,quantized,dev]"
+	$(HOST)/bin/pip install --quiet -e ".[host,models,quantized,serve,dev]"
 	# The `distributed` extra (DeepSpeed, strategies zero2/zero3): its source archive's setup imports torch, so it
 	# is built without isolation once torch is in, compiling no kernel (DS_BUILD_OPS=0); setuptools for that build
 	# (venvs of Python >= 3.12 have none) and ninja for the op DeepSpeed compiles at first use.

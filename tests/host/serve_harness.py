@@ -1,0 +1,142 @@
+"""The fine-tuning service as its users run it, for the serve tests: `edge-sdk serve` (and `serve worker`) as
+processes on a free loopback port, with a tiny seeded model and a config in a temporary folder; keys made with
+`edge-sdk serve keys create`; OpenAI's own client pointed at it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_config(folder: Path, models: dict[str, Path], extra: str = "", lease_seconds: float = 4.0,
+                 checkpoint_every: int = 2, queue_url: str | None = None) -> Path:
+    lines = [f'home = "{folder / "home"}"', f'recipes_dir = "{folder / "no-recipes"}"']
+    if queue_url:
+        lines.append(f'queue_url = "{queue_url}"')
+    lines += ["[models]"] + [f'{name} = "{path}"' for name, path in models.items()]
+    lines += ["[worker]", f"lease_seconds = {lease_seconds}", "heartbeat_seconds = 0.5",
+              f"checkpoint_every = {checkpoint_every}"]
+    path = folder / "serve.toml"
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def environment() -> dict[str, str]:
+    return os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+                         "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def edge_sdk(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_sdk", *args], capture_output=True, text=True,
+                          env=environment(), timeout=120)
+
+
+def create_key(config: Path, tenant: str) -> str:
+    done = edge_sdk("serve", "keys", "create", "--tenant", tenant, "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+class Service:
+    """`edge-sdk serve --workers N` (or the API alone plus separate `serve worker` processes), each in its own
+    process group, so a test can SIGKILL one and all it started."""
+
+    def __init__(self, config: Path, workers: int = 1, log: Path | None = None) -> None:
+        self.config, self.workers = config, workers
+        self.port = free_port()
+        self.log = log or config.parent / "service.log"
+        self.processes: list[subprocess.Popen] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, *args: str) -> subprocess.Popen:
+        with open(self.log, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "edge_sdk", *args], stdout=log, stderr=log,
+                                       env=environment(), start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def start(self, separate_workers: int = 0) -> Service:
+        self._spawn("serve", "--config", str(self.config), "--port", str(self.port), "--workers",
+                    str(self.workers))
+        for _ in range(separate_workers):
+            self.start_worker()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.base_url}/v1/openapi.json", timeout=2).read()
+                return self
+            except OSError:
+                if self.processes[0].poll() is not None:
+                    raise AssertionError(f"edge-sdk serve exited: {self.log.read_text()[-3000:]}") from None
+                time.sleep(0.3)
+        raise AssertionError(f"edge-sdk serve did not answer in 60 s: {self.log.read_text()[-3000:]}")
+
+    def start_worker(self) -> subprocess.Popen:
+        return self._spawn("serve", "worker", "--config", str(self.config))
+
+    def client(self, key: str):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key=key, max_retries=0, timeout=60)
+
+    def kill(self) -> None:
+        """SIGKILL every process group it started: the API, its workers and their jobs' processes."""
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(30)
+        self.processes = []
+
+    def stop(self) -> None:
+        for process in self.processes:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.processes = []
+
+
+def wait_for(client, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+             timeout: float = 300.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job.status} after {timeout} s"
+        time.sleep(0.5)
+
+
+def all_events(client, job_id: str) -> list:
+    """Every event of a job, oldest first, through the cursor pages."""
+    events, after = [], None
+    while True:
+        page = client.fine_tuning.jobs.list_events(job_id, limit=25, **({"after": after} if after else {}))
+        events += page.data
+        if not page.has_more:
+            return events[::-1]
+        after = page.data[-1].id
