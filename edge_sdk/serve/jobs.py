@@ -144,7 +144,7 @@ def create_job(session: Session, config: ServeConfig, tenant: Tenant, body: JobC
     if waiting >= limits.max_queued_jobs:
         raise ApiError(429, f"this tenant already has {waiting} jobs waiting (the limit is {limits.max_queued_jobs}); "
                             "retry when one has started", type="rate_limit_error", code="too_many_queued_jobs",
-                       should_retry=True, retry_after=30)
+                       should_retry=True, retry_after=10)
     examples = int((training.summary or {}).get("examples", 0))
     hyperparameters = _hyperparameters(body, examples)
     settings = _resolve_settings(body, known[body.model], training, validation)
