@@ -96,11 +96,17 @@ def worker(concurrency: int | None, config_path: Path | None, home: Path | None)
     stop = threading.Event()
     threading.Thread(target=runner.recover_forever, args=(stop,), daemon=True, name="recover").start()
     note(f"edge-sdk serve worker {runner.worker_id}: queue {config.queue}")
-    # SIGTERM stops at once: a running job's processes die with this one and recovery resumes the job elsewhere
-    # (or here, after a restart) from its last checkpoint.
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # SIGTERM stops at once: the running jobs' processes are stopped and the jobs go back to the queue, to resume
+    # from their last checkpoint on another worker (or this one, restarted). SIGKILL skips that; recovery then
+    # re-queues the jobs once their lease has run out.
+    def stop_now() -> None:
+        try:
+            runner.release()
+        finally:
+            os._exit(0)
+
     try:
-        queue.consume(concurrency or config.concurrency)
+        queue.consume(concurrency or config.concurrency, on_terminate=stop_now)
     finally:
         stop.set()
 

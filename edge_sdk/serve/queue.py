@@ -44,10 +44,18 @@ class JobQueue:
         else:
             self._task(job_id)
 
-    def consume(self, workers: int) -> None:
-        """Run jobs in ``workers`` threads until SIGINT/SIGTERM (Huey's consumer; blocks)."""
+    def consume(self, workers: int, on_terminate: Callable[[], None]) -> None:
+        """Run jobs in ``workers`` threads (Huey's consumer; blocks). SIGINT stops after the running jobs;
+        SIGTERM calls ``on_terminate`` (which ends the process) instead of Huey's own handler."""
+        import signal
+
         from huey.consumer import Consumer
 
+        class _Consumer(Consumer):
+            def _set_signal_handlers(self) -> None:   # Huey sets its handlers inside run()
+                super()._set_signal_handlers()
+                signal.signal(signal.SIGTERM, lambda *_: on_terminate())
+
         # Poll at most every second when idle (Huey's default backs off to 10 s).
-        Consumer(self.huey, workers=workers, worker_type="thread", periodic=False, max_delay=1.0,
-                 graceful_signal="INT").run()
+        _Consumer(self.huey, workers=workers, worker_type="thread", periodic=False, max_delay=1.0,
+                  graceful_signal="INT").run()

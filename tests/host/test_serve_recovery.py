@@ -1,0 +1,125 @@
+"""Restart safety of `edge-sdk serve`: SIGKILL the service and its worker mid-job, start them again, and the job
+resumes from its last checkpoint and completes; its events are complete, each step reported once, and the
+training never ran twice at once (the killed worker's training process died with it)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from make_fixtures import write_topic_data
+from serve_harness import Service, all_events, create_key, wait_for, write_config
+from tiny_models import make_tiny_model
+
+MODEL = "tiny-bert"
+EPOCHS = 12
+STEPS = 16 * EPOCHS
+
+
+def _training_processes(folder: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"finetune .*{folder}"], capture_output=True, text=True)
+    return found.stdout.split()
+
+
+def test_a_job_survives_sigkill_of_service_and_worker(tmp_path: Path) -> None:
+    make_tiny_model(tmp_path / "bert", "bert")
+    write_topic_data(tmp_path / "train.jsonl", 128, seed=0)
+    config = write_config(tmp_path, {MODEL: tmp_path / "bert"}, lease_seconds=3.0, checkpoint_every=4)
+    key = create_key(config, "acme")
+    first = Service(config, workers=1, log=tmp_path / "first.log").start()
+    try:
+        client = first.client(key)
+        with open(tmp_path / "train.jsonl", "rb") as data:
+            train = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
+        # 16 steps per epoch of about 0.1 s each: the kill lands in training, not in the build after it.
+        job = client.fine_tuning.jobs.create(model=MODEL, training_file=train.id, method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": EPOCHS, "batch_size": 8}}})
+        deadline = time.monotonic() + 120
+        while not any(c.step_number >= 8 for c in client.fine_tuning.jobs.checkpoints.list(job.id).data):
+            assert time.monotonic() < deadline, client.fine_tuning.jobs.retrieve(job.id)
+            time.sleep(0.2)
+        time.sleep(0.7)   # a step or two past the checkpoint: those are repeated after the restart
+    finally:
+        first.kill()
+    folder = tmp_path / "home" / "jobs" / job.id
+    deadline = time.monotonic() + 10
+    while _training_processes(folder):   # the training process died with its worker
+        assert time.monotonic() < deadline, "the killed worker's training process lives on"
+        time.sleep(0.2)
+    with sqlite3.connect(tmp_path / "home" / "service.db") as db:
+        assert db.execute("SELECT status FROM jobs WHERE id = ?", (job.id,)).fetchone()[0] == "running"
+
+    second = Service(config, workers=1, log=tmp_path / "second.log").start()
+    try:
+        client = second.client(key)
+        done = wait_for(client, job.id, timeout=300)
+        assert done.status == "succeeded", done.error
+        events = all_events(client, job.id)
+    finally:
+        second.stop()
+
+    messages = [event.message for event in events]
+    assert messages.count("Fine-tuning job started") == 1
+    assert any("stopped while running this job" in m for m in messages)
+    assert any(m.startswith("Fine-tuning job resumed by worker") for m in messages)
+    assert any(m.startswith("resumed at step") for m in messages), "training went on from its checkpoint"
+    assert messages[-1] == "The job has successfully completed"
+    steps = [event.data["step"] for event in events if event.type == "metrics" and "total_steps" in event.data]
+    assert sorted(steps) == list(range(1, STEPS + 1)), "every step reported exactly once"
+    epochs = [event.data["epoch"] for event in events if event.type == "metrics" and "total_steps" not in event.data]
+    assert sorted(epochs) == list(range(1, EPOCHS + 1))
+
+    # The run's own log: the first run's steps, then the resumed run's, starting right after a checkpoint it
+    # had written; no step ran in both runs beyond the few after that checkpoint.
+    lines = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    ran = [item["step"] for item in lines if item["type"] == "step"]
+    restart = next(i for i in range(1, len(ran)) if ran[i] <= ran[i - 1])
+    checkpoints = {item["step"] for item in lines if item["type"] == "checkpoint"}
+    assert ran[restart] - 1 in checkpoints and ran[:restart] == list(range(1, ran[restart - 1] + 1))
+    assert ran[restart:] == list(range(ran[restart], STEPS + 1))
+    with sqlite3.connect(tmp_path / "home" / "service.db") as db:
+        assert db.execute("SELECT attempts FROM jobs WHERE id = ?", (job.id,)).fetchone()[0] == 2
+
+
+def test_a_stopped_worker_hands_its_job_back(tmp_path: Path) -> None:
+    """A worker told to stop (SIGTERM) ends at once: its job's processes go with it, the job is queued again, and
+    another worker resumes it from its checkpoint without waiting for the lease (a minute here)."""
+    make_tiny_model(tmp_path / "bert", "bert")
+    write_topic_data(tmp_path / "train.jsonl", 128, seed=0)
+    config = write_config(tmp_path, {MODEL: tmp_path / "bert"}, lease_seconds=60.0)
+    key = create_key(config, "acme")
+    service = Service(config, workers=0).start(separate_workers=1)
+    try:
+        client = service.client(key)
+        with open(tmp_path / "train.jsonl", "rb") as data:
+            train = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(model=MODEL, training_file=train.id, method={
+            "type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 20, "batch_size": 8}}})
+        folder = tmp_path / "home" / "jobs" / job.id
+        deadline = time.monotonic() + 120
+        while not (folder / "events.jsonl").is_file():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        while not (folder / "adapter.checkpoint").is_dir():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        worker = service.processes[1]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        assert not _training_processes(folder), "the stopped worker's training process lives on"
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+        service.start_worker()
+        deadline = time.monotonic() + 60
+        while client.fine_tuning.jobs.retrieve(job.id).status != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        client.fine_tuning.jobs.cancel(job.id)
+        messages = [event.message for event in all_events(client, job.id)]
+        assert any("stopped; the job resumes" in m for m in messages)
+        assert any(m.startswith("Fine-tuning job resumed by worker") for m in messages)
+    finally:
+        service.kill()
