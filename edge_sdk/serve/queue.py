@@ -36,7 +36,14 @@ class JobQueue:
 
     def __init__(self, config: ServeConfig, run: Callable[[str], None] | None = None) -> None:
         self.huey = _huey(config.queue)
-        self._task = self.huey.task(name=TASK_NAME, retries=0)(run or _not_here)
+        target = run or _not_here
+
+        # Huey names a task by its function's module and the given name: one function defined here gives the API
+        # (which only enqueues) and the workers (which run) the same name, whatever ``run`` is.
+        def run_fine_tuning_job(job_id: str) -> None:
+            target(job_id)
+
+        self._task = self.huey.task(name=TASK_NAME, retries=0)(run_fine_tuning_job)
 
     def enqueue(self, job_id: str, delay: float | None = None) -> None:
         if delay:

@@ -77,6 +77,7 @@ class JobRunner:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.python = config.python or sys.executable
         self._running: set[subprocess.Popen] = set()   # the commands of the jobs this process runs now
+        self._heartbeats: dict[str, _Heartbeat] = {}
 
     # --- claiming ------------------------------------------------------------------------------------
 
@@ -87,6 +88,9 @@ class JobRunner:
         job = self._claim(job_id)
         if job is None:
             return
+        heartbeat = _Heartbeat(self, job.id)
+        self._heartbeats[job.id] = heartbeat
+        heartbeat.start()
         try:
             self._execute(job)
         except _Stopped as stopped:
@@ -100,6 +104,9 @@ class JobRunner:
             message = f"the worker failed: {type(exc).__name__}: {exc}"
             self._finish(job.id, FAILED, message, error={"code": "server_error", "message": message, "param": None},
                          level="error")
+        finally:
+            heartbeat.stop()
+            self._heartbeats.pop(job.id, None)
 
     def _validate(self, job_id: str) -> bool:
         """validating_files -> queued once its files pass the task's reader; False when there is nothing to run."""
@@ -172,9 +179,11 @@ class JobRunner:
         adapter = folder / "adapter"
         if not (adapter / "adapter_model.safetensors").is_file():
             self._run_stage(job, self._finetune_command(job, folder, adapter), folder / "finetune", follow=True)
+        self._heartbeats[job.id].check()
         self._event(job.id, f"Building the device bundle (profile {self._profile(job)})")
         bundle = folder / "bundle"
         self._run_stage(job, self._build_command(job, adapter, bundle), folder / "build", follow=False)
+        self._heartbeats[job.id].check()
         self._publish(job, folder, adapter, bundle)
 
     def _profile(self, job: Job) -> str:
@@ -263,27 +272,15 @@ class JobRunner:
             return {}
 
     def _watch(self, job: Job, process: subprocess.Popen, follow: bool) -> None:
-        last_beat = 0.0
+        heartbeat = self._heartbeats[job.id]
         while process.poll() is None:
             if follow:
                 self._follow(job)
-            if time.monotonic() - last_beat >= self.config.heartbeat_seconds:
-                last_beat = time.monotonic()
-                self._heartbeat(job)
+            heartbeat.check()
             try:
                 process.wait(_POLL_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
-
-    def _heartbeat(self, job: Job) -> None:
-        with self.sessions.begin() as session:
-            beat = session.execute(update(Job).where(Job.id == job.id, Job.worker == self.worker_id,
-                                                     Job.status == RUNNING).values(heartbeat_at=time.time()))
-            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job.id))
-        if cancel:
-            raise _Stopped("cancelled")
-        if not beat.rowcount:
-            raise _Stopped("lost")
 
     # --- events --------------------------------------------------------------------------------------
 
@@ -450,6 +447,41 @@ class JobRunner:
                 self.recover()
             except Exception:   # a database hiccup: the next round tries again
                 log.exception("recovering jobs failed")
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps a claimed job's claim alive every heartbeat_seconds for as long as this worker holds it, whatever the
+    job is doing (a long pack or copy included), and notes a cancel request or a lost claim for the job's thread."""
+
+    def __init__(self, runner: JobRunner, job_id: str) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.runner, self.job_id = runner, job_id
+        self.outcome: str | None = None   # "cancelled" or "lost", once seen
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.runner.config.heartbeat_seconds):
+            try:
+                self._beat()
+            except Exception:   # a busy or unreachable database: the next beat tries again
+                log.exception("heartbeat of job %s failed", self.job_id)
+
+    def _beat(self) -> None:
+        with self.runner.sessions.begin() as session:
+            beat = session.execute(update(Job).where(Job.id == self.job_id, Job.worker == self.runner.worker_id,
+                                                     Job.status == RUNNING).values(heartbeat_at=time.time()))
+            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+        if cancel:
+            self.outcome = "cancelled"
+        elif not beat.rowcount:
+            self.outcome = "lost"
+
+    def check(self) -> None:
+        if self.outcome is not None:
+            raise _Stopped(self.outcome)
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
 def _model_name(job: Job, session) -> str:

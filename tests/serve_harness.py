@@ -13,7 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -140,3 +140,35 @@ def all_events(client, job_id: str) -> list:
         if not page.has_more:
             return events[::-1]
         after = page.data[-1].id
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def dashboard_screenshot(base_url: str, key: str, job_id: str, path: Path) -> None:
+    """Sign in to the dashboard in headless Chromium (Debian's, driven by selenium; nothing is downloaded), open
+    the job's page and save a screenshot of it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1500"):
+        options.add_argument(argument)
+    options.binary_location = str(CHROMIUM)
+    browser = webdriver.Chrome(options=options, service=DriverService(str(CHROMEDRIVER)))
+    try:
+        browser.set_page_load_timeout(30)
+        browser.get(base_url + "/")
+        browser.find_element(By.NAME, "key").send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+        browser.find_element(By.CSS_SELECTOR, f"a[href='/jobs/{job_id}']").click()
+        assert browser.find_element(By.ID, "loss-chart").is_displayed()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(path))
+    finally:
+        browser.quit()
+
+
+def artifacts_dir() -> Path:
+    return Path(os.environ.get("EDGE_SDK_TEST_ARTIFACTS") or REPO / "build" / "test-artifacts")
