@@ -17,6 +17,7 @@ the clients' own waiting: they are an upper bound on what the server takes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -151,9 +152,11 @@ def run_load(clients: int = 50, seconds: float = 60.0, model_dir: Path | None = 
         work = Path(folder or scratch)
         work.mkdir(parents=True, exist_ok=True)
         if model_dir is None:
-            from tiny_models import make_tiny_model
+            # Importing transformers may log to stdout (deepspeed's accelerator note): keep --json's stdout clean.
+            with contextlib.redirect_stdout(sys.stderr):
+                from tiny_models import make_tiny_model
 
-            model_dir = make_tiny_model(work / "tiny-bert", "bert")
+                model_dir = make_tiny_model(work / "tiny-bert", "bert")
         # Checkpoints rarely (each is a save and a row): the window measures serving, not checkpointing. The
         # lease: long enough that a worker slowed by the load keeps its job (heartbeats come every 0.5 s), short
         # enough that the worker's recovery round (every half lease) picks the job up soon, as the API's queue
