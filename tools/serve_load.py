@@ -158,9 +158,7 @@ def run_load(clients: int = 50, seconds: float = 60.0, model_dir: Path | None = 
 
                 model_dir = make_tiny_model(work / "tiny-bert", "bert")
         # Checkpoints rarely (each is a save and a row): the window measures serving, not checkpointing. The
-        # lease: long enough that a worker slowed by the load keeps its job (heartbeats come every 0.5 s), short
-        # enough that the worker's recovery round (every half lease) picks the job up soon, as the API's queue
-        # message names a task the worker has not registered (tests/host/test_serve_queue.py) and is dropped.
+        # lease: long enough that a worker slowed by the load keeps its job (heartbeats come every 0.5 s).
         config = write_config(work, {"model": Path(model_dir).resolve()}, lease_seconds=20.0,
                               checkpoint_every=100_000)
         key = create_key(config, "load")

@@ -58,9 +58,7 @@ def test_two_workers_on_one_redis_queue_run_each_job_once(tmp_path: Path, redis_
     service = Service(config, workers=0)
     try:
         # Every job is waiting before the workers start: each worker takes one job at a time (concurrency 1) and a
-        # job runs for many seconds, so whichever polls second still finds one. (The API's queue messages do not
-        # reach the workers today, see test_serve_queue.py: the jobs start from the workers' recovery rounds,
-        # every half lease, 2 s here.)
+        # job runs for many seconds, so whichever polls second still finds one.
         service.start()
         client = service.client(key)
         jobs = []
