@@ -151,6 +151,8 @@ def dashboard_screenshot(base_url: str, key: str, job_id: str, path: Path) -> No
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1500"):
@@ -162,8 +164,10 @@ def dashboard_screenshot(base_url: str, key: str, job_id: str, path: Path) -> No
         browser.get(base_url + "/")
         browser.find_element(By.NAME, "key").send_keys(key)
         browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
-        browser.find_element(By.CSS_SELECTOR, f"a[href='/jobs/{job_id}']").click()
-        assert browser.find_element(By.ID, "loss-chart").is_displayed()
+        # A click returns before the next page has loaded: wait for what it shows.
+        wait = WebDriverWait(browser, 30)
+        wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, f"a[href='/jobs/{job_id}']"))).click()
+        assert wait.until(expected_conditions.visibility_of_element_located((By.ID, "loss-chart")))
         path.parent.mkdir(parents=True, exist_ok=True)
         assert browser.save_screenshot(str(path))
     finally:

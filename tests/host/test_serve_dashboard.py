@@ -243,6 +243,9 @@ def test_dashboard_in_headless_chromium(service: Service, live_url: str) -> None
     browser = webdriver.Chrome(options=options, service=DriverService(str(CHROMEDRIVER)))
     try:
         browser.set_page_load_timeout(30)
+        # A click returns before the next page has loaded: every lookup below waits for what that page shows (none
+        # of them matches anything on the page before it).
+        browser.implicitly_wait(15)
         browser.get(live_url + "/")
         browser.find_element(By.NAME, "key").send_keys("esk-wrong")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
