@@ -72,7 +72,7 @@ def split_metrics(metrics: list[dict[str, Any]]) -> tuple[dict[float, float], li
     for data in metrics:
         if "epoch" in data and "total_steps" not in data:
             scores = {key: number for key, value in data.items()
-                      if key not in {"epoch", "step"} and (number := _number(value)) is not None}
+                      if key not in {"epoch", "step", "examples"} and (number := _number(value)) is not None}
             if scores:
                 step = _number(data.get("step"))
                 epochs.append(Epoch(data["epoch"], last_step if step is None else step, scores))

@@ -9,6 +9,7 @@ processes. A recovered job resumes from its newest checkpoint (`finetune --resum
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -292,7 +293,8 @@ class JobRunner:
             events, offset = read_events(path, row.events_offset)
             if not events:
                 return
-            state = row.settings.get("_progress", {})
+            # A copy: the JSON column notices a new value, not a change made inside the old one.
+            state = copy.deepcopy(row.settings.get("_progress", {}))
             for item in events:
                 self._record(session, row, item, state)
             row.events_offset = offset

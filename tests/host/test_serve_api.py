@@ -87,11 +87,15 @@ def test_a_job_trains_and_its_bundle_personalizes_and_runs_on_the_device(service
     assert steps == list(range(1, 17))   # 64 rows / batch 8 x 2 epochs, each step once, in order
     epochs = [event.data for event in events if event.type == "metrics" and "total_steps" not in event.data]
     assert [data["epoch"] for data in epochs] == [0, 1, 2] and all("accuracy" in data for data in epochs)
+    assert [data["step"] for data in epochs] == [0, 8, 16]
     assert not any("/" in message and "home" in message for message in messages), "server paths leak"
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id, limit=100).data
     assert [c.step_number for c in checkpoints] == list(range(16, 0, -2))   # every 2 steps, newest first
     assert checkpoints[0].metrics.step == 16 and checkpoints[0].fine_tuned_model_checkpoint.endswith(":ckpt-step-16")
+    assert checkpoints[0].metrics.train_loss == pytest.approx([e.data for e in events if e.type == "metrics"
+                                                                        and e.data.get("step") == 16][0]["train_loss"])
+    assert checkpoints[0].metrics.valid_loss == pytest.approx(epochs[-1]["loss"])   # the epoch's evaluation
 
     results = {client.files.retrieve(file_id).filename: file_id for file_id in current.result_files}
     assert all(client.files.retrieve(file_id).purpose == "fine-tune-results" for file_id in current.result_files)
