@@ -146,8 +146,9 @@ def load_config(path: Path | None = None, home: Path | None = None) -> ServeConf
             raise ConfigError(f"{path}: unknown [worker] setting {key!r}; known: {', '.join(sorted(worker_known))}")
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{path}: [worker] {key} must be a number > 0, not {value!r}")
-    limits = _limits(table.get("limits", {}), "[limits]", Limits())
-    tenant_limits = {name: _limits(entry.get("limits", {}), f"[tenants.{name}.limits]", limits)
+    where = f"{path}: " if path is not None else ""
+    limits = _limits(table.get("limits", {}), f"{where}[limits]", Limits())
+    tenant_limits = {name: _limits(entry.get("limits", {}), f"{where}[tenants.{name}.limits]", limits)
                      for name, entry in table.get("tenants", {}).items()}
     chosen_home = home or (resolve(table["home"], "home") if "home" in table else default_home())
     return ServeConfig(

@@ -20,8 +20,11 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from edge_sdk.errors import ConfigError, DependencyError
 
 # Job statuses, as OpenAI names them.
 VALIDATING, QUEUED, RUNNING = "validating_files", "queued", "running"
@@ -135,7 +138,14 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``, with the tables created. SQLite runs in WAL mode with a busy timeout, so the API
     and several worker processes share the file."""
     sqlite = url.startswith("sqlite")
-    engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {}, pool_pre_ping=not sqlite)
+    try:
+        engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {}, pool_pre_ping=not sqlite)
+    except ImportError as exc:   # the URL's driver (e.g. psycopg for postgresql+psycopg://) is not installed
+        raise DependencyError(f"database_url {_shown(url)!r} needs the Python package {exc.name!r}: "
+                              f"pip install {exc.name}") from exc
+    except ArgumentError as exc:
+        raise ConfigError(f"database_url {_shown(url)!r} is not a database URL SQLAlchemy knows ({exc}); use "
+                          "sqlite:///PATH or postgresql+psycopg://USER@HOST/DB") from exc
     if sqlite:
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record) -> None:   # noqa: ANN001 - DBAPI objects
@@ -144,8 +154,19 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-    Base.metadata.create_all(engine)
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError as exc:
+        raise ConfigError(f"cannot open the database {_shown(url)!r}: {exc.orig}") from exc
     return engine
+
+
+def _shown(url: str) -> str:
+    """The URL without its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
 
 
 def make_sessions(engine: Engine) -> sessionmaker:

@@ -10,6 +10,7 @@ processes. A recovered job resumes from its newest checkpoint (`finetune --resum
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
@@ -158,7 +159,7 @@ class JobRunner:
             # One statement: the check and the claim cannot interleave with another worker's.
             claimed = session.execute(update(Job).where(Job.id == job_id, claimable, running_elsewhere < limit)
                                       .values(status=RUNNING, worker=self.worker_id, heartbeat_at=time.time(),
-                                              attempts=Job.attempts + 1, cancel_requested=Job.cancel_requested))
+                                              attempts=Job.attempts + 1))
             job = session.scalar(select(Job).where(Job.id == job_id))
             if not claimed.rowcount:
                 if job.status == QUEUED or (job.status == RUNNING and (job.heartbeat_at or 0) < stale):
@@ -246,9 +247,7 @@ class JobRunner:
         """Run one command of the job in its own process group, following its events, heartbeating and watching
         for a cancel; its JSON result. Raises _Stopped or _StageFailed."""
         stdout, stderr = name.with_suffix(".json"), name.with_suffix(".log")
-        env = os.environ | {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "")}
-        if not env["OMP_NUM_THREADS"]:
-            del env["OMP_NUM_THREADS"]
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
         launcher = [self.python, "-m", "edge_sdk.serve.child", str(os.getpid())]
         with open(stdout, "wb") as out, open(stderr, "ab") as err:
             process = subprocess.Popen(launcher + command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
@@ -266,8 +265,6 @@ class JobRunner:
         if process.returncode != 0:
             raise _StageFailed("training_failed" if follow else "build_failed", _failure_message(stderr, command))
         try:
-            import json
-
             return json.loads(stdout.read_text(encoding="utf-8") or "{}")
         except ValueError:
             return {}
@@ -492,8 +489,6 @@ def _model_name(job: Job, session) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    import json
-
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
