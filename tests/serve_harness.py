@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,14 +147,13 @@ def all_events(client, job_id: str) -> list:
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-def dashboard_screenshot(base_url: str, key: str, job_id: str, path: Path) -> None:
-    """Sign in to the dashboard in headless Chromium (Debian's, driven by selenium; nothing is downloaded), open
-    the job's page and save a screenshot of it."""
+@contextmanager
+def headless_chromium() -> Iterator:
+    """Debian's Chromium, headless, driven by selenium through Debian's chromedriver (explicit paths: nothing is
+    downloaded). A click returns before the next page has loaded, so every lookup waits up to 15 s for what it
+    asks for: ask only for what the next page shows."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1500"):
@@ -161,18 +162,27 @@ def dashboard_screenshot(base_url: str, key: str, job_id: str, path: Path) -> No
     browser = webdriver.Chrome(options=options, service=DriverService(str(CHROMEDRIVER)))
     try:
         browser.set_page_load_timeout(30)
-        browser.get(base_url + "/")
-        browser.find_element(By.NAME, "key").send_keys(key)
-        browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
-        # A click returns before the next page has loaded: wait for what it shows.
-        wait = WebDriverWait(browser, 30)
-        wait.until(expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, f"a[href='/jobs/{job_id}']"))).click()
-        assert wait.until(expected_conditions.visibility_of_element_located((By.ID, "loss-chart")))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        assert browser.save_screenshot(str(path))
+        browser.implicitly_wait(15)
+        yield browser
     finally:
         browser.quit()
 
 
+def dashboard_screenshot(base_url: str, key: str, job_id: str, path: Path) -> None:
+    """Sign in to the dashboard, open the job's page and save a screenshot of it."""
+    from selenium.webdriver.common.by import By
+
+    with headless_chromium() as browser:
+        browser.get(base_url + "/")
+        browser.find_element(By.NAME, "key").send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, "form[action='/login'] button").click()
+        browser.find_element(By.CSS_SELECTOR, f"a[href='/jobs/{job_id}']").click()
+        assert browser.find_element(By.ID, "loss-chart").is_displayed()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(path))
+
+
 def artifacts_dir() -> Path:
+    """Where tests leave what a person looks at afterwards (screenshots): $EDGE_SDK_TEST_ARTIFACTS, else
+    build/test-artifacts/."""
     return Path(os.environ.get("EDGE_SDK_TEST_ARTIFACTS") or REPO / "build" / "test-artifacts")

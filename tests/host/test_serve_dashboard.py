@@ -3,7 +3,6 @@ a job's page with its loss chart (server-rendered SVG), escaping; and the same p
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import threading
@@ -19,15 +18,14 @@ pytest.importorskip("sqlalchemy")
 
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_harness import CHROMEDRIVER, CHROMIUM, artifacts_dir, headless_chromium  # noqa: E402
 from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from edge_sdk.serve.dashboard import COOKIE, dashboard_router, loss_chart, split_metrics  # noqa: E402
 from edge_sdk.serve.db import Job, JobEvent, StoredFile, Tenant, make_engine, make_sessions, new_id  # noqa: E402
 from edge_sdk.serve.keys import create_key, revoke_key  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 HOSTILE = '<script>alert("x")</script>&model'
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @dataclass
@@ -232,20 +230,10 @@ def live_url(service: Service) -> Iterator[str]:
 @pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
                     reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium chromium-driver)")
 def test_dashboard_in_headless_chromium(service: Service, live_url: str) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service as DriverService
+    pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
 
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1400"):
-        options.add_argument(argument)
-    options.binary_location = str(CHROMIUM)
-    browser = webdriver.Chrome(options=options, service=DriverService(str(CHROMEDRIVER)))
-    try:
-        browser.set_page_load_timeout(30)
-        # A click returns before the next page has loaded: every lookup below waits for what that page shows (none
-        # of them matches anything on the page before it).
-        browser.implicitly_wait(15)
+    with headless_chromium() as browser:
         browser.get(live_url + "/")
         browser.find_element(By.NAME, "key").send_keys("esk-wrong")
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
@@ -262,13 +250,10 @@ def test_dashboard_in_headless_chromium(service: Service, live_url: str) -> None
         assert chart.is_displayed() and chart.size["width"] > 300 and chart.size["height"] > 100
         assert browser.find_element(By.CSS_SELECTOR, "#loss-chart polyline.train-loss").is_displayed()
 
-        artifacts = Path(os.environ.get("EDGE_SDK_TEST_ARTIFACTS") or REPO / "build" / "test-artifacts")
-        artifacts.mkdir(parents=True, exist_ok=True)
-        shot = artifacts / "serve-dashboard.png"
+        artifacts_dir().mkdir(parents=True, exist_ok=True)
+        shot = artifacts_dir() / "serve-dashboard.png"
         assert browser.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         browser.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click()
         assert browser.find_element(By.NAME, "key").is_displayed()
-    finally:
-        browser.quit()

@@ -47,7 +47,7 @@ def test_a_minilm_job_returns_a_bundle_the_device_personalizes(tmp_path: Path) -
                     for path in (train, valid)]
         started = time.monotonic()
         job = client.fine_tuning.jobs.create(
-            model="minilm-topics", training_file=uploaded[0].id, validation_file=uploaded[1].id, suffix="bbc",
+            model="minilm-topics", training_file=uploaded[0].id, validation_file=uploaded[1].id, suffix="bbc", seed=0,
             method={"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": 2, "batch_size": 16, "learning_rate_multiplier": 15}}})
         done = wait_for(client, job.id, timeout=900)
