@@ -399,14 +399,21 @@ class JobRunner:
     # --- recovery ------------------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Put back on the queue the running jobs whose worker stopped (no heartbeat for a lease) and the waiting
-        jobs whose queue message was lost; how many it re-queued."""
+        """Put back on the queue the running jobs whose worker stopped and the waiting jobs whose queue message was
+        lost; how many it re-queued. A worker has stopped when it has not been heard from for a lease, or at once
+        when it ran on this machine and its process is gone (a worker restarted after a crash resumes its jobs
+        without waiting out the lease)."""
         stale = time.time() - self.config.lease_seconds
         requeued: list[str] = []
         with self.sessions.begin() as session:
-            for job in session.scalars(select(Job).where(Job.status == RUNNING, Job.heartbeat_at < stale)):
+            for job in session.scalars(select(Job).where(Job.status == RUNNING)):
+                silent = (job.heartbeat_at or 0) < stale
+                if not (silent or _gone_from_this_machine(job.worker)):
+                    continue
+                # Conditional on what was read: a heartbeat or a claim since then wins.
                 taken = session.execute(update(Job).where(Job.id == job.id, Job.status == RUNNING,
-                                                          Job.heartbeat_at < stale)
+                                                          Job.worker == job.worker,
+                                                          Job.heartbeat_at == job.heartbeat_at)
                                         .values(status=QUEUED, heartbeat_at=time.time(), worker=None))
                 if taken.rowcount:
                     add_event(session, job.id, f"Worker {job.worker} stopped while running this job; it resumes "
@@ -481,6 +488,24 @@ class _Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
+
+
+def _gone_from_this_machine(worker: str | None) -> bool:
+    """Whether ``worker`` ("host:pid") ran on this machine and its process no longer exists."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:   # a process of another user has that number now: not ours, not gone
+        return False
+    try:   # a dead process nobody has reaped yet (a container's init may never reap) is a zombie: gone too
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
 
 
 def _model_name(job: Job, session) -> str:

@@ -36,7 +36,9 @@ def _training_processes(folder: Path) -> list[str]:
 def test_a_job_survives_sigkill_of_service_and_worker(tmp_path: Path) -> None:
     make_tiny_model(tmp_path / "bert", "bert")
     write_topic_data(tmp_path / "train.jsonl", 128, seed=0)
-    config = write_config(tmp_path, {MODEL: tmp_path / "bert"}, lease_seconds=3.0, checkpoint_every=16)
+    # A lease far longer than the test: the restarted worker sees that the job's worker process is gone from this
+    # machine and recovers the job at once.
+    config = write_config(tmp_path, {MODEL: tmp_path / "bert"}, lease_seconds=600.0, checkpoint_every=16)
     key = create_key(config, "acme")
     first = Service(config, workers=1, log=tmp_path / "first.log").start()
     try:
@@ -63,6 +65,10 @@ def test_a_job_survives_sigkill_of_service_and_worker(tmp_path: Path) -> None:
     second = Service(config, workers=1, log=tmp_path / "second.log").start()
     try:
         client = second.client(key)
+        restarted = time.monotonic()
+        while not any(m.message.startswith("Fine-tuning job resumed") for m in all_events(client, job.id)):
+            assert time.monotonic() - restarted < 60, "the job was not recovered at the worker's start"
+            time.sleep(0.3)
         done = wait_for(client, job.id, timeout=300)
         assert done.status == "succeeded", done.error
         events = all_events(client, job.id)
@@ -80,14 +86,15 @@ def test_a_job_survives_sigkill_of_service_and_worker(tmp_path: Path) -> None:
     epochs = [event.data["epoch"] for event in events if event.type == "metrics" and "total_steps" not in event.data]
     assert sorted(epochs) == list(range(1, EPOCHS + 1))
 
-    # The run's own log: the first run's steps, then the resumed run's, starting right after a checkpoint it
-    # had written; no step ran in both runs beyond the few after that checkpoint.
+    # The run's own log: the first run's steps, then the resumed run's, starting right after a checkpoint the first
+    # had written; only the steps between that checkpoint and the kill ran twice, one run after the other.
     lines = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
-    ran = [item["step"] for item in lines if item["type"] == "step"]
-    restart = next(i for i in range(1, len(ran)) if ran[i] <= ran[i - 1])
-    checkpoints = {item["step"] for item in lines if item["type"] == "checkpoint"}
-    assert ran[restart] - 1 in checkpoints and ran[:restart] == list(range(1, ran[restart - 1] + 1))
-    assert ran[restart:] == list(range(ran[restart], STEPS + 1))
+    restart = next(i for i, item in enumerate(lines) if str(item.get("message", "")).startswith("resumed at step"))
+    before = [item["step"] for item in lines[:restart] if item["type"] == "step"]
+    after = [item["step"] for item in lines[restart:] if item["type"] == "step"]
+    checkpoints = {item["step"] for item in lines[:restart] if item["type"] == "checkpoint"}
+    assert before == list(range(1, before[-1] + 1)) and after[0] - 1 in checkpoints
+    assert after == list(range(after[0], STEPS + 1)) and after[0] <= before[-1] + 1
     with sqlite3.connect(tmp_path / "home" / "service.db") as db:
         assert db.execute("SELECT attempts FROM jobs WHERE id = ?", (job.id,)).fetchone()[0] == 2
 
