@@ -24,7 +24,10 @@ _HOME = click.option("--home", type=click.Path(path_type=Path),
 
 
 def _load(config_path: Path | None, home: Path | None):
-    try:
+    try:   # every part of the serve extra, so a missing one is named before anything starts
+        import uvicorn  # noqa: F401
+
+        import edge_sdk.serve.app  # noqa: F401  (FastAPI, Huey)
         from edge_sdk.serve.config import load_config
         from edge_sdk.serve.db import make_engine, make_sessions
     except ImportError as exc:
@@ -122,9 +125,9 @@ def keys() -> None:
 @_HOME
 def create_key_command(tenant: str, config_path: Path | None, home: Path | None) -> None:
     """Make an API key for TENANT; the key is the last line printed."""
+    _, sessions = _load(config_path, home)
     from edge_sdk.serve.keys import create_key
 
-    _, sessions = _load(config_path, home)
     key = create_key(sessions, tenant)
     note(f"API key for tenant {tenant!r} (shown once; store it now):")
     click.echo(key)
@@ -136,8 +139,8 @@ def create_key_command(tenant: str, config_path: Path | None, home: Path | None)
 @_HOME
 def revoke_key_command(key: str, config_path: Path | None, home: Path | None) -> None:
     """Revoke KEY at once: requests with it get 401."""
+    _, sessions = _load(config_path, home)
     from edge_sdk.serve.keys import revoke_key
 
-    _, sessions = _load(config_path, home)
     tenant = revoke_key(sessions, key)
     click.echo(f"revoked a key of tenant {tenant!r}")
