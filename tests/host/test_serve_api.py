@@ -20,6 +20,7 @@ from serve_harness import Service, all_events, create_key, edge_sdk, wait_for, w
 from tiny_models import make_tiny_model
 
 from edge_sdk.bundle.archive import unpack_bundle
+from edge_sdk.bundle.signing import TrustPolicy
 from edge_sdk.device import DeviceBundle, TrainingSettings
 
 MODEL = "tiny-bert"
@@ -41,6 +42,10 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def service(work: Path):
     limited = "[tenants.small.limits]\nmax_file_bytes = 3000\nmax_queued_jobs = 1\nmax_running_jobs = 0\n"
     config = write_config(work, {MODEL: work / "bert"}, extra=limited)
+    made = edge_sdk("keys", "generate", "--out", str(work / "signing"))
+    assert made.returncode == 0, made.stderr
+    # The server signs every bundle it builds (a top-level setting: before the file's tables).
+    config.write_text(f'signing_key = "{work / "signing" / "edge-sdk.key"}"\n' + config.read_text())
     running = Service(config, workers=1).start()
     running.keys = {name: create_key(config, name) for name in ("acme", "other", "small")}
     yield running
@@ -110,7 +115,8 @@ def test_a_job_trains_and_its_bundle_personalizes_and_runs_on_the_device(service
 
     archive = work / "downloaded.edgepkg"
     archive.write_bytes(client.files.content(by_suffix[".edgepkg"]).read())
-    unpack_bundle(archive, work / "device-bundle", trust=False)
+    # Signed with the server's key: a device that trusts only that key installs it.
+    unpack_bundle(archive, work / "device-bundle", trust=TrustPolicy.from_paths([work / "signing" / "edge-sdk.pub"]))
     bundle = DeviceBundle.open(work / "device-bundle")
     assert bundle.manifest.labels == sorted(LABELS)   # the labels the server took from the training file
     before = bundle.evaluate(work / "topics-dev.jsonl")
