@@ -16,10 +16,11 @@ setup: setup-native $(HOST)/.installed $(DEVICE)/.installed $(STOCK)/.installed 
 
 # Firmware pipelines (native_hooks/): CMake, the C verifier's libraries (libsodium for SHA-256 and Ed25519, jsmn
 # for JSON, libarchive for bundle archives) and clang's libFuzzer; for the fine-tuning service's tests, redis-server
-# (the shared job queue) and chromium with its driver (the dashboard's check in a real browser). All from Debian's
-# packages, installed when missing and run as root (CI); otherwise the command to run is printed.
+# (the shared job queue), chromium with its driver (the dashboard's check in a real browser) and postgresql (a
+# throwaway cluster for the store on PostgreSQL). All from Debian's packages, installed when missing and run as
+# root (CI); otherwise the command to run is printed.
 NATIVE_PACKAGES := cmake make gcc pkg-config libsodium-dev libjsmn-dev libarchive-dev clang-14 libclang-rt-14-dev \
-	redis-server chromium chromium-driver
+	redis-server chromium chromium-driver postgresql
 setup-native:
 	@missing=$$(for package in $(NATIVE_PACKAGES); do dpkg -s $$package >/dev/null 2>&1 || echo $$package; done); \
 	if [ -n "$$missing" ]; then \

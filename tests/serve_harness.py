@@ -25,10 +25,12 @@ def free_port() -> int:
 
 
 def write_config(folder: Path, models: dict[str, Path], extra: str = "", lease_seconds: float = 4.0,
-                 checkpoint_every: int = 2, queue_url: str | None = None) -> Path:
+                 checkpoint_every: int = 2, queue_url: str | None = None, database_url: str | None = None) -> Path:
     lines = [f'home = "{folder / "home"}"', f'recipes_dir = "{folder / "no-recipes"}"']
     if queue_url:
         lines.append(f'queue_url = "{queue_url}"')
+    if database_url:   # a top-level key: it must come before the first table
+        lines.append(f'database_url = "{database_url}"')
     lines += ["[models]"] + [f'{name} = "{path}"' for name, path in models.items()]
     lines += ["[worker]", f"lease_seconds = {lease_seconds}", "heartbeat_seconds = 0.5",
               f"checkpoint_every = {checkpoint_every}"]

@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -68,7 +69,9 @@ class StoredFile(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)   # list order and cursor
     id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
-    filename: Mapped[str] = mapped_column(String(512))
+    # Text, not String(n): the name is the client's, unchecked, and PostgreSQL refuses a longer VARCHAR value (a 500)
+    # where SQLite stores it.
+    filename: Mapped[str] = mapped_column(Text)
     purpose: Mapped[str] = mapped_column(String(64))
     bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
@@ -134,6 +137,9 @@ class JobCheckpoint(Base):
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(256))
 
 
+_SCHEMA_LOCK = 0x65646765   # PostgreSQL advisory lock key for creating the tables ("edge")
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``, with the tables created. SQLite runs in WAL mode with a busy timeout, so the API
     and several worker processes share the file."""
@@ -155,7 +161,15 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
     try:
-        Base.metadata.create_all(engine)
+        if engine.dialect.name == "postgresql":
+            # The API and its workers start together on an empty database, and PostgreSQL's CREATE TABLEs of two
+            # processes collide (a unique violation in pg_type) where SQLite's file lock serializes them: one
+            # process at a time creates the tables, under a lock held to its transaction's end.
+            with engine.begin() as connection:
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                Base.metadata.create_all(connection)
+        else:
+            Base.metadata.create_all(engine)
     except OperationalError as exc:
         raise ConfigError(f"cannot open the database {_shown(url)!r}: {exc.orig}") from exc
     return engine

@@ -148,7 +148,11 @@ class JobRunner:
         stale = time.time() - self.config.lease_seconds
         others = aliased(Job)
         with self.sessions.begin() as session:
-            tenant = session.scalar(select(Tenant).join(Job, Job.tenant_id == Tenant.id).where(Job.id == job_id))
+            # The tenant's row is locked for the claim (FOR NO KEY UPDATE; SQLite, whose writers are serialized,
+            # ignores it): on PostgreSQL two claims of different jobs would otherwise not wait for each other, each
+            # counting the other's job as still queued, and the tenant would run more than its max_running_jobs.
+            tenant = session.scalar(select(Tenant).join(Job, Job.tenant_id == Tenant.id).where(Job.id == job_id)
+                                    .with_for_update(of=Tenant, key_share=True))
             if tenant is None:
                 return None
             limit = self.config.limits_for(tenant.name).max_running_jobs

@@ -81,7 +81,7 @@ def test_a_missing_config_file(tmp_path: Path) -> None:
 def test_database_urls_that_cannot_work_say_why(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not a database URL"):
         make_engine("nosuchdb://x")
-    if importlib.util.find_spec("psycopg") is None:   # PostgreSQL's driver is not one of the serve extra's
+    if importlib.util.find_spec("psycopg") is None:   # an environment from before psycopg joined the serve extra
         with pytest.raises(DependencyError, match="pip install psycopg") as missing:
             make_engine("postgresql+psycopg://edge:secret@localhost/edge")
         assert "secret" not in str(missing.value)
