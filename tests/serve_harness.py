@@ -77,15 +77,25 @@ class Service:
         return process
 
     def start(self, separate_workers: int = 0) -> Service:
-        self._spawn("serve", "--config", str(self.config), "--port", str(self.port), "--workers",
-                    str(self.workers))
-        for _ in range(separate_workers):
-            self.start_worker()
+        """Start the API (with its own workers) and ``separate_workers`` more; wait until the API answers. When it
+        does not, everything started is killed before the error: a failed start leaves no worker behind."""
+        try:
+            self._spawn("serve", "--config", str(self.config), "--port", str(self.port), "--workers",
+                        str(self.workers))
+            for _ in range(separate_workers):
+                self.start_worker()
+            self._wait_for_api()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _wait_for_api(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"{self.base_url}/v1/openapi.json", timeout=2).read()
-                return self
+                return
             except OSError:
                 if self.processes[0].poll() is not None:
                     raise AssertionError(f"edge-sdk serve exited: {self.log.read_text()[-3000:]}") from None
