@@ -13,7 +13,6 @@ per line, so a reader sees whole lines only, up to the last newline. Standard li
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -44,7 +43,3 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
     end = data.rfind(b"\n") + 1
     events = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
     return events, offset + end
-
-
-def events_file_size(path: Path) -> int:
-    return os.path.getsize(path) if os.path.exists(path) else 0

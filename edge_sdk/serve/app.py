@@ -37,6 +37,7 @@ from edge_sdk.serve.keys import authenticate
 from edge_sdk.serve.objects import checkpoint_object, event_object, file_object, job_object, page
 from edge_sdk.serve.queue import JobQueue
 from edge_sdk.serve.requests import JobCreate
+from edge_sdk.serve.store import cursor_page
 from edge_sdk.serve.validation import validate_data_file
 
 _CHUNK = 1 << 20
@@ -110,7 +111,7 @@ def create_app(config: ServeConfig, queue: JobQueue | None = None) -> FastAPI:
         query = select(StoredFile).where(StoredFile.tenant_id == who.id)
         if purpose is not None:
             query = query.where(StoredFile.purpose == purpose)
-        rows, more = _page(db, query, StoredFile, after, limit, order == "desc")
+        rows, more = cursor_page(db, query, StoredFile, after, limit, order == "desc")
         return page([file_object(row) for row in rows], more)
 
     def own_file(db: Session, who: Tenant, file_id: str) -> StoredFile:
@@ -152,7 +153,7 @@ def create_app(config: ServeConfig, queue: JobQueue | None = None) -> FastAPI:
     @app.get("/v1/fine_tuning/jobs")
     def list_jobs(request: Request, db: Db, who: Who, after: str | None = None, limit: int = 20) -> dict:
         query = select(Job).where(Job.tenant_id == who.id)
-        rows, more = _page(db, query, Job, after, limit, True)
+        rows, more = cursor_page(db, query, Job, after, limit, True)
         # metadata[key]=value filters, as OpenAI's list takes them.
         wanted = {key[9:-1]: value for key, value in request.query_params.items()
                   if key.startswith("metadata[") and key.endswith("]")}
@@ -179,13 +180,13 @@ def create_app(config: ServeConfig, queue: JobQueue | None = None) -> FastAPI:
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
     def events(job_id: str, db: Db, who: Who, after: str | None = None, limit: int = 20) -> dict:
         job = tenant_job(db, who, job_id)
-        rows, more = _page(db, select(JobEvent).where(JobEvent.job_id == job.id), JobEvent, after, limit, True)
+        rows, more = cursor_page(db, select(JobEvent).where(JobEvent.job_id == job.id), JobEvent, after, limit, True)
         return page([event_object(row) for row in rows], more)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
     def checkpoints(job_id: str, db: Db, who: Who, after: str | None = None, limit: int = 10) -> dict:
         job = tenant_job(db, who, job_id)
-        rows, more = _page(db, select(JobCheckpoint).where(JobCheckpoint.job_id == job.id), JobCheckpoint, after,
+        rows, more = cursor_page(db, select(JobCheckpoint).where(JobCheckpoint.job_id == job.id), JobCheckpoint, after,
                            limit, True)
         return page([checkpoint_object(row) for row in rows], more)
 
@@ -196,12 +197,6 @@ def create_app(config: ServeConfig, queue: JobQueue | None = None) -> FastAPI:
 
     app.include_router(dashboard_router(sessions))
     return app
-
-
-def _page(db: Session, query, model, after: str | None, limit: int, newest_first: bool):
-    from edge_sdk.serve.store import cursor_page
-
-    return cursor_page(db, query, model, after, limit, newest_first)
 
 
 def _receive(upload: UploadFile, target: Path, max_bytes: int) -> int:
