@@ -145,6 +145,16 @@ def wait_for(client, job_id: str, statuses: tuple[str, ...] = ("succeeded", "fai
         time.sleep(0.5)
 
 
+def check_file_pages(client, uploaded: list[str]) -> None:
+    """The tenant's file list, whose files are exactly ``uploaded`` (oldest first, at least 3), pages newest first
+    by its cursor: by hand, and through the client's own iterator."""
+    first = client.files.list(limit=2)
+    assert first.has_more and [f.id for f in first.data] == uploaded[::-1][:2]
+    rest = client.files.list(limit=len(uploaded), after=first.data[-1].id)
+    assert not rest.has_more and [f.id for f in rest.data] == uploaded[::-1][2:]
+    assert [f.id for f in client.files.list(limit=1)] == uploaded[::-1]
+
+
 def all_events(client, job_id: str) -> list:
     """Every event of a job, oldest first, through the cursor pages."""
     events, after = [], None

@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 from make_fixtures import LABELS, write_topic_data
-from serve_harness import Service, all_events, create_key, edge_sdk, wait_for, write_config
+from serve_harness import Service, all_events, check_file_pages, create_key, edge_sdk, wait_for, write_config
 from tiny_models import make_tiny_model
 
 from edge_sdk.bundle.archive import unpack_bundle
@@ -131,12 +131,7 @@ def test_a_job_trains_and_its_bundle_personalizes_and_runs_on_the_device(service
 def test_lists_page_with_a_cursor(service: Service, work: Path) -> None:
     client = service.client(service.keys["other"])
     uploaded = [upload(client, work / "topics.jsonl").id for _ in range(3)]
-    first = client.files.list(limit=2)
-    assert first.has_more and [f.id for f in first.data] == uploaded[::-1][:2]
-    rest = client.files.list(limit=2, after=first.data[-1].id)
-    assert not rest.has_more and [f.id for f in rest.data] == [uploaded[0]]
-    # The client's own iterator follows the cursor through every page.
-    assert [f.id for f in client.files.list(limit=1)] == uploaded[::-1]
+    check_file_pages(client, uploaded)
 
     jobs = [client.fine_tuning.jobs.create(model=MODEL, training_file=uploaded[0], method=SMALL_JOB).id
             for _ in range(3)]

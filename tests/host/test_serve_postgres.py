@@ -13,12 +13,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from make_fixtures import write_topic_data
-from serve_harness import Service, all_events, create_key, free_port, wait_for, write_config
+from serve_harness import Service, all_events, check_file_pages, create_key, free_port, wait_for, write_config
 from tiny_models import make_tiny_model
+
+from edge_sdk.serve import runner as runner_module
+from edge_sdk.serve.config import load_config
+from edge_sdk.serve.db import QUEUED, RUNNING, Job, Tenant, make_engine, make_sessions, new_id
+from edge_sdk.serve.runner import JobRunner
 
 MODEL = "tiny-bert"
 SMALL_JOB = {"type": "supervised", "supervised": {"hyperparameters": {
@@ -107,11 +113,7 @@ def test_the_service_runs_jobs_on_postgres_with_two_workers(postgres: str, work:
         client = service.client(create_key(config, "acme"))
         uploaded = [upload(client, work / "topics.jsonl").id for _ in range(3)]
         # The file list's cursor pages (ordered by the store's autoincrement seq, a SERIAL on PostgreSQL).
-        first = client.files.list(limit=2)
-        assert first.has_more and [f.id for f in first.data] == uploaded[::-1][:2]
-        rest = client.files.list(limit=2, after=first.data[-1].id)
-        assert not rest.has_more and [f.id for f in rest.data] == [uploaded[0]]
-        assert [f.id for f in client.files.list(limit=1)] == uploaded[::-1]
+        check_file_pages(client, uploaded)
         # PostgreSQL enforces a VARCHAR's length where SQLite does not: a client's long file name is still stored.
         long_name = "n" * 600 + ".jsonl"
         with open(work / "topics.jsonl", "rb") as file:
@@ -150,11 +152,10 @@ def test_the_service_runs_jobs_on_postgres_with_two_workers(postgres: str, work:
         service.stop()
 
 
-def test_of_two_claims_of_one_queued_job_exactly_one_wins_on_postgres(postgres: str, tmp_path: Path) -> None:
-    from edge_sdk.serve.config import load_config
-    from edge_sdk.serve.db import QUEUED, RUNNING, Job, Tenant, make_engine, make_sessions, new_id
-    from edge_sdk.serve.runner import JobRunner
-
+@contextmanager
+def _queued_jobs(postgres: str, tmp_path: Path, count: int) -> Iterator[tuple[list[str], list[JobRunner]]]:
+    """``count`` queued jobs of a new tenant in the cluster's store (whose max_running_jobs is the default, 1), and
+    two workers' runners, worker-a and worker-b, to claim them."""
     config = load_config(write_config(tmp_path, {}, database_url=postgres))
     engine = make_engine(postgres)
     try:
@@ -163,21 +164,26 @@ def test_of_two_claims_of_one_queued_job_exactly_one_wins_on_postgres(postgres: 
             tenant = Tenant(name=f"race-{new_id('t')}")
             session.add(tenant)
             session.flush()
-            job_id = new_id("ftjob")
-            session.add(Job(id=job_id, tenant_id=tenant.id, model=MODEL, training_file="file-x", status=QUEUED,
-                            hyperparameters={}, settings={}, seed=0))
+            job_ids = [new_id("ftjob") for _ in range(count)]
+            session.add_all([Job(id=job_id, tenant_id=tenant.id, model=MODEL, training_file="file-x", status=QUEUED,
+                                 hyperparameters={}, settings={}, seed=0) for job_id in job_ids])
         runners = []
         for name in ("worker-a", "worker-b"):
             runner = JobRunner(config, sessions, enqueue=lambda *_: None)
             runner.worker_id = name
             runners.append(runner)
+        yield job_ids, runners
+    finally:
+        engine.dispose()
+
+
+def test_of_two_claims_of_one_queued_job_exactly_one_wins_on_postgres(postgres: str, tmp_path: Path) -> None:
+    with _queued_jobs(postgres, tmp_path, 1) as ([job_id], runners):
         claims = [runner._claim(job_id) for runner in runners]
         assert sum(claim is not None for claim in claims) == 1
         winner = runners[[claim is not None for claim in claims].index(True)].worker_id
         assert _query(postgres, "SELECT status, worker, attempts FROM jobs WHERE id = %s", job_id) == \
                [(RUNNING, winner, 1)]
-    finally:
-        engine.dispose()
 
 
 def test_two_workers_claiming_two_jobs_of_one_tenant_keep_its_running_limit(postgres: str, tmp_path: Path,
@@ -185,22 +191,7 @@ def test_two_workers_claiming_two_jobs_of_one_tenant_keep_its_running_limit(post
     """The claim's count of the tenant's running jobs is a subquery of its UPDATE: on PostgreSQL (READ COMMITTED)
     two claims of *different* rows do not wait for each other, so each could count the other's job as queued. The
     first claim is held open after its UPDATE (its event's insert is slowed) while the second one runs."""
-    from edge_sdk.serve import runner as runner_module
-    from edge_sdk.serve.config import load_config
-    from edge_sdk.serve.db import QUEUED, RUNNING, Job, Tenant, make_engine, make_sessions, new_id
-    from edge_sdk.serve.runner import JobRunner
-
-    config = load_config(write_config(tmp_path, {}, database_url=postgres))   # max_running_jobs = 1, the default
-    engine = make_engine(postgres)
-    try:
-        sessions = make_sessions(engine)
-        with sessions.begin() as session:
-            tenant = Tenant(name=f"limit-{new_id('t')}")
-            session.add(tenant)
-            session.flush()
-            job_ids = [new_id("ftjob") for _ in range(2)]
-            session.add_all([Job(id=job_id, tenant_id=tenant.id, model=MODEL, training_file="file-x", status=QUEUED,
-                                 hyperparameters={}, settings={}, seed=0) for job_id in job_ids])
+    with _queued_jobs(postgres, tmp_path, 2) as (job_ids, runners):
         first_updated = threading.Event()
         add_event = runner_module.add_event
 
@@ -211,11 +202,6 @@ def test_two_workers_claiming_two_jobs_of_one_tenant_keep_its_running_limit(post
             return add_event(session, job_id, *args, **kwargs)
 
         monkeypatch.setattr(runner_module, "add_event", slow_add_event)
-        runners = []
-        for name in ("worker-a", "worker-b"):
-            runner = JobRunner(config, sessions, enqueue=lambda *_: None)
-            runner.worker_id = name
-            runners.append(runner)
         claims: dict[str, Job | None] = {}
         first = threading.Thread(target=lambda: claims.update(a=runners[0]._claim(job_ids[0])))
         first.start()
@@ -225,5 +211,3 @@ def test_two_workers_claiming_two_jobs_of_one_tenant_keep_its_running_limit(post
         assert claims["a"] is not None and claims["b"] is None
         statuses = _query(postgres, "SELECT status FROM jobs WHERE id = ANY(%s) ORDER BY id", job_ids)
         assert sorted(status for (status,) in statuses) == [QUEUED, RUNNING]
-    finally:
-        engine.dispose()
