@@ -343,13 +343,7 @@ class DeviceBundle:
         # run_training advances the progress object: note where it was resumed from first.
         resumed_after, resumed_step = (resumed[0].epoch, resumed[0].step) if resumed else (None, None)
 
-        def batches(rng: np.random.Generator, start: int):
-            order = rng.permutation(len(train))
-            for begin in range(start * settings.batch_size, len(order), settings.batch_size):
-                rows = order[begin:begin + settings.batch_size]
-                inputs = self.tokenizer.pad([train.encoded[i] for i in rows])
-                yield inputs | self.task.targets(train, rows, inputs["input_ids"].shape[1])
-
+        batches = self._batches(train, settings.batch_size)
         evaluate = (lambda weights: self._score(eval_set, weights)) if eval_set else None
         try:
             if resumed and (resumed[0].before is not None or not evaluate):
@@ -421,6 +415,40 @@ class DeviceBundle:
         return PersonalizeResult(steps=len(losses), best_epoch=best_epoch, history=history, losses=losses,
                                  accepted=decision.accepted, gate=decision.to_dict(), generation=record.number,
                                  current_generation=self._current_generation(adapter), **common)
+
+    def _batches(self, train: TaskData, batch_size: int):
+        """``batches(rng, start)`` for :func:`run_training`: one seeded shuffle per epoch, batches from ``start``."""
+        def batches(rng: np.random.Generator, start: int):
+            order = rng.permutation(len(train))
+            for begin in range(start * batch_size, len(order), batch_size):
+                rows = order[begin:begin + batch_size]
+                inputs = self.tokenizer.pad([train.encoded[i] for i in rows])
+                yield inputs | self.task.targets(train, rows, inputs["input_ids"].shape[1])
+        return batches
+
+    def train_weights(self, weights: dict[str, np.ndarray], data: TaskData, settings: TrainingSettings,
+                      backend: str = "auto") -> tuple[dict[str, np.ndarray], list[float]]:
+        """Train ``weights`` (a full adapter of this bundle) on pre-loaded ``data`` in memory and return the last
+        epoch's weights and the step losses. Nothing is written: no adapter store, no checkpoint, no gate. For
+        callers that own the outcome themselves (a fleet round returns it to the server; the device's own
+        adapters are not touched)."""
+        settings.validate()
+        if not len(data):
+            raise ConfigError("no training examples: the data set is empty")
+        trainer = create_backend(backend, self.bundle, threads=self.threads)
+        try:
+            trainer.load_weights(weights)
+            trained, progress = run_training(
+                trainer, self._batches(data, settings.batch_size), -(-len(data) // settings.batch_size), settings,
+                None, self.task.metric, higher_is_better=self.task.higher_is_better,
+                policy=CheckpointPolicy(every_steps=0, every_seconds=0))
+        finally:
+            trainer.close()
+        return trained, progress.losses
+
+    def score(self, data: TaskData, weights: dict[str, np.ndarray]) -> dict[str, float]:
+        """The task metric(s), mean loss and example count of ``weights`` (a full adapter) on pre-loaded ``data``."""
+        return self._score(data, weights)
 
     def _gate_baseline(self, adapter: str, start: str, before: dict[str, float] | None,
                        eval_set: TaskData | None) -> tuple[str, dict[str, float] | None]:
