@@ -40,6 +40,12 @@ def tiny_bundle(fixtures_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def tiny_ffa_bundle(fixtures_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny text-classification bundle built with --freeze-lora-a (LoRA A frozen)."""
+    return Path(shutil.copytree(fixtures_dir / "tiny-ffa", tmp_path / "ffa-bundle"))
+
+
+@pytest.fixture
 def tiny_data(fixtures_dir: Path) -> Path:
     return fixtures_dir / "data"
 

@@ -139,16 +139,20 @@ def write_seq2seq_data(path: Path, count: int, seed: int) -> Path:
 
 def make_fixtures(root: Path) -> Path:
     """Write ``tiny-model/``, bundles ``tiny-seq-cls/``, ``other-seq-cls/``, ``tiny-token-cls/``, ``tiny-qa/``,
-    ``tiny-causal-lm/``, ``tiny-seq2seq/``, ``tiny-multi-label/``, their ``-int8`` builds for seq-cls, causal-lm,
+    ``tiny-causal-lm/``, ``tiny-seq2seq/``, ``tiny-multi-label/``, ``tiny-ffa/`` (tiny-seq-cls built with
+    ``--freeze-lora-a``: LoRA A frozen, for federated averaging), their ``-int8`` builds for seq-cls, causal-lm,
     seq2seq and multi-label, ``tiny-seq-cls-fpga/`` (profile fpga-vitisai: a static int8 target graph) and
     ``data/``."""
     from edge_sdk.host.build import build_bundle
-    from edge_sdk.host.config import BuildConfig
+    from edge_sdk.host.config import BuildConfig, LoraSettings
 
     root = Path(root)
     model = make_tiny_bert(root / "tiny-model", seed=0)
     build_bundle(BuildConfig(model_dir=model, task="seq-cls", labels=LABELS, max_length=32), root / "tiny-seq-cls",
                  overwrite=True)
+    # FFA-LoRA: the same classifier with LoRA A frozen (the adapter is B and the head), for fleet averaging.
+    build_bundle(BuildConfig(model_dir=model, task="seq-cls", labels=LABELS, max_length=32,
+                             lora=LoraSettings(freeze_lora_a=True)), root / "tiny-ffa", overwrite=True)
     # Same model, another seed: a different base id, for "adapter trained for another bundle" checks.
     other = make_tiny_bert(root / "other-model", seed=1)
     build_bundle(BuildConfig(model_dir=other, task="seq-cls", labels=LABELS, max_length=32), root / "other-seq-cls",

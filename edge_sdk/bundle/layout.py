@@ -13,6 +13,9 @@ TRAIN_STEP_GRAPH = f"{GRAPHS_DIR}/train_step.onnx"
 BASE_WEIGHTS = f"{GRAPHS_DIR}/base.weights"
 ADAPTERS_DIR = "adapters"                    # the device's adapter store (personalized adapters, deployed graphs)
 INITIAL_ADAPTER = f"{ADAPTERS_DIR}/initial.safetensors"
+# LoRA's A matrices of a bundle built with --freeze-lora-a (float32, the bundle's parameter names). Outside
+# ADAPTERS_DIR: the device's adapter store treats every safetensors file there as a named adapter.
+FROZEN_LORA_A = "peft/frozen_lora_a.safetensors"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILE = f"{TOKENIZER_DIR}/tokenizer.json"
 ORT_TRAINING_DIR = "training/ort"            # ONNX Runtime's training artifacts (float32 bases only)

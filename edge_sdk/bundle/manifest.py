@@ -401,6 +401,12 @@ class PeftSpec:
     target_modules: list[str]
     modules_to_save: list[str]   # modules trained whole (a new classifier head)
     trainable_parameters: int
+    # FFA-LoRA (--freeze-lora-a): every LoRA A is frozen at the values in ``frozen_lora_a_file`` (bundle path),
+    # whose digest (edge_sdk.bundle.frozen_lora.lora_a_digest) is ``frozen_lora_a_sha256``; the adapter is B and
+    # the head. Bundles without the key train A.
+    freeze_lora_a: bool = False
+    frozen_lora_a_file: str | None = None
+    frozen_lora_a_sha256: str | None = None
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> PeftSpec:
@@ -420,7 +426,32 @@ class PeftSpec:
                                            "peft.target_modules"),
                    modules_to_save=_strings(peft.get("modules_to_save") or [], source, "peft.modules_to_save"),
                    trainable_parameters=_integer(peft.get("trainable_parameters", 0), source,
-                                                 "peft.trainable_parameters", minimum=0))
+                                                 "peft.trainable_parameters", minimum=0),
+                   **_frozen_lora_a(peft, manifest, adapter))
+
+
+def _frozen_lora_a(peft: dict[str, Any], manifest: Manifest, adapter: Any) -> dict[str, Any]:
+    """PeftSpec's FFA-LoRA fields from ``peft.freeze_lora_a`` and ``peft.frozen_lora_a``, checked."""
+    source = manifest.source
+    freeze = peft.get("freeze_lora_a", False)
+    if not isinstance(freeze, bool):
+        raise _malformed(source, "peft.freeze_lora_a", "a boolean", freeze)
+    record = peft.get("frozen_lora_a")
+    if not freeze:
+        if record is not None:
+            raise BundleError(f"{source}: field peft.frozen_lora_a is set but peft.freeze_lora_a is not true; "
+                              f"{_REBUILD}")
+        return {}
+    if adapter != "lora":
+        raise BundleError(f"{source}: peft.freeze_lora_a is true with adapter {adapter!r}; only LoRA adapters "
+                          f"freeze A; {_REBUILD}")
+    record = _object(_required(peft, "frozen_lora_a", source, "peft"), source, "peft.frozen_lora_a")
+    file = _string(_required(record, "file", source, "peft.frozen_lora_a"), source, "peft.frozen_lora_a.file")
+    manifest.file(file)  # listed (so hashed and checked to stay inside the bundle) like every file
+    digest = _required(record, "sha256", source, "peft.frozen_lora_a")
+    if not isinstance(digest, str) or not _SHA256.match(digest):
+        raise _malformed(source, "peft.frozen_lora_a.sha256", "64 lowercase hex digits", digest)
+    return {"freeze_lora_a": True, "frozen_lora_a_file": file, "frozen_lora_a_sha256": digest}
 
 
 @dataclass(frozen=True)

@@ -137,9 +137,10 @@ def export(bundle: Path, name: str, format_: str, out: Path, overwrite: bool) ->
     opened, store = _store(bundle)
     weights = store.load(name)
     if format_ == "peft":
+        from edge_sdk.bundle.frozen_lora import frozen_lora_a
         from edge_sdk.device.peft_format import export_peft
 
-        written = export_peft(opened.manifest, weights, out, overwrite=overwrite)
+        written = export_peft(opened.manifest, weights, out, overwrite=overwrite, frozen=frozen_lora_a(opened))
     else:
         try:
             from edge_sdk.host.merge import export_merged_onnx
@@ -157,10 +158,11 @@ def export(bundle: Path, name: str, format_: str, out: Path, overwrite: bool) ->
 @_wait_option
 def import_adapter(bundle: Path, folder: Path, name: str, wait: float) -> None:
     """Add a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) as adapter NAME."""
+    from edge_sdk.bundle.frozen_lora import frozen_lora_a
     from edge_sdk.device.peft_format import read_peft
 
     opened, store = _store(bundle)
-    weights = read_peft(folder, opened.manifest)
+    weights = read_peft(folder, opened.manifest, frozen=frozen_lora_a(opened))
     store.save(name, weights, {"imported_from": str(folder.resolve()), "source": "import"}, wait=wait)
     click.echo(f"imported {folder} as {name!r}")
 

@@ -79,6 +79,9 @@ def cli(verbose: bool) -> None:
               help="Alias: lora|dora = --adapter; qlora = --adapter lora --base int8-storage.")
 @click.option("--rank", type=int, help="LoRA rank (default 8).")
 @click.option("--alpha", type=float, help="LoRA alpha (default 16).")
+@click.option("--freeze-lora-a", is_flag=True, default=None,
+              help="Keep LoRA's A matrices at the bundle's initial values; devices train B and the head only "
+                   "(FFA-LoRA: averaging such adapters across a fleet is exact). Not with --adapter dora.")
 @click.option("--target-modules", help="Comma-separated module names LoRA adapts (default: per architecture).")
 @click.option("--max-length", type=int, help="Maximum tokens per example (default 128).")
 @click.option("--profile", help="Target profile: a built-in name (`edge-sdk profiles list`; default cpu) or the path "
@@ -107,11 +110,11 @@ def cli(verbose: bool) -> None:
               help="The build cache (default $EDGE_SDK_CACHE_DIR, else ~/.cache/edge-sdk/builds).")
 @click.option("--no-cache", is_flag=True, help="Build from scratch; neither read nor fill the build cache.")
 def build(source: Path, out: Path, task: str | None, labels: str | None, adapter: str | None, base: str | None,
-          method: str | None, rank: int | None, alpha: float | None, target_modules: str | None,
-          max_length: int | None, profile: str | None, seed: int | None, calibration_data: Path | None,
-          precision: str | None, adapter_from: Path | None, bundle_id: str | None, bundle_version: int | None,
-          sign_key: Path | None, overwrite: bool, dry_run: bool, as_json: bool, quiet: bool, depfile: Path | None,
-          cache_dir: Path | None, no_cache: bool) -> None:
+          method: str | None, rank: int | None, alpha: float | None, freeze_lora_a: bool | None,
+          target_modules: str | None, max_length: int | None, profile: str | None, seed: int | None,
+          calibration_data: Path | None, precision: str | None, adapter_from: Path | None, bundle_id: str | None,
+          bundle_version: int | None, sign_key: Path | None, overwrite: bool, dry_run: bool, as_json: bool,
+          quiet: bool, depfile: Path | None, cache_dir: Path | None, no_cache: bool) -> None:
     """Build a bundle from a model folder, a .gguf file or a recipe (models/*.toml).
 
     Builds are reproducible (the same inputs give the same bytes), cached by their inputs, and never use the
@@ -126,7 +129,8 @@ def build(source: Path, out: Path, task: str | None, labels: str | None, adapter
             "install them with `pip install edge-sdk[host]`"
         ) from exc
     config = load_build_config(source, task, labels, adapter=adapter, base=base, method=method, rank=rank,
-                               alpha=alpha, target_modules=target_module_list(target_modules), max_length=max_length,
+                               alpha=alpha, freeze_lora_a=freeze_lora_a or None,
+                               target_modules=target_module_list(target_modules), max_length=max_length,
                                profile=profile, seed=seed, precision=precision, bundle_id=bundle_id,
                                bundle_version=bundle_version, calibration_data=calibration_data)
     if adapter_from is not None:

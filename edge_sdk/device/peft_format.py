@@ -5,6 +5,9 @@ ways, without torch: a device-trained adapter goes back to the host as a folder 
 The bundle names parameters as PEFT's ``named_parameters`` does (``…lora_A.default.weight``); PEFT's
 files drop the adapter name (``…lora_A.weight``), and modules trained whole (a classifier head) are
 saved under the module's own name (``classifier.modules_to_save.default.weight`` → ``classifier.weight``).
+
+A bundle built with ``--freeze-lora-a`` trains no LoRA A (its adapters are B and the head): export re-adds the
+bundle's frozen A so the folder is a complete LoRA adapter, and import accepts only the bundle's own A.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from edge_sdk.bundle.atomic import atomic_folder
-from edge_sdk.bundle.manifest import Manifest
+from edge_sdk.bundle.manifest import Manifest, TensorSpec
 from edge_sdk.errors import AdapterError
 from edge_sdk.tasks.registry import TASKS
 
@@ -55,8 +58,25 @@ def peft_config(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def export_peft(manifest: Manifest, weights: dict[str, np.ndarray], out: Path, overwrite: bool = False) -> Path:
-    """Write ``weights`` (an adapter of this bundle) as a PEFT adapter folder at ``out``, atomically."""
+def _frozen_for(manifest: Manifest, frozen: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """The frozen LoRA A of a --freeze-lora-a bundle, which the caller must pass (``frozen_lora_a(bundle)``)."""
+    if not manifest.peft_spec.freeze_lora_a:
+        return {}
+    if not frozen:
+        raise AdapterError("this bundle was built with --freeze-lora-a: its adapters hold no LoRA A, so PEFT "
+                           "exchange needs the bundle's frozen A (pass frozen=frozen_lora_a(bundle), "
+                           "from edge_sdk.bundle.frozen_lora)")
+    return frozen
+
+
+def export_peft(manifest: Manifest, weights: dict[str, np.ndarray], out: Path, overwrite: bool = False,
+                frozen: dict[str, np.ndarray] | None = None) -> Path:
+    """Write ``weights`` (an adapter of this bundle) as a PEFT adapter folder at ``out``, atomically.
+
+    ``frozen``: the bundle's frozen LoRA A (:func:`edge_sdk.bundle.frozen_lora.frozen_lora_a`), required for a
+    bundle built with --freeze-lora-a, whose adapters lack A: it is written beside B so PEFT loads a whole
+    LoRA adapter."""
+    weights = _frozen_for(manifest, frozen) | dict(weights)
     out = Path(out)
     if out.exists() and not overwrite:
         raise AdapterError(f"{str(out)!r} already exists; choose another --out or pass --overwrite")
@@ -113,13 +133,20 @@ def read_config(folder: Path, named_by: str = "") -> dict[str, Any]:
     return config
 
 
-def read_peft(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
-    """The weights of the PEFT adapter folder ``folder``, under the bundle's parameter names."""
+def read_peft(folder: Path, manifest: Manifest, frozen: dict[str, np.ndarray] | None = None
+              ) -> dict[str, np.ndarray]:
+    """The weights of the PEFT adapter folder ``folder``, under the bundle's parameter names.
+
+    ``frozen``: the bundle's frozen LoRA A (:func:`edge_sdk.bundle.frozen_lora.frozen_lora_a`), required for a
+    bundle built with --freeze-lora-a: the folder's A must equal it (else AdapterError naming the first tensor that
+    differs) and is then dropped, since such a bundle's adapters are B and the head."""
     folder = Path(folder)
     config = read_config(folder)
     weights_path = folder / WEIGHTS_FILE
     _check_settings(config, manifest, folder)
+    frozen = _frozen_for(manifest, frozen)
     by_key = {peft_key(spec.name): spec for spec in manifest.trainable}
+    by_key |= {peft_key(name): TensorSpec(name, "float32", list(value.shape)) for name, value in frozen.items()}
     raw: dict[str, np.ndarray] = {}
     try:
         with safe_open(str(weights_path), framework="numpy") as handle:
@@ -146,4 +173,9 @@ def read_peft(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
             raise AdapterError(f"tensor {key!r} of {str(weights_path)!r} has shape {list(value.shape)}, the bundle "
                                f"expects {list(spec.shape)}")
         weights[spec.name] = value.astype(np.float32)
+    for name in sorted(frozen):
+        if not np.array_equal(weights.pop(name), frozen[name]):
+            raise AdapterError(f"tensor {peft_key(name)!r} of {str(weights_path)!r} differs from this bundle's frozen "
+                               "LoRA A: the bundle was built with --freeze-lora-a, so every adapter must keep its A "
+                               "(train only B and the head, starting from this bundle's A)")
     return weights

@@ -82,9 +82,13 @@ def _merged_weight(method: str, base: np.ndarray, a: np.ndarray, b: np.ndarray, 
 
 
 def merged_model(bundle: Bundle, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The bundle's inference graph with ``weights`` merged in (see module docstring)."""
+    """The bundle's inference graph with ``weights`` merged in (see module docstring). A bundle built with
+    --freeze-lora-a bakes A into its graph: its recorded float values join the adapter's B here."""
+    from edge_sdk.bundle.frozen_lora import frozen_lora_a
+
     manifest = bundle.manifest
     model = onnx.load(str(bundle.path(manifest.inference_spec.model)))  # external base weights loaded too
+    weights = frozen_lora_a(bundle) | dict(weights)
     return merge_into(model, weights, manifest.adapter, manifest.peft_spec.alpha / manifest.peft_spec.rank)
 
 

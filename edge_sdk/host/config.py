@@ -63,12 +63,16 @@ class LoraSettings:
 
     ``adapter`` "dora" is weight-decomposed LoRA (PEFT ``use_dora=True``): a trainable magnitude per output
     row of each adapted layer on top of the LoRA matrices. How the frozen base is stored is
-    ``BuildConfig.base``, a separate axis."""
+    ``BuildConfig.base``, a separate axis.
+
+    ``freeze_lora_a`` keeps every LoRA A matrix at its initial value (FFA-LoRA): the adapter is then LoRA B and
+    the trained head, so averaging adapters of many devices averages their weight updates exactly."""
 
     adapter: str = "lora"
     rank: int = 8
     alpha: float = 16.0
     target_modules: tuple[str, ...] | None = None
+    freeze_lora_a: bool = False
 
     def validate(self) -> None:
         if self.adapter not in ADAPTERS:
@@ -79,6 +83,12 @@ class LoraSettings:
             raise ConfigError(f"LoRA alpha must be a positive number, got {self.alpha!r}")
         if self.target_modules is not None and not self.target_modules:
             raise ConfigError("target modules is an empty list; name at least one module or omit the setting")
+        if not isinstance(self.freeze_lora_a, bool):
+            raise ConfigError(f"freeze_lora_a must be true or false, got {self.freeze_lora_a!r}")
+        if self.freeze_lora_a and self.adapter == "dora":
+            raise ConfigError("--freeze-lora-a (recipe key peft.freeze_lora_a) cannot be combined with --adapter dora: "
+                              "DoRA's update is not linear in LoRA B (each row is rescaled to a trained magnitude), "
+                              "so averaging B across devices is not exact; use --adapter lora")
 
 
 @dataclass(frozen=True)
@@ -177,7 +187,8 @@ class BuildConfig:
         adapter, base = resolve_axes(changes.pop("adapter", None), changes.pop("base", None),
                                      changes.pop("method", None), changes.pop("precision", None))
         changes |= {"adapter": adapter, "base": base}
-        lora_changes = {key: changes.pop(key) for key in ("rank", "alpha", "target_modules", "adapter")
+        lora_changes = {key: changes.pop(key) for key in ("rank", "alpha", "target_modules", "adapter",
+                                                              "freeze_lora_a")
                         if key in changes}
         lora = replace(self.lora, **{k: v for k, v in lora_changes.items() if v is not None})
         return replace(self, lora=lora, **{k: v for k, v in changes.items() if v is not None})
@@ -185,7 +196,7 @@ class BuildConfig:
 
 _RECIPE_KEYS = {"model", "task", "labels", "max_length", "max_batch_size", "peft", "profile", "seed", "opset",
                 "description", "base", "precision", "bundle_id", "bundle_version", "calibration_data"}
-_PEFT_KEYS = {"adapter", "method", "rank", "alpha", "target_modules"}
+_PEFT_KEYS = {"adapter", "method", "rank", "alpha", "target_modules", "freeze_lora_a"}
 
 
 def load_recipe(path: str | os.PathLike) -> BuildConfig:
@@ -224,6 +235,7 @@ def load_recipe(path: str | os.PathLike) -> BuildConfig:
         rank=peft.get("rank", 8),
         alpha=peft.get("alpha", 16.0),
         target_modules=tuple(targets) if targets is not None else None,
+        freeze_lora_a=peft.get("freeze_lora_a", False),
     )
     model_dir, description, gguf_file = resolve_model_source(data["model"], recipe_dir=path.parent, recipe=path)
     return BuildConfig(

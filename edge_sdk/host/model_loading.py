@@ -191,6 +191,12 @@ def load_for_task(config: BuildConfig,
         from edge_sdk.host.adapter_import import load_adapter_weights
 
         load_adapter_weights(peft_model, config.adapter_from)
+    if config.lora.freeze_lora_a:
+        # FFA-LoRA: A stays at its initial value on every device, so the export, the training graphs and the
+        # inference graph bake it in as a frozen weight and the adapter is B plus the head (averaged exactly).
+        for name, parameter in peft_model.named_parameters():
+            if ".lora_A." in name:
+                parameter.requires_grad_(False)
     # PEFT adds the task's head names ("classifier", "score") itself; record the ones this model has.
     trained_modules = sorted({name.split(".modules_to_save.")[0].removeprefix("base_model.model.")
                               for name, p in peft_model.named_parameters()

@@ -50,6 +50,7 @@ class BuildState:
     step_feeds: dict[str, np.ndarray] = field(default_factory=dict)   # validation batch + sample targets
     classes: int = 0                        # size of the outputs' class axis (labels or vocabulary)
     initial: dict[str, np.ndarray] = field(default_factory=dict)      # the initial adapter
+    frozen_lora_a: dict[str, np.ndarray] = field(default_factory=dict)  # LoRA A of a --freeze-lora-a build
     ort_artifacts: dict[str, str] = field(default_factory=dict)       # artifact key -> file in ort_dir
     ship_ort_artifacts: bool = True         # False when the frozen graphs compute in int8 (no ORT gradients)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import edge_sdk
-from edge_sdk.bundle.layout import TOKENIZER_FILE
+from edge_sdk.bundle.frozen_lora import lora_a_digest
+from edge_sdk.bundle.layout import FROZEN_LORA_A, TOKENIZER_FILE
 from edge_sdk.host.build_inputs import portable_name
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
@@ -67,6 +68,13 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
         int(head.weight.shape[0]) if head is not None else 0)
     state.initial = {name: p.detach().numpy().copy() for name, p in loaded.model.named_parameters()
                      if p.requires_grad}
+    # The float values, taken before any stage quantizes the frozen base (an int8 profile may quantize A's
+    # products too): they are what PEFT export re-adds and what devices compare.
+    state.frozen_lora_a = {name: p.detach().numpy().astype("float32") for name, p in loaded.model.named_parameters()
+                           if ".lora_A." in name} if config.lora.freeze_lora_a else {}
+    frozen = {"freeze_lora_a": True, "frozen_lora_a": {"file": FROZEN_LORA_A,
+                                                       "sha256": lora_a_digest(state.frozen_lora_a)}
+              } if config.lora.freeze_lora_a else {}
     return {
         "bundle_id": config.resolved_bundle_id,
         "version": config.bundle_version,
@@ -91,7 +99,7 @@ def _run(state: BuildState, _writer, _draft) -> Fragment:
             "target_modules": loaded.target_modules,
             "modules_to_save": loaded.modules_to_save,
             "trainable_parameters": int(sum(v.size for v in state.initial.values())),
-        },
+        } | frozen,
         "profile": state.profile.to_dict() | {"source": portable_name(state.profile.source)},
         "sdk_version": edge_sdk.__version__,
         "build": {"seed": config.seed, "opset": config.opset},

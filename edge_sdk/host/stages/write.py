@@ -8,7 +8,14 @@ import os
 from safetensors.numpy import save_file
 
 from edge_sdk.bundle import BundleWriter
-from edge_sdk.bundle.layout import ADAPTERS_DIR, BASE_WEIGHTS, INITIAL_ADAPTER, ORT_TRAINING_DIR, TOKENIZER_DIR
+from edge_sdk.bundle.layout import (
+    ADAPTERS_DIR,
+    BASE_WEIGHTS,
+    FROZEN_LORA_A,
+    INITIAL_ADAPTER,
+    ORT_TRAINING_DIR,
+    TOKENIZER_DIR,
+)
 from edge_sdk.host.pipeline import BuildState, Fragment, Stage
 
 
@@ -16,6 +23,8 @@ def _run(state: BuildState, writer: BundleWriter, _draft) -> Fragment:
     state.graphs.write(writer.staging, BASE_WEIGHTS)
     state.loaded.tokenizer.save_pretrained(str(writer.folder(TOKENIZER_DIR)))
     save_file(state.initial, str(writer.path(INITIAL_ADAPTER)), metadata={"format": "edge-sdk-adapter"})
+    if state.frozen_lora_a:
+        save_file(state.frozen_lora_a, str(writer.path(FROZEN_LORA_A)), metadata={"format": "edge-sdk-frozen-lora-a"})
     if state.ship_ort_artifacts:
         folder = writer.folder(ORT_TRAINING_DIR)
         for name in state.ort_artifacts.values():
