@@ -20,6 +20,7 @@ from edge_sdk.cli.finetune import finetune
 from edge_sdk.cli.native import cmake_dir, header
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
+from edge_sdk.cli.fleet import fleet
 from edge_sdk.cli.serve import serve
 from edge_sdk.cli.signing import keys, sign
 from edge_sdk.cli.sources import (
@@ -639,6 +640,7 @@ cli.add_command(sign)
 cli.add_command(header)
 cli.add_command(cmake_dir)
 cli.add_command(serve)
+cli.add_command(fleet)
 
 
 def main() -> None:
