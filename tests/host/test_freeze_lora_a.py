@@ -119,6 +119,13 @@ def test_personalizing_trains_b_and_leaves_a_as_recorded(backend: str, tiny: Pat
     for name, value in _graph_initializers(bundle, set(frozen)).items():
         np.testing.assert_array_equal(value, frozen[name])
     assert lora_a_digest(frozen_lora_a(bundle.bundle)) == bundle.manifest.peft_spec.frozen_lora_a_sha256
+    # A damaged frozen file is refused by its digest too (the bundle check catches it by the file's sha256).
+    path = bundle.bundle.path(bundle.manifest.peft_spec.frozen_lora_a_file)
+    values = load_file(str(path))
+    values[sorted(values)[0]] += 1
+    save_file(values, str(path))
+    with pytest.raises(BundleError, match="digest"):
+        frozen_lora_a(bundle.bundle)
     assert _device_logits(bundle, "user")[0].tolist() != _device_logits(bundle, "initial")[0].tolist()
 
 
@@ -168,6 +175,8 @@ def test_importing_an_adapter_with_another_a_is_refused(tiny: Path, tmp_path: Pa
 def test_cli_exports_and_imports_with_a(tiny: Path, tmp_path: Path) -> None:
     bundle = _copy(tiny, tmp_path)
     root = str(bundle.bundle.root)
+    info = CliRunner().invoke(cli, ["inspect", root])
+    assert info.exit_code == 0 and "LoRA A frozen" in info.stdout, info.output
     exported = CliRunner().invoke(cli, ["adapters", "export", root, "initial", "--out", str(tmp_path / "peft")])
     assert exported.exit_code == 0, exported.output
     assert any(".lora_A." in key for key in load_file(str(tmp_path / "peft" / WEIGHTS_FILE)))
