@@ -13,11 +13,11 @@ import onnxruntime
 import pytest
 import torch
 from click.testing import CliRunner
-from make_fixtures import LABELS, NER_TAGS, write_ner_data, write_topic_data
+from make_fixtures import LABELS, NER_TAGS, write_chat_data, write_ner_data, write_topic_data
 from onnx import numpy_helper
 from peft import PeftModel
 from safetensors.numpy import load_file, save_file
-from tiny_models import make_tiny_bert
+from tiny_models import make_tiny_bert, make_tiny_chat_llama
 from transformers import AutoModelForSequenceClassification
 
 from edge_sdk.bundle.frozen_lora import frozen_lora_a, lora_a_digest
@@ -210,9 +210,22 @@ def test_token_cls_freezes_a_too(tiny: Path, tmp_path: Path) -> None:
     assert sorted(bundle.adapters.load("user")) == sorted(t.name for t in bundle.manifest.trainable)
 
 
-def test_an_int8_compute_build_records_the_float_a(tiny: Path, tmp_path: Path) -> None:
+def test_causal_lm_freezes_a_in_the_generation_graphs_too(tmp_path: Path) -> None:
+    model = make_tiny_chat_llama(tmp_path / "chat-model", seed=0)
+    write_chat_data(tmp_path / "chat.jsonl", 48, seed=7)
+    path = build_bundle(BuildConfig(model_dir=model, task="causal-lm", labels=(), max_length=32,
+                                    lora=LoraSettings(freeze_lora_a=True)), tmp_path / "lm")
+    bundle = DeviceBundle.open(path)
+    assert not [t.name for t in bundle.manifest.trainable if ".lora_A." in t.name]
+    assert len(frozen_lora_a(bundle.bundle)) == 4
+    bundle.personalize(tmp_path / "chat.jsonl", adapter="user", settings=TRAINING, backend="portable")
+    assert bundle.generate("hello", adapter="user", chat=False).text is not None
+
+
+@pytest.mark.parametrize("base", ["int8-compute", "int8-storage"])
+def test_an_int8_build_records_the_float_a(base: str, tiny: Path, tmp_path: Path) -> None:
     path = build_bundle(BuildConfig(model_dir=tiny / "tiny-model", task="seq-cls", labels=LABELS, max_length=32,
-                                    base="int8-compute", lora=LoraSettings(freeze_lora_a=True)), tmp_path / "int8")
+                                    base=base, lora=LoraSettings(freeze_lora_a=True)), tmp_path / "int8")
     bundle = DeviceBundle.open(path)
     float_a = frozen_lora_a(DeviceBundle.open(tiny / "tiny-ffa").bundle)
     int8_a = frozen_lora_a(bundle.bundle)
