@@ -186,6 +186,23 @@ def test_cli_exports_and_imports_with_a(tiny: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(bundle.adapters.load("back")[name], value)
 
 
+def test_a_build_from_a_peft_adapter_freezes_that_adapters_a(tiny: Path, tmp_path: Path) -> None:
+    from edge_sdk.host.adapter_import import lora_overrides
+
+    trained = _copy(tiny, tmp_path)
+    trained.personalize(tiny / "data" / "train.jsonl", adapter="user", settings=TRAINING, backend="portable")
+    frozen = frozen_lora_a(trained.bundle)
+    folder = export_peft(trained.manifest, trained.adapters.load("user"), tmp_path / "peft", frozen=frozen)
+    config = BuildConfig(model_dir=tiny / "tiny-model", task="seq-cls", labels=LABELS, max_length=32, seed=5,
+                         lora=LoraSettings(freeze_lora_a=True)).with_overrides(adapter_from=folder,
+                                                                             **lora_overrides(folder))
+    rebuilt = DeviceBundle.open(build_bundle(config, tmp_path / "rebuilt"))
+    # Another seed, but A comes from the adapter: the fleet's A carries over, and so do B and the head.
+    assert rebuilt.manifest.peft_spec.frozen_lora_a_sha256 == trained.manifest.peft_spec.frozen_lora_a_sha256
+    for name, value in trained.adapters.load("user").items():
+        np.testing.assert_array_equal(rebuilt.adapters.load("initial")[name], value)
+
+
 def test_merged_onnx_of_an_ffa_bundle_predicts_the_same(tiny: Path, tmp_path: Path) -> None:
     bundle = _copy(tiny, tmp_path)
     bundle.personalize(tiny / "data" / "train.jsonl", adapter="user", settings=TRAINING, backend="portable")
