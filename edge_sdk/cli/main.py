@@ -256,7 +256,8 @@ def inspect(bundle: Path, as_json: bool) -> None:
         f"model       {manifest.model['architecture']} ({_count(manifest.model['parameters'])} parameters) "
         f"from {manifest.model['source']}",
         f"adapter     {peft.adapter} r={peft.rank} alpha={peft.alpha:g} on {', '.join(peft.target_modules)}; "
-        f"trains {peft.trainable_parameters:,} parameters",
+        f"trains {peft.trainable_parameters:,} parameters"
+        + ("; LoRA A frozen (--freeze-lora-a: the adapter is B and the head)" if peft.freeze_lora_a else ""),
         f"base        {manifest.base}",
         f"inputs      {', '.join(spec.name for spec in manifest.inputs)} (max length {manifest.max_length})",
         f"backends    {', '.join(manifest.training_backends)}",

@@ -32,8 +32,10 @@ FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None
                                        HealthCheck.data_too_large])
 
 # One manifest of each shape: a classifier, a decoder with a chat template, an encoder-decoder with generation
-# graphs (the deepest manifest), and an int8 build (its own checks on open).
-FIXTURES = ("tiny-seq-cls", "tiny-causal-lm", "tiny-seq2seq", "tiny-multi-label-int8", "tiny-seq-cls-fpga")
+# graphs (the deepest manifest), an int8 build (its own checks on open) and a --freeze-lora-a build
+# (peft.frozen_lora_a).
+FIXTURES = ("tiny-seq-cls", "tiny-causal-lm", "tiny-seq2seq", "tiny-multi-label-int8", "tiny-seq-cls-fpga",
+            "tiny-ffa")
 
 # Every typed read a device does through the manifest; each must fail as a BundleError or succeed.
 TYPED_READS = ("peft_spec", "tokenizer_spec", "inference_spec", "portable_step", "ort_training_files", "adapter",

@@ -13,11 +13,11 @@ import onnxruntime
 import pytest
 import torch
 from click.testing import CliRunner
-from make_fixtures import LABELS, NER_TAGS, write_ner_data, write_topic_data
+from make_fixtures import LABELS, NER_TAGS, write_chat_data, write_ner_data, write_topic_data
 from onnx import numpy_helper
 from peft import PeftModel
 from safetensors.numpy import load_file, save_file
-from tiny_models import make_tiny_bert
+from tiny_models import make_tiny_bert, make_tiny_chat_llama
 from transformers import AutoModelForSequenceClassification
 
 from edge_sdk.bundle.frozen_lora import frozen_lora_a, lora_a_digest
@@ -119,6 +119,13 @@ def test_personalizing_trains_b_and_leaves_a_as_recorded(backend: str, tiny: Pat
     for name, value in _graph_initializers(bundle, set(frozen)).items():
         np.testing.assert_array_equal(value, frozen[name])
     assert lora_a_digest(frozen_lora_a(bundle.bundle)) == bundle.manifest.peft_spec.frozen_lora_a_sha256
+    # A damaged frozen file is refused by its digest too (the bundle check catches it by the file's sha256).
+    path = bundle.bundle.path(bundle.manifest.peft_spec.frozen_lora_a_file)
+    values = load_file(str(path))
+    values[sorted(values)[0]] += 1
+    save_file(values, str(path))
+    with pytest.raises(BundleError, match="digest"):
+        frozen_lora_a(bundle.bundle)
     assert _device_logits(bundle, "user")[0].tolist() != _device_logits(bundle, "initial")[0].tolist()
 
 
@@ -168,6 +175,8 @@ def test_importing_an_adapter_with_another_a_is_refused(tiny: Path, tmp_path: Pa
 def test_cli_exports_and_imports_with_a(tiny: Path, tmp_path: Path) -> None:
     bundle = _copy(tiny, tmp_path)
     root = str(bundle.bundle.root)
+    info = CliRunner().invoke(cli, ["inspect", root])
+    assert info.exit_code == 0 and "LoRA A frozen" in info.stdout, info.output
     exported = CliRunner().invoke(cli, ["adapters", "export", root, "initial", "--out", str(tmp_path / "peft")])
     assert exported.exit_code == 0, exported.output
     assert any(".lora_A." in key for key in load_file(str(tmp_path / "peft" / WEIGHTS_FILE)))
@@ -175,6 +184,23 @@ def test_cli_exports_and_imports_with_a(tiny: Path, tmp_path: Path) -> None:
     assert imported.exit_code == 0, imported.output
     for name, value in bundle.adapters.load("initial").items():
         np.testing.assert_array_equal(bundle.adapters.load("back")[name], value)
+
+
+def test_a_build_from_a_peft_adapter_freezes_that_adapters_a(tiny: Path, tmp_path: Path) -> None:
+    from edge_sdk.host.adapter_import import lora_overrides
+
+    trained = _copy(tiny, tmp_path)
+    trained.personalize(tiny / "data" / "train.jsonl", adapter="user", settings=TRAINING, backend="portable")
+    frozen = frozen_lora_a(trained.bundle)
+    folder = export_peft(trained.manifest, trained.adapters.load("user"), tmp_path / "peft", frozen=frozen)
+    config = BuildConfig(model_dir=tiny / "tiny-model", task="seq-cls", labels=LABELS, max_length=32, seed=5,
+                         lora=LoraSettings(freeze_lora_a=True)).with_overrides(adapter_from=folder,
+                                                                             **lora_overrides(folder))
+    rebuilt = DeviceBundle.open(build_bundle(config, tmp_path / "rebuilt"))
+    # Another seed, but A comes from the adapter: the fleet's A carries over, and so do B and the head.
+    assert rebuilt.manifest.peft_spec.frozen_lora_a_sha256 == trained.manifest.peft_spec.frozen_lora_a_sha256
+    for name, value in trained.adapters.load("user").items():
+        np.testing.assert_array_equal(rebuilt.adapters.load("initial")[name], value)
 
 
 def test_merged_onnx_of_an_ffa_bundle_predicts_the_same(tiny: Path, tmp_path: Path) -> None:
@@ -201,9 +227,22 @@ def test_token_cls_freezes_a_too(tiny: Path, tmp_path: Path) -> None:
     assert sorted(bundle.adapters.load("user")) == sorted(t.name for t in bundle.manifest.trainable)
 
 
-def test_an_int8_compute_build_records_the_float_a(tiny: Path, tmp_path: Path) -> None:
+def test_causal_lm_freezes_a_in_the_generation_graphs_too(tmp_path: Path) -> None:
+    model = make_tiny_chat_llama(tmp_path / "chat-model", seed=0)
+    write_chat_data(tmp_path / "chat.jsonl", 48, seed=7)
+    path = build_bundle(BuildConfig(model_dir=model, task="causal-lm", labels=(), max_length=32,
+                                    lora=LoraSettings(freeze_lora_a=True)), tmp_path / "lm")
+    bundle = DeviceBundle.open(path)
+    assert not [t.name for t in bundle.manifest.trainable if ".lora_A." in t.name]
+    assert len(frozen_lora_a(bundle.bundle)) == 4
+    bundle.personalize(tmp_path / "chat.jsonl", adapter="user", settings=TRAINING, backend="portable")
+    assert bundle.generate("hello", adapter="user", chat=False).text is not None
+
+
+@pytest.mark.parametrize("base", ["int8-compute", "int8-storage"])
+def test_an_int8_build_records_the_float_a(base: str, tiny: Path, tmp_path: Path) -> None:
     path = build_bundle(BuildConfig(model_dir=tiny / "tiny-model", task="seq-cls", labels=LABELS, max_length=32,
-                                    base="int8-compute", lora=LoraSettings(freeze_lora_a=True)), tmp_path / "int8")
+                                    base=base, lora=LoraSettings(freeze_lora_a=True)), tmp_path / "int8")
     bundle = DeviceBundle.open(path)
     float_a = frozen_lora_a(DeviceBundle.open(tiny / "tiny-ffa").bundle)
     int8_a = frozen_lora_a(bundle.bundle)
