@@ -118,9 +118,9 @@ def fleet() -> None:
               help="Also write what each device sent every round (rounds/round-NNN/devices/), to audit the average.")
 @training_options
 def simulate(bundle: Path, pool: Path, devices: int, alpha: float | None, backend: str, cpus_per_device: float,
-             keep_device_updates: bool, method: str, rounds: int, local_epochs: int, learning_rate: float, batch_size: int, seed: int,
-             dp_noise: float | None, clip: float | None, test: Path | None, out: Path, as_json: bool,
-             verbose: bool) -> None:
+             keep_device_updates: bool, method: str, rounds: int, local_epochs: int, learning_rate: float,
+             batch_size: int, seed: int, dp_noise: float | None, clip: float | None, test: Path | None, out: Path,
+             as_json: bool, verbose: bool) -> None:
     """Simulate a fleet on this machine: split --data into label-skewed devices, each with its own test split, and
     run --rounds federated rounds with Flower's simulation engine (Ray)."""
     load_fleet(simulation=True)
@@ -134,3 +134,14 @@ def simulate(bundle: Path, pool: Path, devices: int, alpha: float | None, backen
     note(f"edge-sdk fleet simulate: {devices} devices, {rounds} rounds, method {method}"
          + (f", alpha {alpha}" if alpha is not None else ", uniform split"))
     print_summary(run(settings, pool, devices, alpha, backend=backend, cpus_per_device=cpus_per_device), as_json)
+
+
+def _register_deployment() -> None:
+    # fleet_deploy builds on this module's options and summary printing, so it is attached after both exist.
+    from edge_sdk.cli.fleet_deploy import join, serve
+
+    fleet.add_command(serve)
+    fleet.add_command(join)
+
+
+_register_deployment()

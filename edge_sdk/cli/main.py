@@ -17,10 +17,10 @@ from edge_sdk.cli.adapters import adapters
 from edge_sdk.cli.cache import cache
 from edge_sdk.cli.coverage import coverage
 from edge_sdk.cli.finetune import finetune
+from edge_sdk.cli.fleet import fleet
 from edge_sdk.cli.native import cmake_dir, header
 from edge_sdk.cli.output import emit_json, note, stderr_is_terminal
 from edge_sdk.cli.profiles import profiles
-from edge_sdk.cli.fleet import fleet
 from edge_sdk.cli.serve import serve
 from edge_sdk.cli.signing import keys, sign
 from edge_sdk.cli.sources import (

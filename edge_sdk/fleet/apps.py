@@ -52,7 +52,8 @@ def fleet_settings(run_config: dict[str, Any]) -> FleetSettings:
     test = _value(config, "test")
     noise, clip = _value(config, "dp-noise") or None, _value(config, "clip") or None
     return FleetSettings(
-        bundle=Path(str(_required(config, "bundle", "run config"))), out=Path(str(_required(config, "out", "run config"))),
+        bundle=Path(str(_required(config, "bundle", "run config"))),
+        out=Path(str(_required(config, "out", "run config"))),
         test=Path(str(test)) if test else None, rounds=int(_value(config, "rounds", 3)),
         method=str(_value(config, "method", "ffa")), local_epochs=int(_value(config, "local-epochs", 1)),
         learning_rate=float(_value(config, "learning-rate", 2e-3)), batch_size=int(_value(config, "batch-size", 16)),

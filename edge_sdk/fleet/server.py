@@ -31,7 +31,7 @@ from edge_sdk.device.peft_format import export_peft
 from edge_sdk.device.runtime import DeviceBundle
 from edge_sdk.errors import ConfigError
 from edge_sdk.fleet.methods import DEFAULT_METHOD, LORA_A, LORA_B, fleet_method
-from edge_sdk.fleet.records import ARRAYS, METRICS, conform, from_record, record_bytes, to_record
+from edge_sdk.fleet.records import ARRAYS, conform, from_record, record_bytes, to_record
 
 _LOG = logging.getLogger(__name__)
 SUMMARY = "summary.json"
@@ -239,7 +239,8 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> dict[str, Any]:
         with atomic_folder(settings.out / "global", overwrite=True) as staging:
             shutil.copytree(last, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("devices"))
     summary = {
-        "settings": {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(settings).items()},
+        "settings": {key: str(value) if isinstance(value, Path) else value
+                     for key, value in asdict(settings).items()},
         "method": method.name,
         "shared_weights": len(shared),
         "shared_bytes_per_device": bytes_down,

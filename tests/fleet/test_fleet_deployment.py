@@ -111,7 +111,7 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def test_superlink_and_two_supernodes_run_an_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The whole path on real processes: about 45 s on 2 cores, most of it Flower's polling between messages."""
+    """The whole path on real processes: about 25 s on 2 cores, most of it Flower's polling between messages."""
     code = tmp_path / "code"
     code.mkdir()
     (code / "probe_fleet_apps.py").write_text(textwrap.dedent(_PROBE_APPS), encoding="utf-8")
@@ -163,3 +163,62 @@ def test_missing_flower_binary_is_a_dependency_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(DependencyError, match="edge-sdk\\[fleet"):
         deployment.flower_executable("flower-superlink")
+
+
+def test_fleet_serve_and_two_joins_improve_the_global_adapter(tiny_ffa_bundle: Path, tiny_data: Path,
+                                                               tmp_path: Path) -> None:
+    """`edge-sdk fleet serve` (a SuperLink and the ServerApp) with two `edge-sdk fleet join` processes (SuperNodes),
+    the real ClientApp and ServerApp, 2 rounds on loopback: the global adapter improves on the held-out set."""
+    import os
+    import re
+    import shutil
+    import subprocess
+    import time
+
+    from edge_sdk.cli.fleet import fleet
+
+    assert {"serve", "join"} <= set(fleet.commands)
+    lines = (tiny_data / "train.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    devices = []
+    for index in range(2):
+        folder = tmp_path / f"device{index}"
+        folder.mkdir()
+        (folder / "train.jsonl").write_text("".join(lines[index::2]), encoding="utf-8")
+        devices.append((Path(shutil.copytree(tiny_ffa_bundle, folder / "bundle")), folder))
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0")
+    edge_sdk = [sys.executable, "-m", "edge_sdk", "fleet"]
+    serve_err = tmp_path / "serve.err"
+    with open(serve_err, "wb") as err:
+        server = subprocess.Popen([*edge_sdk, "serve", str(tiny_ffa_bundle), "--test", str(tiny_data / "dev.jsonl"),
+                                   "--rounds", "2", "--min-nodes", "2", "--out", str(tmp_path / "out"), "--port", "0",
+                                   "--local-epochs", "3", "--learning-rate", "0.02", "--batch-size", "4",
+                                   "--join-timeout", "120",
+                                   "--json"], env=env, stdout=subprocess.PIPE, stderr=err)
+    joins = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (port := re.search(r"SuperLink on 127\.0\.0\.1:(\d+)", serve_err.read_text())):
+            assert server.poll() is None and time.monotonic() < deadline, serve_err.read_text()
+            time.sleep(0.5)
+        for bundle, folder in devices:
+            command = [*edge_sdk, "join", str(bundle), "--superlink", f"127.0.0.1:{port[1]}", "--data",
+                       str(folder / "train.jsonl"), "--test", str(tiny_data / "dev.jsonl"), "--state",
+                       str(folder / "state")]
+            joins.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        out, _ = server.communicate(timeout=300)
+        assert server.returncode == 0, serve_err.read_text()[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+        for process in joins:
+            process.terminate()
+        for process in joins:
+            assert process.wait(30) == 0   # SIGTERM: the device leaves the fleet cleanly
+    summary = json.loads(out)
+    assert [entry["round"] for entry in summary["rounds"]] == [0, 1, 2]
+    before, after = summary["rounds"][0]["global_test"], summary["rounds"][-1]["global_test"]
+    assert after["accuracy"] >= before["accuracy"] + 0.15 and after["loss"] < before["loss"], summary["rounds"]
+    assert all(entry["devices"] == 2 for entry in summary["rounds"][1:])
+    assert (tmp_path / "out" / "summary.json").is_file() and (tmp_path / "out" / "deployment" / "run.log").is_file()
+    for bundle, _ in devices:
+        assert (bundle / "adapters" / "fleet.safetensors").is_file()   # each device kept the fleet's adapter
