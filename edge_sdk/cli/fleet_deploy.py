@@ -4,8 +4,6 @@
 --min-nodes devices, submits the run (the ServerApp of edge_sdk.fleet.apps) with Flower's `flwr run`, waits for it
 and prints the ServerApp's summary. `join` runs one device's SuperNode (the ClientApp of edge_sdk.fleet.apps) until
 it is stopped. The mechanics (argv, the Flower App project, submission) are in edge_sdk/fleet/deployment.py.
-
-edge_sdk.cli.fleet registers both on its `fleet` group (this module builds on its options and summary printing).
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from edge_sdk.cli.fleet import load_fleet, print_summary, quiet_flower, training_options
+from edge_sdk.cli.fleet_options import load_fleet, print_summary, quiet_flower, training_options
 from edge_sdk.cli.output import emit_json, note
 from edge_sdk.errors import DataError
 
