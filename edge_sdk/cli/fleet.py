@@ -45,7 +45,7 @@ def simulate(bundle: Path, pool: Path, devices: int, alpha: float | None, backen
     settings = FleetSettings(bundle=bundle, out=out, test=test, rounds=rounds, method=method,
                              local_epochs=local_epochs, learning_rate=learning_rate, batch_size=batch_size, seed=seed,
                              min_nodes=devices, dp_noise=dp_noise, clip=clip, keep_device_updates=keep_device_updates)
-    note(f"edge-sdk fleet simulate: {devices} devices, {rounds} rounds, method {method}"
+    note(f"edge-sdk fleet simulate: {devices} devices, {rounds} round{'s' if rounds != 1 else ''}, method {method}"
          + (f", alpha {alpha}" if alpha is not None else ", uniform split"))
     print_summary(run(settings, pool, devices, alpha, backend=backend, cpus_per_device=cpus_per_device), as_json)
 

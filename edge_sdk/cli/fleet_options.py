@@ -55,7 +55,8 @@ def round_lines(summary: dict[str, Any]) -> list[str]:
             parts.append(f"fedit error {entry['fedit_factoring_error']:.3g}")
         if "epsilon" in entry:
             parts.append(f"ε {entry['epsilon']:.3g} (δ {entry['delta']:g})")
-        lines.append("  ".join(parts))
+        if len(parts) > 1:  # round 0 without --test has nothing to say
+            lines.append("  ".join(parts))
     return lines
 
 

@@ -21,6 +21,15 @@ from edge_sdk.fleet.partition import partition
 from edge_sdk.fleet.server import SUMMARY, FleetSettings, make_server_app
 
 
+class _RunSimulationNotice(logging.Filter):
+    """Drops Flower 1.42's notice that ``run_simulation`` is deprecated: it is still the in-process simulation API of
+    that release (its successor, ``flwr run`` against a SuperLink in simulation mode, needs a Flower App project and
+    a server process), and the notice tells our users to change code they do not own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
 def simulate(settings: FleetSettings, pool: Path, devices: int, alpha: float | None, backend: str = "auto",
              cpus_per_device: float = 1.0, test_fraction: float = 0.2) -> dict[str, Any]:
     """Partition ``pool`` into ``devices`` devices and run ``settings`` on them; return the run's summary."""
@@ -45,12 +54,18 @@ def simulate(settings: FleetSettings, pool: Path, devices: int, alpha: float | N
 
     summary_path = settings.out / SUMMARY
     summary_path.unlink(missing_ok=True)
-    run_simulation(
-        server_app=make_server_app(settings), client_app=make_client_app(locate), num_supernodes=devices,
-        backend_config={"client_resources": {"num_cpus": cpus_per_device, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False,
-                                      "logging_level": logging.ERROR, "log_to_driver": False}},
-    )
+    notice = _RunSimulationNotice()
+    flower_log = logging.getLogger("flwr")
+    flower_log.addFilter(notice)
+    try:
+        run_simulation(
+            server_app=make_server_app(settings), client_app=make_client_app(locate), num_supernodes=devices,
+            backend_config={"client_resources": {"num_cpus": cpus_per_device, "num_gpus": 0.0},
+                            "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "include_dashboard": False,
+                                          "logging_level": logging.ERROR, "log_to_driver": False}},
+        )
+    finally:
+        flower_log.removeFilter(notice)
     if not summary_path.is_file():
         raise ConfigError(f"the simulation ended without a summary ({summary_path}); its log above says why")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ import edge_sdk
 
 PACKAGE = Path(edge_sdk.__file__).parent
 HOST_ONLY = {"torch", "transformers", "peft", "optimum", "onnx"}
-DEVICE_SIDE = ["device", "bundle", "tasks", "profiles", "errors.py", "__init__.py"]
+DEVICE_SIDE = ["device", "bundle", "tasks", "profiles", "fleet", "errors.py", "__init__.py"]
 
 
 def _imported_roots(path: Path) -> set[str]:
