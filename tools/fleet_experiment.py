@@ -121,15 +121,16 @@ def _baselines(work: Path, key: str, alpha: float, seed: int, args) -> dict[str,
     }
 
 
-def _federated(work: Path, key: str, alpha: float, seed: int, method: str, args, dp: tuple | None = None) -> dict:
+def _federated(work: Path, key: str, alpha: float, seed: int, method: str, args, dp: tuple | None = None,
+               learning_rate: float | None = None) -> dict:
     from edge_sdk.fleet.server import FleetSettings
     from edge_sdk.fleet.simulate import simulate
 
     flavour = "ffa" if method == "ffa" else "lora"
-    name = method + (f"-dp{dp[0]}" if dp else "")
+    name = method + (f"-dp{dp[0]}" if dp else "") + (f"-lr{learning_rate}" if learning_rate else "")
     settings = FleetSettings(bundle=work / key / f"bundle-{flavour}", out=work / key / f"a{alpha}-s{seed}" / name,
                              test=work / key / "data" / "test.jsonl", rounds=args.rounds, method=method,
-                             local_epochs=args.local_epochs, learning_rate=args.learning_rate,
+                             local_epochs=args.local_epochs, learning_rate=learning_rate or args.learning_rate,
                              batch_size=args.batch_size, seed=seed, dp_noise=dp[0] if dp else None,
                              clip=dp[1] if dp else None)
     started = time.perf_counter()
@@ -166,6 +167,13 @@ def run(work: Path, args) -> None:
                     if not target.is_file():
                         target.write_text(json.dumps(_federated(work, key, alpha, seed, method, args), indent=1))
                     print(f"{stem}-{method}: {json.loads(target.read_text())}", file=sys.stderr)
+    # FFA trains half of LoRA's weights (B) against a fixed random A: how much a larger step helps it.
+    for rate in args.ffa_learning_rates:
+        for alpha in args.alphas:
+            target = results / f"{args.datasets[0]}-a{alpha}-s{args.seeds[0]}-ffa-lr{rate}.json"
+            if not target.is_file():
+                target.write_text(json.dumps(_federated(work, args.datasets[0], alpha, args.seeds[0], "ffa", args,
+                                                        learning_rate=rate), indent=1))
     if args.dp:
         key, alpha, seed = args.datasets[0], args.alphas[-1], args.seeds[0]
         for noise in args.dp_noise:
@@ -204,6 +212,7 @@ def report(work: Path, out: Path) -> dict:
                              f"{_cell(row['device_mean'])} | {_cell(row['device_worst'])} | "
                              f"{int(mean(row['bytes_per_round'])):,} |")
     dp = {stem: value for stem, value in results.items() if "-dp" in stem}
+    rates = {stem: value for stem, value in results.items() if "-lr" in stem}
     out.mkdir(parents=True, exist_ok=True)
     header = ("| data set | α | method | global test accuracy | device mean (own test) | worst device (own test) "
               "| bytes per round |\n|---|---|---|---|---|---|---|")
@@ -214,6 +223,11 @@ def report(work: Path, out: Path) -> dict:
                                  f"{value['privacy']['clipping_norm']} | {value['global_accuracy']:.3f} | "
                                  f"{value['privacy']['epsilon']:.2f} ({value['privacy']['delta']:g}) |"
                                  for stem, value in sorted(dp.items())) + "\n")
+    if rates:
+        lines = [f"| {stem} | {value['global_accuracy']:.3f} | {value['device_mean']:.3f} | "
+                 f"{value['device_worst']:.3f} |" for stem, value in sorted(rates.items())]
+        markdown += ("\n| FFA learning-rate run | global test accuracy | device mean | worst device |\n"
+                     "|---|---|---|---|\n" + "\n".join(lines) + "\n")
     (out / "fleet-results.md").write_text(markdown, encoding="utf-8")
     (out / "fleet-results.json").write_text(json.dumps({"rows": rows, "runs": results}, indent=1), encoding="utf-8")
     _plot(rows, keys, alphas, out / "fleet-results.png")
@@ -268,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--parallel", type=int, default=2, help="processes for the local-only baseline")
     parser.add_argument("--dp", action="store_true", help="also run FFA with differential privacy")
+    parser.add_argument("--ffa-learning-rates", nargs="*", type=float, default=[],
+                        help="also run FFA at these learning rates (first data set and seed, every alpha)")
     parser.add_argument("--dp-noise", nargs="+", type=float, default=[0.5, 1.0])
     parser.add_argument("--clip", type=float, default=0.5)
     args = parser.parse_args(argv)
