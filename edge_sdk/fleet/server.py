@@ -11,7 +11,6 @@ RDP accountant). Files: ``OUT/rounds/round-NNN/{adapter.safetensors,peft/}``, ``
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 from dataclasses import asdict, dataclass
@@ -33,7 +32,6 @@ from edge_sdk.errors import ConfigError
 from edge_sdk.fleet.methods import DEFAULT_METHOD, LORA_A, LORA_B, fleet_method
 from edge_sdk.fleet.records import ARRAYS, conform, from_record, record_bytes, to_record
 
-_LOG = logging.getLogger(__name__)
 SUMMARY = "summary.json"
 
 
@@ -203,7 +201,9 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> dict[str, Any]:
     weight_key = "unit-weight" if dp_on else "num-examples"  # Flower's DP accounting needs equal client weights
     log = RoundLog(method.name, weight_key, settings.out / "rounds" if settings.keep_device_updates else None)
     log.current = 1
-    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=settings.min_nodes,
+    # Every connected device trains each round; with DP exactly --min-nodes do (a sampled fraction that rounds to
+    # zero leaves FedAvg's minimum), because Flower's accountant needs the same sample size every round.
+    strategy = FedAvg(fraction_train=1e-9 if dp_on else 1.0, fraction_evaluate=1.0, min_train_nodes=settings.min_nodes,
                       min_evaluate_nodes=settings.min_nodes, min_available_nodes=settings.min_nodes,
                       weighted_by_key=weight_key, train_metrics_aggr_fn=log.train_metrics,
                       evaluate_metrics_aggr_fn=log.evaluate_metrics)
@@ -224,7 +224,8 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> dict[str, Any]:
     initial_record = to_record(initial, shared)
     bytes_down = record_bytes(initial_record)
     settings.out.mkdir(parents=True, exist_ok=True)
-    result = (dp or strategy).start(
+    # The strategy's own Result repeats what the callbacks recorded above; the summary is built from those.
+    (dp or strategy).start(
         grid=grid, initial_arrays=initial_record, num_rounds=settings.rounds, timeout=settings.timeout,
         train_config=ConfigRecord(config), evaluate_config=ConfigRecord(config),
         evaluate_fn=_global_evaluation(server, settings, initial, log, dp, method.shares_only_a))
@@ -253,7 +254,6 @@ def run_fleet(grid: Grid, settings: FleetSettings) -> dict[str, Any]:
         summary["privacy"] = {"noise_multiplier": settings.dp_noise, "clipping_norm": settings.clip,
                               "epsilon": float(spent.epsilon), "delta": float(spent.delta),
                               "releases": int(spent.num_releases), "accounting": spent.accounting_method}
-    del result
     atomic_write_text(settings.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
