@@ -16,6 +16,7 @@
     ├── GraphRunError               ONNX Runtime could not run a bundle graph (inputs that do not fit it, a failure)
     ├── StorageFullError            the disk (or the file size limit) is full; what was there is unchanged
     ├── MemoryBudgetError           the run would not fit the memory budget, even at batch size 1
+    ├── FleetRunError               a fleet's SuperLink or SuperNode did not start, devices did not join, a run failed
     └── DependencyError             an optional dependency (host or training build) is not installed
 
 Messages say what happened, the offending value, and what to do about it.
@@ -86,6 +87,10 @@ class MemoryBudgetError(ConfigError):
 
 class GraphRunError(EdgeSdkError):
     """ONNX Runtime failed running a bundle graph: inputs of the wrong name, shape or type, or a runtime failure."""
+
+
+class FleetRunError(EdgeSdkError):
+    """The SuperLink or a SuperNode did not start, no devices joined in time, or a Flower run failed."""
 
 
 class DependencyError(EdgeSdkError):

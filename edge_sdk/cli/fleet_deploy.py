@@ -22,7 +22,7 @@ import click
 
 from edge_sdk.cli.fleet_options import load_fleet, print_summary, quiet_flower, training_options
 from edge_sdk.cli.output import emit_json, note
-from edge_sdk.errors import DataError
+from edge_sdk.errors import DataError, FleetRunError
 
 if TYPE_CHECKING:
     from edge_sdk.fleet.deployment import RunResult
@@ -52,7 +52,7 @@ def serve(bundle: Path, min_nodes: int, host: str, port: int, join_timeout: floa
     load_fleet()
     quiet_flower(verbose)
     from edge_sdk.device.runtime import DeviceBundle
-    from edge_sdk.fleet.deployment import FleetRunError, write_app_project
+    from edge_sdk.fleet.deployment import write_app_project
     from edge_sdk.fleet.server import SUMMARY, FleetSettings
 
     settings = FleetSettings(bundle=bundle.resolve(), out=out.resolve(), test=test.resolve() if test else None,
@@ -144,7 +144,6 @@ def join(bundle: Path, superlink: str, data: Path, test: Path | None, state: Pat
     load_fleet()
     from edge_sdk.device.runtime import DeviceBundle
     from edge_sdk.fleet.deployment import (
-        FleetRunError,
         fleet_env,
         free_port,
         split_address,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_sdk.errors import ConfigError, DependencyError, EdgeSdkError
+from edge_sdk.errors import ConfigError, DependencyError, FleetRunError
 
 SERVER_APP = "edge_sdk.fleet.apps:server_app"
 CLIENT_APP = "edge_sdk.fleet.apps:client_app"
@@ -63,10 +63,6 @@ DEFAULT_RUN_CONFIG: dict[str, str | int | float | bool] = {
 NODE_CONFIG_KEYS = ("bundle", "data", "test", "adapter", "backend", "state")
 
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-class FleetRunError(EdgeSdkError):
-    """The SuperLink or a SuperNode did not start, no devices joined in time, or a Flower run failed."""
 
 
 # --- environment and binaries ---------------------------------------------------------------------------------
