@@ -23,7 +23,7 @@ def _run(state: BuildState, writer: BundleWriter, _draft) -> Fragment:
     state.graphs.write(writer.staging, BASE_WEIGHTS)
     state.loaded.tokenizer.save_pretrained(str(writer.folder(TOKENIZER_DIR)))
     save_file(state.initial, str(writer.path(INITIAL_ADAPTER)), metadata={"format": "edge-sdk-adapter"})
-    if state.frozen_lora_a:
+    if getattr(state, "frozen_lora_a", None):  # a build state without the field (older callers): none
         save_file(state.frozen_lora_a, str(writer.path(FROZEN_LORA_A)), metadata={"format": "edge-sdk-frozen-lora-a"})
     if state.ship_ort_artifacts:
         folder = writer.folder(ORT_TRAINING_DIR)
