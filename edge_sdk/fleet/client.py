@@ -69,10 +69,7 @@ class FleetDevice:
         method = fleet_method(str(config.get("method", "ffa")))
         method.check(self.runtime.manifest, where)
         if method.frozen_a:
-            recorded = self.runtime.manifest.peft_spec.frozen_lora_a_sha256
-            if self.lora_a_sha256 != recorded:
-                raise AdapterError(f"{where}: its frozen LoRA A does not match its manifest's hash; the bundle is "
-                                   "damaged, install it again")
+            # frozen_lora_a() (at open) already refused a file whose digest differs from the manifest's.
             if config.get("lora-a-sha256") not in (None, self.lora_a_sha256):
                 raise AdapterError(f"{where} holds another frozen LoRA A than the server's; averaging B over "
                                    "different A matrices is not exact: install the fleet's bundle")
