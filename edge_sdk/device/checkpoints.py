@@ -29,6 +29,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from edge_sdk.bundle.atomic import atomic_folder, recover_folder, remove_folder, remove_stale_temporaries
+from edge_sdk.device.adapter_history import GENERATIONS_FOLDER
 from edge_sdk.errors import AdapterError
 
 _PROGRESS = "progress.json"
@@ -74,11 +75,15 @@ def _sha256(path: Path) -> str:
 
 
 def remove_stale_files(adapters_folder: Path) -> list[str]:
-    """Clean what a killed run left in the adapter store and its checkpoint folder: temporaries are removed,
-    a checkpoint caught between the two renames of its replacement is restored. Call once per run, before
-    anything reads the store, while no other process writes it."""
-    handled = remove_stale_temporaries(adapters_folder) + remove_stale_temporaries(adapters_folder /
-                                                                                  CHECKPOINTS_FOLDER)
+    """Clean what a killed run left in the adapter store, its checkpoint folder and each name's generation
+    folder (a kill while the ledger or a generation file is written leaves a temporary there): temporaries are
+    removed, a checkpoint caught between the two renames of its replacement is restored. Call once per run,
+    before anything reads the store, while no other process writes it."""
+    generations = adapters_folder / GENERATIONS_FOLDER
+    folders = [adapters_folder, adapters_folder / CHECKPOINTS_FOLDER, generations]
+    if generations.is_dir():
+        folders += sorted(entry for entry in generations.iterdir() if entry.is_dir() and not entry.is_symlink())
+    handled = [name for folder in folders for name in remove_stale_temporaries(folder)]
     if handled:
         log.info("removed or restored what an interrupted run left: %s", ", ".join(handled))
     return handled
