@@ -57,7 +57,8 @@ RESULT_PURPOSE = "fine-tune-results"
 
 
 class _Stopped(Exception):
-    """The job's run ended early: ``reason`` is "cancelled" or "lost" (another worker holds the claim)."""
+    """The job's run ended early: ``reason`` is "cancelled", "lost" (another worker holds the claim) or
+    "released" (this worker was told to stop and hands the job back)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -80,6 +81,9 @@ class JobRunner:
         self.python = config.python or sys.executable
         self._running: set[subprocess.Popen] = set()   # the commands of the jobs this process runs now
         self._heartbeats: dict[str, _Heartbeat] = {}
+        # Set once release() starts: the commands it kills are not failures of their jobs (without it a job's thread
+        # could see its command die and mark the job failed before release() hands it back to the queue).
+        self._releasing = threading.Event()
 
     # --- claiming ------------------------------------------------------------------------------------
 
@@ -250,6 +254,8 @@ class JobRunner:
     def _run_stage(self, job: Job, command: list[str], name: Path, follow: bool) -> dict[str, Any]:
         """Run one command of the job in its own process group, following its events, heartbeating and watching
         for a cancel; its JSON result. Raises _Stopped or _StageFailed."""
+        if self._releasing.is_set():
+            raise _Stopped("released")   # no new command once the worker hands its jobs back
         stdout, stderr = name.with_suffix(".json"), name.with_suffix(".log")
         env = os.environ | {"PYTHONUNBUFFERED": "1"}
         launcher = [self.python, "-m", "edge_sdk.serve.child", str(os.getpid())]
@@ -266,6 +272,8 @@ class JobRunner:
                 self._running.discard(process)
         if follow:
             self._follow(job)   # the last lines
+        if self._releasing.is_set():
+            raise _Stopped("released")   # release() hands the job back; its command was killed, it did not fail
         if process.returncode != 0:
             raise _StageFailed("training_failed" if follow else "build_failed", _failure_message(stderr, command))
         try:
@@ -435,6 +443,7 @@ class JobRunner:
     def release(self) -> None:
         """Stop this worker's commands and hand its jobs back to the queue at once (a worker told to stop), so
         another worker, or this one restarted, resumes them from their last checkpoint without waiting a lease."""
+        self._releasing.set()
         for process in list(self._running):
             try:
                 os.killpg(process.pid, signal.SIGKILL)   # before the claim goes: never two runs of one job
