@@ -153,33 +153,46 @@ def _federated(work: Path, key: str, alpha: float, seed: int, method: str, args,
 
 
 def run(work: Path, args) -> None:
+    # Seed by seed over every (data set, alpha), the privacy runs after the first seed: a run stopped early
+    # still leaves a complete, if smaller, picture (every run is resumable).
     results = work / "results"
     results.mkdir(parents=True, exist_ok=True)
-    for key in args.datasets:
-        for alpha in args.alphas:
-            for seed in args.seeds:
-                stem = f"{key}-a{alpha}-s{seed}"
-                if not all((results / f"{stem}-{m}.json").is_file() for m in ("local", "pooled")):
-                    for method, result in _baselines(work, key, alpha, seed, args).items():
-                        (results / f"{stem}-{method}.json").write_text(json.dumps(result, indent=1))
-                for method in FEDERATED:
-                    target = results / f"{stem}-{method}.json"
-                    if not target.is_file():
-                        target.write_text(json.dumps(_federated(work, key, alpha, seed, method, args), indent=1))
-                    print(f"{stem}-{method}: {json.loads(target.read_text())}", file=sys.stderr)
-    # FFA trains half of LoRA's weights (B) against a fixed random A: how much a larger step helps it.
-    for rate in args.ffa_learning_rates:
-        for alpha in args.alphas:
-            target = results / f"{args.datasets[0]}-a{alpha}-s{args.seeds[0]}-ffa-lr{rate}.json"
-            if not target.is_file():
-                target.write_text(json.dumps(_federated(work, args.datasets[0], alpha, args.seeds[0], "ffa", args,
-                                                        learning_rate=rate), indent=1))
+    for index, seed in enumerate(args.seeds):
+        for key in args.datasets:
+            for alpha in args.alphas:
+                _run_configuration(work, results, key, alpha, seed, args)
+        if index == 0:
+            _run_first_seed_extras(work, results, args)
+
+
+def _run_configuration(work: Path, results: Path, key: str, alpha: float, seed: int, args) -> None:
+    stem = f"{key}-a{alpha}-s{seed}"
+    if not all((results / f"{stem}-{m}.json").is_file() for m in ("local", "pooled")):
+        for method, result in _baselines(work, key, alpha, seed, args).items():
+            (results / f"{stem}-{method}.json").write_text(json.dumps(result, indent=1))
+    for method in FEDERATED:
+        target = results / f"{stem}-{method}.json"
+        if not target.is_file():
+            target.write_text(json.dumps(_federated(work, key, alpha, seed, method, args), indent=1))
+        print(f"{stem}-{method}: {json.loads(target.read_text())}", file=sys.stderr)
+
+
+def _run_first_seed_extras(work: Path, results: Path, args) -> None:
+    """The privacy runs and FFA's learning-rate runs, on the first data set and seed."""
+    key, seed = args.datasets[0], args.seeds[0]
     if args.dp:
-        key, alpha, seed = args.datasets[0], args.alphas[-1], args.seeds[0]
+        alpha = args.alphas[-1]
         for noise in args.dp_noise:
             target = results / f"{key}-a{alpha}-s{seed}-ffa-dp{noise}.json"
             if not target.is_file():
                 target.write_text(json.dumps(_federated(work, key, alpha, seed, "ffa", args, (noise, args.clip)),
+                                             indent=1))
+    # FFA trains half of LoRA's weights (B) against a fixed random A: how much a larger step helps it.
+    for rate in args.ffa_learning_rates:
+        for alpha in args.alphas:
+            target = results / f"{key}-a{alpha}-s{seed}-ffa-lr{rate}.json"
+            if not target.is_file():
+                target.write_text(json.dumps(_federated(work, key, alpha, seed, "ffa", args, learning_rate=rate),
                                              indent=1))
 
 
@@ -208,14 +221,15 @@ def report(work: Path, out: Path) -> dict:
                        **{field: [run.get(field) for run in runs]
                           for field in ("global_accuracy", "device_mean", "device_worst", "bytes_per_round")}}
                 rows.append(row)
-                table.append(f"| {DATASETS[key]['name']} | {alpha} | {method} | {_cell(row['global_accuracy'])} | "
+                table.append(f"| {DATASETS[key]['name']} | {alpha} | {method} | {len(runs)} | "
+                             f"{_cell(row['global_accuracy'])} | "
                              f"{_cell(row['device_mean'])} | {_cell(row['device_worst'])} | "
                              f"{int(mean(row['bytes_per_round'])):,} |")
     dp = {stem: value for stem, value in results.items() if "-dp" in stem}
     rates = {stem: value for stem, value in results.items() if "-lr" in stem}
     out.mkdir(parents=True, exist_ok=True)
-    header = ("| data set | α | method | global test accuracy | device mean (own test) | worst device (own test) "
-              "| bytes per round |\n|---|---|---|---|---|---|---|")
+    header = ("| data set | α | method | seeds | global test accuracy | device mean (own test) "
+              "| worst device (own test) | bytes per round |\n|---|---|---|---|---|---|---|---|")
     markdown = header + "\n" + "\n".join(table) + "\n"
     if dp:
         markdown += ("\n| DP run | noise multiplier | clip | global test accuracy | ε (δ) |\n|---|---|---|---|---|\n"
@@ -284,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dp", action="store_true", help="also run FFA with differential privacy")
     parser.add_argument("--ffa-learning-rates", nargs="*", type=float, default=[],
                         help="also run FFA at these learning rates (first data set and seed, every alpha)")
-    parser.add_argument("--dp-noise", nargs="+", type=float, default=[0.5, 1.0])
-    parser.add_argument("--clip", type=float, default=0.5)
+    parser.add_argument("--dp-noise", nargs="+", type=float, default=[0.1, 1.0])
+    parser.add_argument("--clip", type=float, default=1.0)
     args = parser.parse_args(argv)
     if args.stage == "prepare":
         prepare(args.work, args.datasets)
