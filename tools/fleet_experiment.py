@@ -171,10 +171,16 @@ def _run_configuration(work: Path, results: Path, key: str, alpha: float, seed: 
         for method, result in _baselines(work, key, alpha, seed, args).items():
             (results / f"{stem}-{method}.json").write_text(json.dumps(result, indent=1))
     for method in FEDERATED:
-        target = results / f"{stem}-{method}.json"
-        if not target.is_file():
-            target.write_text(json.dumps(_federated(work, key, alpha, seed, method, args), indent=1))
-        print(f"{stem}-{method}: {json.loads(target.read_text())}", file=sys.stderr)
+        result = _run_once(results / f"{stem}-{method}.json",
+                           lambda method=method: _federated(work, key, alpha, seed, method, args))
+        print(f"{stem}-{method}: {result}", file=sys.stderr)
+
+
+def _run_once(target: Path, compute) -> dict:
+    """The result saved at ``target``, computed and saved first if no earlier run left it (runs are resumable)."""
+    if not target.is_file():
+        target.write_text(json.dumps(compute(), indent=1))
+    return json.loads(target.read_text())
 
 
 def _run_first_seed_extras(work: Path, results: Path, args) -> None:
@@ -183,17 +189,14 @@ def _run_first_seed_extras(work: Path, results: Path, args) -> None:
     if args.dp:
         alpha = args.alphas[-1]
         for noise in args.dp_noise:
-            target = results / f"{key}-a{alpha}-s{seed}-ffa-dp{noise}.json"
-            if not target.is_file():
-                target.write_text(json.dumps(_federated(work, key, alpha, seed, "ffa", args, (noise, args.clip)),
-                                             indent=1))
+            _run_once(results / f"{key}-a{alpha}-s{seed}-ffa-dp{noise}.json",
+                      lambda noise=noise: _federated(work, key, alpha, seed, "ffa", args, (noise, args.clip)))
     # FFA trains half of LoRA's weights (B) against a fixed random A: how much a larger step helps it.
     for rate in args.ffa_learning_rates:
         for alpha in args.alphas:
-            target = results / f"{key}-a{alpha}-s{seed}-ffa-lr{rate}.json"
-            if not target.is_file():
-                target.write_text(json.dumps(_federated(work, key, alpha, seed, "ffa", args, learning_rate=rate),
-                                             indent=1))
+            _run_once(results / f"{key}-a{alpha}-s{seed}-ffa-lr{rate}.json",
+                      lambda alpha=alpha, rate=rate: _federated(work, key, alpha, seed, "ffa", args,
+                                                                learning_rate=rate))
 
 
 # --- report ----------------------------------------------------------------------------------------------------
