@@ -54,6 +54,24 @@ def test_the_same_seed_gives_the_same_split_and_iid_without_alpha(tmp_path):
     assert sorted(p.train_examples + p.test_examples for p in uniform) == [60, 60, 60, 60]
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_binary_labels_at_strong_skew_still_partition(tmp_path, seed):
+    # Two classes, alpha 0.1, 10 devices: a draw that gives every device 10 examples is rare (about one in
+    # ten thousand), so a budget of a thousand draws failed on most seeds.
+    pool = _pool(tmp_path / "pool.jsonl", per_label=250, labels=("ham", "spam"))
+    parts = partition(pool, tmp_path / "parts", devices=10, alpha=0.1, seed=seed)
+    assert min(p.train_examples + p.test_examples for p in parts) >= 10
+    assert sum(p.train_examples + p.test_examples for p in parts) == 500
+    assert sum(max(p.labels.values()) / sum(p.labels.values()) for p in parts) / len(parts) > 0.8
+
+
+def test_an_impossible_skew_is_refused_with_what_to_change(tmp_path):
+    pool = _pool(tmp_path / "pool.jsonl", per_label=50, labels=("a", "b"))
+    with pytest.raises(DataError, match="use fewer devices, a larger alpha or more data"):
+        partition(pool, tmp_path / "parts", devices=10, alpha=0.01)
+    assert not (tmp_path / "parts").exists()
+
+
 def test_bad_requests_are_refused_and_leave_no_folder(tmp_path):
     pool = _pool(tmp_path / "pool.jsonl", per_label=5)
     with pytest.raises(DataError, match="cannot give 10 devices"):
