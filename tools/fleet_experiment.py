@@ -191,7 +191,7 @@ def _run_once(target: Path, compute) -> dict:
 
 
 def _run_first_seed_extras(work: Path, results: Path, args) -> None:
-    """The privacy runs and FFA's learning-rate runs, on the first data set and seed."""
+    """The privacy runs (first data set) and FFA's learning-rate runs (every data set), on the first seed."""
     key, seed = args.datasets[0], args.seeds[0]
     if args.dp:
         alpha = args.alphas[-1]
@@ -199,11 +199,12 @@ def _run_first_seed_extras(work: Path, results: Path, args) -> None:
             _run_once(results / f"{key}-a{alpha}-s{seed}-ffa-dp{noise}.json",
                       lambda noise=noise: _federated(work, key, alpha, seed, "ffa", args, (noise, args.clip)))
     # FFA trains half of LoRA's weights (B) against a fixed random A: how much a larger step helps it.
-    for rate in args.ffa_learning_rates:
-        for alpha in args.alphas:
-            _run_once(results / f"{key}-a{alpha}-s{seed}-ffa-lr{rate}.json",
-                      lambda alpha=alpha, rate=rate: _federated(work, key, alpha, seed, "ffa", args,
-                                                                learning_rate=rate))
+    for key in args.datasets:
+        for rate in args.ffa_learning_rates:
+            for alpha in args.alphas:
+                _run_once(results / f"{key}-a{alpha}-s{seed}-ffa-lr{rate}.json",
+                          lambda key=key, alpha=alpha, rate=rate: _federated(work, key, alpha, seed, "ffa", args,
+                                                                             learning_rate=rate))
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=2, help="processes for the local-only baseline")
     parser.add_argument("--dp", action="store_true", help="also run FFA with differential privacy")
     parser.add_argument("--ffa-learning-rates", nargs="*", type=float, default=[],
-                        help="also run FFA at these learning rates (first data set and seed, every alpha)")
+                        help="also run FFA at these learning rates (first seed, every data set and alpha)")
     parser.add_argument("--dp-noise", nargs="+", type=float, default=[0.1, 1.0])
     parser.add_argument("--clip", type=float, default=1.0)
     args = parser.parse_args(argv)
