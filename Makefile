@@ -125,5 +125,5 @@ bench: setup
 # (docs/fleet/: table, plot, JSON). About an hour and a quarter on 2 cores; finished runs are kept and skipped.
 fleet-experiment: setup
 	$(HOST)/bin/python tools/fleet_experiment.py prepare
-	$(FLEET)/bin/python tools/fleet_experiment.py run --dp --ffa-learning-rates 0.02
+	$(FLEET)/bin/python tools/fleet_experiment.py run --dp --learning-rates 0.02
 	$(FLEET)/bin/python tools/fleet_experiment.py report

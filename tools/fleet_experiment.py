@@ -18,6 +18,9 @@ steps on each device's data:
 - ``pooled``: one adapter on all devices' training data together, ``rounds × local-epochs`` epochs (the upper
   bound that moving the data would give).
 
+``--learning-rates R …`` adds FedIT and FFA runs at each larger learning rate R (every data set, alpha and seed):
+FFA trains only B, so its best step is larger than FedIT's.
+
 ``--dp`` adds FFA runs with differential privacy (Flower's client-side clipping and server noise) at two noise
 levels on the first data set, alpha and seed, reporting accuracy and ε.
 """
@@ -181,6 +184,14 @@ def _run_configuration(work: Path, results: Path, key: str, alpha: float, seed: 
         result = _run_once(results / f"{stem}-{method}.json",
                            lambda method=method: _federated(work, key, alpha, seed, method, args))
         print(f"{stem}-{method}: {result}", file=sys.stderr)
+    # FFA trains half of LoRA's weights (B) against a fixed random A, so one step moves it less than FedIT: both
+    # again at each larger rate, so neither is compared at the other's best step size.
+    for rate in args.learning_rates:
+        for method in ("fedit", "ffa"):
+            result = _run_once(results / f"{stem}-{method}-lr{rate}.json",
+                               lambda method=method, rate=rate: _federated(work, key, alpha, seed, method, args,
+                                                                           learning_rate=rate))
+            print(f"{stem}-{method}-lr{rate}: {result}", file=sys.stderr)
 
 
 def _run_once(target: Path, compute) -> dict:
@@ -191,20 +202,13 @@ def _run_once(target: Path, compute) -> dict:
 
 
 def _run_first_seed_extras(work: Path, results: Path, args) -> None:
-    """The privacy runs (first data set) and FFA's learning-rate runs (every data set), on the first seed."""
+    """The privacy runs, on the first data set and seed."""
     key, seed = args.datasets[0], args.seeds[0]
     if args.dp:
         alpha = args.alphas[-1]
         for noise in args.dp_noise:
             _run_once(results / f"{key}-a{alpha}-s{seed}-ffa-dp{noise}.json",
                       lambda noise=noise: _federated(work, key, alpha, seed, "ffa", args, (noise, args.clip)))
-    # FFA trains half of LoRA's weights (B) against a fixed random A: how much a larger step helps it.
-    for key in args.datasets:
-        for rate in args.ffa_learning_rates:
-            for alpha in args.alphas:
-                _run_once(results / f"{key}-a{alpha}-s{seed}-ffa-lr{rate}.json",
-                          lambda key=key, alpha=alpha, rate=rate: _federated(work, key, alpha, seed, "ffa", args,
-                                                                             learning_rate=rate))
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -216,14 +220,23 @@ def _cell(values: list[float | None]) -> str:
     return f"{mean(values):.3f} ± {pstdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
+def _methods(results: dict[str, dict]) -> list[str]:
+    """The table's methods in order: local, fedit and ffa, then both at every larger learning rate run, then fedsa
+    and pooled (the upper bound) last."""
+    variants = sorted({stem.split("-", 3)[3] for stem in results if "-lr" in stem},
+                      key=lambda name: (float(name.split("-lr")[1]), name))
+    return [*METHODS[:3], *variants, *METHODS[3:]]
+
+
 def report(work: Path, out: Path) -> dict:
     results = {path.stem: json.loads(path.read_text()) for path in sorted((work / "results").glob("*.json"))}
     rows, table = [], []
     keys = sorted({stem.split("-a")[0] for stem in results})
     alphas = sorted({float(stem.split("-a")[1].split("-s")[0]) for stem in results})
+    methods = _methods(results)
     for key in keys:
         for alpha in alphas:
-            for method in METHODS:
+            for method in methods:
                 runs = [value for stem, value in results.items()
                         if stem.startswith(f"{key}-a{alpha}-s") and stem.endswith(f"-{method}")]
                 if not runs:
@@ -237,7 +250,6 @@ def report(work: Path, out: Path) -> dict:
                              f"{_cell(row['device_mean'])} | {_cell(row['device_worst'])} | "
                              f"{int(mean(row['bytes_per_round'])):,} |")
     dp = {stem: value for stem, value in results.items() if "-dp" in stem}
-    rates = {stem: value for stem, value in results.items() if "-lr" in stem}
     out.mkdir(parents=True, exist_ok=True)
     header = ("| data set | α | method | seeds | global test accuracy | device mean (own test) "
               "| worst device (own test) | bytes per round |\n|---|---|---|---|---|---|---|---|")
@@ -248,29 +260,24 @@ def report(work: Path, out: Path) -> dict:
                                  f"{value['privacy']['clipping_norm']} | {value['global_accuracy']:.3f} | "
                                  f"{value['privacy']['epsilon']:.2f} ({value['privacy']['delta']:g}) |"
                                  for stem, value in sorted(dp.items())) + "\n")
-    if rates:
-        lines = [f"| {stem} | {value['global_accuracy']:.3f} | {value['device_mean']:.3f} | "
-                 f"{value['device_worst']:.3f} |" for stem, value in sorted(rates.items())]
-        markdown += ("\n| FFA learning-rate run | global test accuracy | device mean | worst device |\n"
-                     "|---|---|---|---|\n" + "\n".join(lines) + "\n")
     (out / "fleet-results.md").write_text(markdown, encoding="utf-8")
     (out / "fleet-results.json").write_text(json.dumps({"rows": rows, "runs": results}, indent=1), encoding="utf-8")
-    _plot(rows, keys, alphas, out / "fleet-results.png")
+    _plot(rows, keys, alphas, methods, out / "fleet-results.png")
     return {"rows": rows}
 
 
-def _plot(rows: list[dict], keys: list[str], alphas: list[float], path: Path) -> None:
+def _plot(rows: list[dict], keys: list[str], alphas: list[float], methods: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(keys), figsize=(1.1 * len(methods) * len(keys), 4), squeeze=False)
     width = 0.8 / max(1, len(alphas))
     for axis, key in zip(axes[0], keys, strict=True):
         for offset, alpha in enumerate(alphas):
             values, errors = [], []
-            for method in METHODS:
+            for method in methods:
                 row = next((r for r in rows if r["dataset"] == key and r["alpha"] == alpha and r["method"] == method),
                            None)
                 # fedsa has no global adapter: its bar is the devices' mean on their own test splits
@@ -278,10 +285,10 @@ def _plot(rows: list[dict], keys: list[str], alphas: list[float], path: Path) ->
                 found = [v for v in (row or {}).get(field, []) if v is not None]
                 values.append(mean(found) if found else 0.0)
                 errors.append(pstdev(found) if len(found) > 1 else 0.0)
-            positions = [i + offset * width for i in range(len(METHODS))]
+            positions = [i + offset * width for i in range(len(methods))]
             axis.bar(positions, values, width, yerr=errors, capsize=3, label=f"α = {alpha}")
-        axis.set_xticks([i + width * (len(alphas) - 1) / 2 for i in range(len(METHODS))],
-                        [m if m != "fedsa" else "fedsa*" for m in METHODS])
+        axis.set_xticks([i + width * (len(alphas) - 1) / 2 for i in range(len(methods))],
+                        [{"fedsa": "fedsa*"}.get(m, m.replace("-lr", "\nlr ")) for m in methods])
         axis.set_ylim(0, 1)
         axis.set_ylabel("accuracy on the global test set")
         axis.set_title(DATASETS[key]["name"])
@@ -307,8 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--parallel", type=int, default=2, help="processes for the local-only baseline")
     parser.add_argument("--dp", action="store_true", help="also run FFA with differential privacy")
-    parser.add_argument("--ffa-learning-rates", nargs="*", type=float, default=[],
-                        help="also run FFA at these learning rates (first seed, every data set and alpha)")
+    parser.add_argument("--learning-rates", nargs="*", type=float, default=[],
+                        help="also run FedIT and FFA at these learning rates (every data set, alpha and seed)")
     parser.add_argument("--dp-noise", nargs="+", type=float, default=[0.1, 1.0])
     parser.add_argument("--clip", type=float, default=1.0)
     args = parser.parse_args(argv)
