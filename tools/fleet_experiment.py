@@ -180,18 +180,16 @@ def _run_configuration(work: Path, results: Path, key: str, alpha: float, seed: 
     if not all((results / f"{stem}-{m}.json").is_file() for m in ("local", "pooled")):
         for method, result in _baselines(work, key, alpha, seed, args).items():
             (results / f"{stem}-{method}.json").write_text(json.dumps(result, indent=1))
-    for method in FEDERATED:
-        result = _run_once(results / f"{stem}-{method}.json",
-                           lambda method=method: _federated(work, key, alpha, seed, method, args))
-        print(f"{stem}-{method}: {result}", file=sys.stderr)
     # FFA trains half of LoRA's weights (B) against a fixed random A, so one step moves it less than FedIT: both
     # again at each larger rate, so neither is compared at the other's best step size.
-    for rate in args.learning_rates:
-        for method in ("fedit", "ffa"):
-            result = _run_once(results / f"{stem}-{method}-lr{rate}.json",
-                               lambda method=method, rate=rate: _federated(work, key, alpha, seed, method, args,
-                                                                           learning_rate=rate))
-            print(f"{stem}-{method}-lr{rate}: {result}", file=sys.stderr)
+    runs = [(method, None) for method in FEDERATED]
+    runs += [(method, rate) for rate in args.learning_rates for method in ("fedit", "ffa")]
+    for method, rate in runs:
+        name = f"{stem}-{method}" + (f"-lr{rate}" if rate else "")
+        result = _run_once(results / f"{name}.json",
+                           lambda method=method, rate=rate: _federated(work, key, alpha, seed, method, args,
+                                                                       learning_rate=rate))
+        print(f"{name}: {result}", file=sys.stderr)
 
 
 def _run_once(target: Path, compute) -> dict:
